@@ -1,0 +1,325 @@
+//! FHIR REST interactions on resources: create, read, vread, update, delete and instance
+//! history, plus `GET /metadata`.
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::extract::{FhirBody, ReturnPreference, if_match, if_none_match_matches, return_preference};
+use super::{SharedState, metadata};
+use crate::fhir::bundle::{Link, history_bundle};
+use crate::fhir::instant::{parse_instant, to_http_date};
+use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
+use crate::fhir::resource::{IncomingResource, check_id, check_type_name};
+use crate::fhir::{FHIR_JSON, etag};
+use crate::store::{DeleteResult, Precondition, StoreError, VersionRecord, WriteResult};
+
+/// Type- and instance-level interactions served for every resource type. The
+/// CapabilityStatement is generated from this list; keep it in step with [`routes`].
+pub const TYPE_INTERACTIONS: &[&str] = &["read", "vread", "update", "delete", "history-instance", "create"];
+
+/// System-level interactions served.
+pub const SYSTEM_INTERACTIONS: &[&str] = &[];
+
+/// Default and largest page size of a history Bundle.
+const DEFAULT_PAGE_SIZE: i64 = 50;
+const MAX_PAGE_SIZE: i64 = 1000;
+
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/metadata", get(metadata))
+        .route("/{type}", axum::routing::post(create))
+        .route("/{type}/{id}", get(read).put(update).delete(delete))
+        .route("/{type}/{id}/_history", get(history))
+        .route("/{type}/{id}/_history/{vid}", get(vread))
+}
+
+async fn create(
+    State(state): State<SharedState>,
+    Path(res_type): Path<String>,
+    headers: HeaderMap,
+    FhirBody(body): FhirBody,
+) -> Result<Response, FhirError> {
+    check_type_name(&res_type)?;
+    if headers.contains_key("if-none-exist") {
+        return Err(FhirError::bad_request(
+            IssueType::NotSupported,
+            "conditional create (If-None-Exist) is not supported by this server yet",
+        ));
+    }
+    let resource = IncomingResource::parse(&body, &res_type)?;
+    // The spec says a server SHALL ignore an id sent with a create and assign its own.
+    let id = uuid::Uuid::new_v4().to_string();
+    let written = state
+        .store
+        .put(&res_type, &id, Precondition::MustNotExist, &|version, at| resource.stamped(&id, version, at))
+        .await
+        .map_err(store_error)?;
+    tracing::info!(res_type, id, version = written.version, "created");
+    Ok(write_response(&state, &res_type, &id, written, &headers))
+}
+
+async fn update(
+    State(state): State<SharedState>,
+    Path((res_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    FhirBody(body): FhirBody,
+) -> Result<Response, FhirError> {
+    check_type_name(&res_type)?;
+    check_id(&id)?;
+    let precondition = match if_match(&headers)? {
+        Some(version) => Precondition::IfMatch(version),
+        None => Precondition::None,
+    };
+    let resource = IncomingResource::parse(&body, &res_type)?;
+    resource.require_id(&id)?;
+    let written = state
+        .store
+        .put(&res_type, &id, precondition, &|version, at| resource.stamped(&id, version, at))
+        .await
+        .map_err(store_error)?;
+    tracing::info!(res_type, id, version = written.version, created = written.created, "updated");
+    Ok(write_response(&state, &res_type, &id, written, &headers))
+}
+
+async fn read(
+    State(state): State<SharedState>,
+    Path((res_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    check_type_name(&res_type)?;
+    check_id(&id)?;
+    let record = state
+        .store
+        .read_current(&res_type, &id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| not_found(&res_type, &id))?;
+    if record.deleted {
+        return Err(gone(&record));
+    }
+    if if_none_match_matches(&headers, record.version) {
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        set_version_headers(&mut response, record.version, record.last_updated_us);
+        return Ok(response);
+    }
+    Ok(record_response(record))
+}
+
+async fn vread(
+    State(state): State<SharedState>,
+    Path((res_type, id, vid)): Path<(String, String, String)>,
+) -> Result<Response, FhirError> {
+    check_type_name(&res_type)?;
+    check_id(&id)?;
+    let version = vid
+        .parse::<i64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| FhirError::bad_request(IssueType::Value, "version ids on this server are positive integers"))?;
+    let record = state
+        .store
+        .read_version(&res_type, &id, version)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| FhirError::not_found(format!("{res_type}/{id} has no version {version}")))?;
+    if record.deleted {
+        return Err(gone(&record));
+    }
+    Ok(record_response(record))
+}
+
+async fn delete(
+    State(state): State<SharedState>,
+    Path((res_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    check_type_name(&res_type)?;
+    check_id(&id)?;
+    let expected = if_match(&headers)?;
+    let result = state.store.delete(&res_type, &id, expected).await.map_err(store_error)?;
+    let (message, version) = match result {
+        DeleteResult::Deleted { version } => {
+            tracing::info!(res_type, id, version, "deleted");
+            (format!("deleted {res_type}/{id}; version {version} records the deletion"), Some(version))
+        }
+        DeleteResult::AlreadyDeleted => (format!("{res_type}/{id} was already deleted"), None),
+        DeleteResult::NotFound => return Err(not_found(&res_type, &id)),
+    };
+    let outcome = operation_outcome("information", IssueType::Informational, &message, None);
+    let mut response = fhir_json(StatusCode::OK, serde_json::to_vec(&outcome).unwrap_or_default());
+    if let Some(version) = version {
+        insert_header(&mut response, header::ETAG, &etag(version));
+    }
+    Ok(response)
+}
+
+/// Parameters of a history interaction. Unknown parameters are ignored, as FHIR's default
+/// lenient handling asks.
+#[derive(Debug, Default)]
+struct HistoryParams {
+    count: Option<String>,
+    since: Option<String>,
+    /// Paging cursor: only versions older than this one (set by the server in `next` links).
+    cursor: Option<String>,
+}
+
+impl HistoryParams {
+    fn parse(query: Option<&str>) -> Result<Self, FhirError> {
+        let mut params = HistoryParams::default();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let slot = match key.as_ref() {
+                "_count" => &mut params.count,
+                "_since" => &mut params.since,
+                "_cursor" => &mut params.cursor,
+                _ => continue,
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Err(FhirError::bad_request(IssueType::Value, format!("{key} may be given only once")));
+            }
+        }
+        Ok(params)
+    }
+}
+
+async fn history(
+    State(state): State<SharedState>,
+    Path((res_type, id)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, FhirError> {
+    check_type_name(&res_type)?;
+    check_id(&id)?;
+    let params = HistoryParams::parse(query.as_deref())?;
+    let count = match params.count.as_deref() {
+        None => DEFAULT_PAGE_SIZE,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|c| (1..=MAX_PAGE_SIZE).contains(c))
+            .ok_or_else(|| FhirError::bad_request(IssueType::Value, format!("_count must be an integer from 1 to {MAX_PAGE_SIZE}")))?,
+    };
+    let since = params
+        .since
+        .as_deref()
+        .map(|text| {
+            parse_instant(text).ok_or_else(|| {
+                FhirError::bad_request(IssueType::Value, "_since must be an instant with a time zone, e.g. 2026-01-31T12:00:00Z")
+            })
+        })
+        .transpose()?;
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(|text| text.parse::<i64>().map_err(|_| FhirError::bad_request(IssueType::Value, "_cursor is not one this server issued")))
+        .transpose()?;
+    if state.store.read_current(&res_type, &id).await.map_err(store_error)?.is_none() {
+        return Err(not_found(&res_type, &id));
+    }
+    let page = state.store.history(&res_type, &id, since, cursor, count).await.map_err(store_error)?;
+
+    let base = &state.settings.base_url;
+    let page_url = |cursor: Option<i64>| {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query.append_pair("_count", &count.to_string());
+        if let Some(since) = &params.since {
+            query.append_pair("_since", since);
+        }
+        if let Some(cursor) = cursor {
+            query.append_pair("_cursor", &cursor.to_string());
+        }
+        format!("{base}/{res_type}/{id}/_history?{}", query.finish())
+    };
+    let mut links = vec![Link { relation: "self", url: page_url(cursor) }];
+    if page.versions.len() as i64 == count {
+        if let Some(oldest) = page.versions.last().filter(|v| v.version > 1) {
+            links.push(Link { relation: "next", url: page_url(Some(oldest.version)) });
+        }
+    }
+    let bundle = history_bundle(base, &page.versions, page.total, links).map_err(|error| {
+        tracing::error!(%error, res_type, id, "a stored version is not valid JSON");
+        FhirError::internal()
+    })?;
+    Ok(fhir_json(StatusCode::OK, bundle))
+}
+
+/// Maps a storage failure to the client's answer; unexpected failures are logged here, once.
+fn store_error(error: StoreError) -> FhirError {
+    match error {
+        StoreError::VersionConflict { current: Some(current) } => FhirError::precondition_failed(format!(
+            "If-Match does not name the current version ({}); read the resource again and retry",
+            etag(current)
+        )),
+        StoreError::VersionConflict { current: None } => {
+            FhirError::precondition_failed("If-Match names a version, but the resource has no current version to match")
+        }
+        StoreError::AlreadyExists => FhirError::new(StatusCode::CONFLICT, IssueType::Conflict, "a resource with this id already exists"),
+        StoreError::TooMuchContention => FhirError::new(
+            StatusCode::CONFLICT,
+            IssueType::Conflict,
+            "too many concurrent updates to this resource; retry",
+        ),
+        StoreError::Unavailable(ref cause) => {
+            tracing::error!(error = %cause, "database unavailable");
+            FhirError::unavailable("the database is unavailable; retry shortly")
+        }
+        other => {
+            tracing::error!(error = %other, "storage failure");
+            FhirError::internal()
+        }
+    }
+}
+
+fn not_found(res_type: &str, id: &str) -> FhirError {
+    FhirError::not_found(format!("{res_type}/{id} does not exist"))
+}
+
+fn gone(record: &VersionRecord) -> FhirError {
+    FhirError::gone(format!("{}/{} was deleted (version {})", record.res_type, record.id, record.version))
+}
+
+fn fhir_json(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+fn insert_header(response: &mut Response, name: header::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
+    }
+}
+
+fn set_version_headers(response: &mut Response, version: i64, last_updated_us: i64) {
+    insert_header(response, header::ETAG, &etag(version));
+    insert_header(response, header::LAST_MODIFIED, &to_http_date(last_updated_us));
+}
+
+fn record_response(record: VersionRecord) -> Response {
+    let mut response = fhir_json(StatusCode::OK, record.body.unwrap_or_default());
+    set_version_headers(&mut response, record.version, record.last_updated_us);
+    response
+}
+
+/// The answer to a create or update: 201 (with Location) or 200, ETag and Last-Modified, and
+/// the body the client asked for with `Prefer: return=`.
+fn write_response(state: &SharedState, res_type: &str, id: &str, written: WriteResult, headers: &HeaderMap) -> Response {
+    let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
+    let mut response = match return_preference(headers) {
+        ReturnPreference::Representation => fhir_json(status, written.body),
+        ReturnPreference::Minimal => status.into_response(),
+        ReturnPreference::OperationOutcome => {
+            let verb = if written.created { "created" } else { "updated" };
+            let message = format!("{verb} {res_type}/{id} at version {}", written.version);
+            let outcome = operation_outcome("information", IssueType::Informational, &message, None);
+            fhir_json(status, serde_json::to_vec(&outcome).unwrap_or_default())
+        }
+    };
+    set_version_headers(&mut response, written.version, written.last_updated_us);
+    if written.created {
+        let location = format!("{}/{res_type}/{id}/_history/{}", state.settings.base_url, written.version);
+        insert_header(&mut response, header::LOCATION, &location);
+    }
+    response
+}

@@ -1,0 +1,113 @@
+//! The HTTP surface: the router, shared state, and the layers every request passes through.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+
+use crate::fhir::capability::{Implemented, capability_statement};
+use crate::fhir::outcome::{FhirError, IssueType};
+use crate::store::Store;
+
+mod extract;
+mod fhir;
+mod health;
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// The public base URL of the FHIR endpoint, without a trailing slash; used in Location
+    /// headers, Bundle links and fullUrls.
+    pub base_url: String,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// State shared by every handler.
+pub struct AppState {
+    pub store: Store,
+    pub settings: ApiSettings,
+    /// The CapabilityStatement, rendered once at start-up.
+    capability: Vec<u8>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// Builds the application router over `store`.
+pub fn router(store: Store, settings: ApiSettings) -> Router {
+    let capability = capability_statement(&Implemented {
+        base_url: &settings.base_url,
+        software_version: env!("CARGO_PKG_VERSION"),
+        type_interactions: fhir::TYPE_INTERACTIONS,
+        system_interactions: fhir::SYSTEM_INTERACTIONS,
+    });
+    let state = Arc::new(AppState {
+        store,
+        settings,
+        capability: serde_json::to_vec(&capability).expect("serialising a JSON value cannot fail"),
+    });
+    let fhir_routes = fhir::routes()
+        .route_layer(middleware::from_fn(extract::negotiate_format));
+    Router::new()
+        .merge(health::routes())
+        .merge(fhir_routes)
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(request_log))
+        .with_state(state)
+}
+
+async fn unknown_route() -> FhirError {
+    FhirError::new(StatusCode::NOT_FOUND, IssueType::NotSupported, "no FHIR interaction is served at this path")
+}
+
+async fn method_not_allowed() -> FhirError {
+    FhirError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        IssueType::NotSupported,
+        "this HTTP method is not supported at this path; GET /metadata lists what is",
+    )
+}
+
+async fn metadata(State(state): State<SharedState>) -> Response {
+    let mut response = state.capability.clone().into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::fhir::FHIR_JSON));
+    response
+}
+
+/// The id of one request, echoed in `X-Request-Id` and attached to every log line it causes.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Gives each request an id and logs one line when it completes: method, route template (never
+/// the concrete URL, whose query may hold search values that are PHI), status and latency.
+async fn request_log(mut request: Request, next: Next) -> Response {
+    let request_id = uuid::Uuid::new_v4().simple().to_string();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    request.extensions_mut().insert(RequestId(request_id.clone()));
+    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    let started = Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        if response.status().is_server_error() {
+            tracing::warn!(status, latency_ms, "request failed");
+        } else {
+            tracing::info!(status, latency_ms, "request completed");
+        }
+    });
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}

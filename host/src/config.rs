@@ -1,0 +1,212 @@
+//! Server configuration: command-line flags, `HEARTH_*` environment variables and an optional
+//! TOML file, in that order of precedence, resolved into one [`ServeSettings`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// Defaults, documented in the README.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_DATA_DIR: &str = "hearth-data";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `hearth serve` options. Each flag also reads a `HEARTH_*` environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file; flags and environment variables override its values.
+    #[arg(long, env = "HEARTH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Development mode: generate a local CA and TLS certificate in the data directory.
+    /// Never use in production.
+    #[arg(long, env = "HEARTH_DEV", num_args = 0..=1, default_missing_value = "true")]
+    pub dev: Option<bool>,
+    /// Directory for the SQLite database and generated development files.
+    #[arg(long, env = "HEARTH_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on for HTTPS (port 0 picks a free port).
+    #[arg(long, env = "HEARTH_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// sqlite://PATH or postgres://USER@HOST:PORT/DB. Default: SQLite in the data directory.
+    #[arg(long, env = "HEARTH_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Public base URL of the FHIR endpoint, used in Location headers and Bundle links.
+    #[arg(long, env = "HEARTH_BASE_URL")]
+    pub base_url: Option<String>,
+    /// PEM certificate chain for HTTPS (production).
+    #[arg(long, env = "HEARTH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (production).
+    #[arg(long, env = "HEARTH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "HEARTH_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Largest number of database connections.
+    #[arg(long, env = "HEARTH_DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<u32>,
+    /// Log format on standard error.
+    #[arg(long, env = "HEARTH_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The same settings as they may appear in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    dev: Option<bool>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    base_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
+    db_max_connections: Option<u32>,
+    log_format: Option<LogFormat>,
+}
+
+/// Where the HTTPS certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// Operator-provided PEM files.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Generated development CA and certificate in the data directory.
+    DevGenerated,
+}
+
+/// Fully resolved settings for `hearth serve`.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub dev: bool,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub base_url: Option<String>,
+    pub tls: TlsSource,
+    pub max_body_bytes: usize,
+    pub db_max_connections: u32,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the configuration file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(
+        "no TLS certificate is configured. Pass --tls-cert and --tls-key (or HEARTH_TLS_CERT and \
+         HEARTH_TLS_KEY), or start with --dev to generate a development certificate"
+    )]
+    NoTls,
+    #[error("--tls-cert and --tls-key must be given together")]
+    HalfTls,
+    #[error("max_body_bytes must be at least 1024")]
+    BodyLimitTooSmall,
+    #[error("base_url must start with https:// or http:// (got a value that does not)")]
+    BadBaseUrl,
+}
+
+impl ServeArgs {
+    /// Resolves flags and environment (already merged by clap) over the file over defaults.
+    pub fn resolve(self) -> Result<ServeSettings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let dev = self.dev.or(file.dev).unwrap_or(false);
+        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default listen address parses"));
+        let database_url = self
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| crate::store::sqlite_url_for(&data_dir.join("hearth.db")));
+        let base_url = self.base_url.or(file.base_url).map(|u| u.trim_end_matches('/').to_owned());
+        if base_url.as_deref().is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://"))) {
+            return Err(ConfigError::BadBaseUrl);
+        }
+        let tls = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key)) {
+            (Some(cert), Some(key)) => TlsSource::Files { cert, key },
+            (None, None) if dev => TlsSource::DevGenerated,
+            (None, None) => return Err(ConfigError::NoTls),
+            _ => return Err(ConfigError::HalfTls),
+        };
+        let max_body_bytes = self.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < 1024 {
+            return Err(ConfigError::BodyLimitTooSmall);
+        }
+        Ok(ServeSettings {
+            dev,
+            data_dir,
+            listen,
+            database_url,
+            base_url,
+            tls,
+            max_body_bytes,
+            db_max_connections: self
+                .db_max_connections
+                .or(file.db_max_connections)
+                .unwrap_or(DEFAULT_DB_MAX_CONNECTIONS)
+                .max(2),
+            log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.message().to_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn production_without_certificate_refuses() {
+        assert!(matches!(ServeArgs::default().resolve(), Err(ConfigError::NoTls)));
+    }
+
+    #[test]
+    fn dev_defaults() {
+        let settings = ServeArgs { dev: Some(true), ..Default::default() }.resolve().unwrap();
+        assert_eq!(settings.tls, TlsSource::DevGenerated);
+        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(settings.database_url, "sqlite://hearth-data/hearth.db");
+    }
+
+    #[test]
+    fn flags_override_file_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hearth.toml");
+        std::fs::write(&path, "dev = true\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 4096\n").unwrap();
+        let settings = ServeArgs { config: Some(path.clone()), max_body_bytes: Some(2048), ..Default::default() }
+            .resolve()
+            .unwrap();
+        assert_eq!(settings.listen.port(), 9000);
+        assert_eq!(settings.max_body_bytes, 2048);
+
+        std::fs::write(&path, "dev = true\nlisten_adress = \"x\"\n").unwrap();
+        let error = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        assert!(error.to_string().contains("listen_adress"), "{error}");
+    }
+
+    #[test]
+    fn half_a_tls_pair_is_an_error() {
+        let args = ServeArgs { tls_cert: Some("c.pem".into()), ..Default::default() };
+        assert!(matches!(args.resolve(), Err(ConfigError::HalfTls)));
+    }
+}

@@ -1,0 +1,86 @@
+//! `hearth serve`: prepares TLS and storage from resolved settings, then runs the HTTPS server
+//! until SIGTERM or Ctrl-C.
+
+use std::io::Write;
+
+use tokio::net::TcpListener;
+
+use crate::api::{ApiSettings, router};
+use crate::config::{ServeSettings, TlsSource};
+use crate::store::{Store, StoreOptions};
+use crate::tls::dev_ca::DevTlsFiles;
+
+/// Why the server could not start; each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}. Check --database-url / HEARTH_DATABASE_URL and that the database server is running")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}. Choose another address with --listen")]
+    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|source| StartError::DataDir { path: settings.data_dir.clone(), source })?;
+    if settings.dev {
+        warn_dev_mode(&settings);
+    }
+    let tls = match &settings.tls {
+        TlsSource::Files { cert, key } => crate::tls::server_config(cert, key)?,
+        TlsSource::DevGenerated => {
+            let files = DevTlsFiles::in_dir(&settings.data_dir);
+            if files.ensure()? {
+                tracing::warn!(ca = %files.ca_cert.display(), "generated a development CA and TLS certificate");
+            }
+            crate::tls::server_config(&files.server_cert, &files.server_key)?
+        }
+    };
+
+    let store_options = StoreOptions { max_connections: settings.db_max_connections, ..StoreOptions::default() };
+    let store = Store::connect(&settings.database_url, &store_options).await?;
+    store.migrate().await?;
+    tracing::info!(backend = store.backend().name(), "database ready");
+
+    let listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| StartError::Listen { addr: settings.listen, source })?;
+    let bound = listener.local_addr().map_err(|source| StartError::Listen { addr: settings.listen, source })?;
+    let base_url = settings.base_url.clone().unwrap_or_else(|| {
+        let host = if bound.ip().is_unspecified() { "localhost".to_owned() } else { bound.ip().to_string() };
+        let host = if bound.is_ipv6() && host != "localhost" { format!("[{host}]") } else { host };
+        format!("https://{host}:{}", bound.port())
+    });
+    let app = router(store.clone(), ApiSettings { base_url: base_url.clone(), max_body_bytes: settings.max_body_bytes });
+
+    tracing::info!(%bound, %base_url, "listening");
+    // One machine-readable line on stdout, for scripts and tests that started us on port 0.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "Hearth listening on https://{bound} (FHIR base {base_url})");
+    let _ = stdout.flush();
+
+    crate::server::serve(listener, tls, app, crate::server::shutdown_signal()).await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn warn_dev_mode(settings: &ServeSettings) {
+    let ca = DevTlsFiles::in_dir(&settings.data_dir).ca_cert;
+    eprintln!(
+        "\n\
+         ************************************************************************\n\
+         *  HEARTH IS RUNNING IN DEVELOPMENT MODE. DO NOT USE IT FOR REAL DATA.  *\n\
+         *  The TLS certificate and its CA were generated on this machine and   *\n\
+         *  their keys sit in the data directory.                               *\n\
+         ************************************************************************\n\
+         Data directory: {}\n\
+         Trust the development CA with: curl --cacert {}\n",
+        settings.data_dir.display(),
+        ca.display()
+    );
+    tracing::warn!("development mode: generated TLS material, not for production data");
+}

@@ -1,0 +1,54 @@
+//! Schema migrations, embedded in the binary from `migrations/<backend>/` so an installed
+//! server needs no files beside it. Versioned and forward-only; the test below keeps this list
+//! and the folders in step.
+
+use std::borrow::Cow;
+
+use sqlx::SqlStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+use super::Backend;
+
+/// (version, description, SQLite SQL, PostgreSQL SQL). Both backends share version numbers.
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
+    1,
+    "resource versions",
+    include_str!("../../../migrations/sqlite/0001_resource_versions.sql"),
+    include_str!("../../../migrations/postgres/0001_resource_versions.sql"),
+)];
+
+pub fn migrator(backend: Backend) -> Migrator {
+    let migrations = MIGRATIONS
+        .iter()
+        .map(|&(version, description, sqlite, postgres)| {
+            let sql = match backend {
+                Backend::Sqlite => sqlite,
+                Backend::Postgres => postgres,
+            };
+            Migration::new(version, Cow::Borrowed(description), MigrationType::Simple, SqlStr::from_static(sql), false)
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_migration_file_is_embedded() {
+        for backend in ["sqlite", "postgres"] {
+            let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/").to_owned() + backend;
+            let mut files: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|name| name.ends_with(".sql"))
+                .collect();
+            files.sort();
+            assert_eq!(files.len(), MIGRATIONS.len(), "{dir} and MIGRATIONS differ");
+            for (file, (version, ..)) in files.iter().zip(MIGRATIONS) {
+                assert!(file.starts_with(&format!("{version:04}_")), "{file} is not migration {version}");
+            }
+        }
+    }
+}

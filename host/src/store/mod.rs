@@ -1,0 +1,462 @@
+//! Resource storage on SQLite (embedded default) or PostgreSQL, behind one [`Store`].
+//!
+//! Both databases run the same SQL through sqlx's `Any` driver, so every behaviour (versioning,
+//! optimistic locking, history) is written once and tested on both. Each resource version is an
+//! immutable row in `resource_version`; `resource_head` holds the current version and is moved
+//! with a compare-and-set, so two writers racing on one resource can never both win.
+//!
+//! SQLite gets a single-connection writer pool (SQLite allows one writer at a time; queueing in
+//! the pool is cheaper and fairer than retrying `SQLITE_BUSY`) and a reader pool; WAL mode lets
+//! readers proceed while the writer commits. PostgreSQL uses one pool for both.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor, Row};
+
+mod error;
+mod migrations;
+pub use error::StoreError;
+
+/// How many times a write is retried after losing a race it did not ask to detect
+/// (no If-Match given) before giving up with a conflict.
+const MAX_WRITE_ATTEMPTS: u32 = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// One stored version of a resource, as read back from the database.
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    pub res_type: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated_us: i64,
+    pub deleted: bool,
+    /// The resource JSON exactly as it is served; `None` for a deletion.
+    pub body: Option<Vec<u8>>,
+}
+
+/// What a write requires of the resource's current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Create or update, whatever is there.
+    None,
+    /// The current (not deleted) version must be exactly this one.
+    IfMatch(i64),
+    /// The resource must not exist yet (create with a server-assigned id).
+    MustNotExist,
+}
+
+/// The result of a successful write.
+#[derive(Debug, Clone)]
+pub struct WriteResult {
+    pub version: i64,
+    pub last_updated_us: i64,
+    pub body: Vec<u8>,
+    /// True when no live version existed before (a create, or an update after a delete).
+    pub created: bool,
+}
+
+/// The result of a delete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteResult {
+    /// A deletion version was written.
+    Deleted { version: i64 },
+    /// The resource was already deleted; nothing was written.
+    AlreadyDeleted,
+    /// No such resource; nothing was written.
+    NotFound,
+}
+
+/// A page of a resource's history, newest first.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub versions: Vec<VersionRecord>,
+    /// How many versions match the filter in total (all pages).
+    pub total: i64,
+}
+
+/// Connection settings a caller may tune.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { max_connections: 16, acquire_timeout: Duration::from_secs(5) }
+    }
+}
+
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    reader: AnyPool,
+    writer: AnyPool,
+}
+
+/// The current state of a resource as seen by a writer inside its transaction.
+struct Head {
+    version: i64,
+    deleted: bool,
+    last_updated_us: i64,
+}
+
+impl Store {
+    /// Connects to `database_url` (`sqlite://PATH` or `postgres://...`), creating the SQLite file
+    /// if needed. Does not run migrations: see [`Store::migrate`].
+    pub async fn connect(database_url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = backend_of(database_url)?;
+        let connect_options = AnyConnectOptions::from_str(&with_create_mode(database_url, backend))
+            .map_err(StoreError::Connect)?;
+        let pool = |max: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max)
+                .acquire_timeout(options.acquire_timeout)
+                .after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            // WAL: readers never block the writer. synchronous=FULL: a commit is
+                            // on disk before it is acknowledged, so a crash or power loss never
+                            // loses an acknowledged write.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = FULL").await?;
+                            conn.execute("PRAGMA busy_timeout = 5000").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .connect_with(connect_options.clone())
+        };
+        let (reader, writer) = match backend {
+            Backend::Sqlite => {
+                let writer = pool(1).await.map_err(StoreError::Connect)?;
+                let reader = pool(options.max_connections).await.map_err(StoreError::Connect)?;
+                (reader, writer)
+            }
+            Backend::Postgres => {
+                let shared = pool(options.max_connections).await.map_err(StoreError::Connect)?;
+                (shared.clone(), shared)
+            }
+        };
+        Ok(Store { backend, reader, writer })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies pending schema migrations from `migrations/<backend>/`.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrations::migrator(self.backend).run(&self.writer).await.map_err(StoreError::Migrate)
+    }
+
+    /// Waits for in-flight queries and closes every connection (SQLite checkpoints its WAL).
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    /// Writes a new version of `res_type/id`.
+    ///
+    /// `stamp(version, last_updated_us)` renders the body to store for the version the store
+    /// assigns; it may be called more than once if the write is retried.
+    pub async fn put(
+        &self,
+        res_type: &str,
+        id: &str,
+        precondition: Precondition,
+        stamp: &(dyn Fn(i64, i64) -> Vec<u8> + Sync),
+    ) -> Result<WriteResult, StoreError> {
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let mut tx = self.writer.begin().await?;
+            let head = read_head(&mut *tx, res_type, id).await?;
+            let live = head.as_ref().filter(|h| !h.deleted);
+            match (precondition, live) {
+                (Precondition::MustNotExist, Some(_)) => {
+                    return Err(StoreError::AlreadyExists);
+                }
+                (Precondition::IfMatch(expected), Some(h)) if h.version != expected => {
+                    return Err(StoreError::VersionConflict { current: Some(h.version) });
+                }
+                (Precondition::IfMatch(_), None) => {
+                    return Err(StoreError::VersionConflict { current: None });
+                }
+                _ => {}
+            }
+            let version = head.as_ref().map_or(1, |h| h.version + 1);
+            let last_updated_us = next_timestamp(head.as_ref());
+            let body = stamp(version, last_updated_us);
+            if !move_head(&mut *tx, res_type, id, head.as_ref(), version, last_updated_us, false).await? {
+                // Another writer moved the head between our read and our write.
+                tx.rollback().await?;
+                match precondition {
+                    Precondition::None => continue,
+                    Precondition::IfMatch(_) | Precondition::MustNotExist => {
+                        return Err(StoreError::VersionConflict { current: None });
+                    }
+                }
+            }
+            insert_version(&mut *tx, res_type, id, version, last_updated_us, Some(&body)).await?;
+            tx.commit().await?;
+            return Ok(WriteResult { version, last_updated_us, body, created: live.is_none() });
+        }
+        Err(StoreError::TooMuchContention)
+    }
+
+    /// Logically deletes `res_type/id` by writing a deletion version.
+    pub async fn delete(&self, res_type: &str, id: &str, if_match: Option<i64>) -> Result<DeleteResult, StoreError> {
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let mut tx = self.writer.begin().await?;
+            let Some(head) = read_head(&mut *tx, res_type, id).await? else {
+                return match if_match {
+                    Some(_) => Err(StoreError::VersionConflict { current: None }),
+                    None => Ok(DeleteResult::NotFound),
+                };
+            };
+            if let Some(expected) = if_match {
+                if head.deleted || head.version != expected {
+                    return Err(StoreError::VersionConflict { current: (!head.deleted).then_some(head.version) });
+                }
+            }
+            if head.deleted {
+                return Ok(DeleteResult::AlreadyDeleted);
+            }
+            let version = head.version + 1;
+            let last_updated_us = next_timestamp(Some(&head));
+            if !move_head(&mut *tx, res_type, id, Some(&head), version, last_updated_us, true).await? {
+                tx.rollback().await?;
+                if if_match.is_some() {
+                    return Err(StoreError::VersionConflict { current: None });
+                }
+                continue;
+            }
+            insert_version(&mut *tx, res_type, id, version, last_updated_us, None).await?;
+            tx.commit().await?;
+            return Ok(DeleteResult::Deleted { version });
+        }
+        Err(StoreError::TooMuchContention)
+    }
+
+    /// The current version of a resource (which may be a deletion), if it ever existed.
+    pub async fn read_current(&self, res_type: &str, id: &str) -> Result<Option<VersionRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT v.version, v.last_updated_us, v.deleted, v.body \
+             FROM resource_head h JOIN resource_version v \
+               ON v.res_type = h.res_type AND v.res_id = h.res_id AND v.version = h.version \
+             WHERE h.res_type = $1 AND h.res_id = $2",
+        )
+        .bind(res_type)
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| version_record(res_type, id, &r)).transpose()
+    }
+
+    /// One specific version of a resource.
+    pub async fn read_version(&self, res_type: &str, id: &str, version: i64) -> Result<Option<VersionRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT version, last_updated_us, deleted, body FROM resource_version \
+             WHERE res_type = $1 AND res_id = $2 AND version = $3",
+        )
+        .bind(res_type)
+        .bind(id)
+        .bind(version)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(|r| version_record(res_type, id, &r)).transpose()
+    }
+
+    /// Versions of one resource, newest first: those with `version < before_version` (a paging
+    /// cursor) and `last_updated >= since_us`, at most `limit` of them.
+    pub async fn history(
+        &self,
+        res_type: &str,
+        id: &str,
+        since_us: Option<i64>,
+        before_version: Option<i64>,
+        limit: i64,
+    ) -> Result<HistoryPage, StoreError> {
+        let since = since_us.unwrap_or(i64::MIN);
+        let before = before_version.unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT version, last_updated_us, deleted, body FROM resource_version \
+             WHERE res_type = $1 AND res_id = $2 AND last_updated_us >= $3 AND version < $4 \
+             ORDER BY version DESC LIMIT $5",
+        )
+        .bind(res_type)
+        .bind(id)
+        .bind(since)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        let total: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM resource_version \
+             WHERE res_type = $1 AND res_id = $2 AND last_updated_us >= $3",
+        )
+        .bind(res_type)
+        .bind(id)
+        .bind(since)
+        .fetch_one(&self.reader)
+        .await?
+        .try_get(0)?;
+        let versions = rows.iter().map(|r| version_record(res_type, id, r)).collect::<Result<_, _>>()?;
+        Ok(HistoryPage { versions, total })
+    }
+
+    /// A cheap round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").fetch_one(&self.reader).await?;
+        Ok(())
+    }
+}
+
+fn backend_of(database_url: &str) -> Result<Backend, StoreError> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(StoreError::UnsupportedUrl)
+    }
+}
+
+/// SQLite URLs open read-write-create unless the caller chose a mode.
+fn with_create_mode(database_url: &str, backend: Backend) -> String {
+    if backend == Backend::Sqlite && !database_url.contains("mode=") {
+        let sep = if database_url.contains('?') { '&' } else { '?' };
+        format!("{database_url}{sep}mode=rwc")
+    } else {
+        database_url.to_owned()
+    }
+}
+
+/// The SQLite URL for a database file inside `data_dir`.
+pub fn sqlite_url_for(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Now, but strictly after the previous version's timestamp, so a resource's history is ordered
+/// the same way by version and by `lastUpdated` even if the clock steps back.
+fn next_timestamp(previous: Option<&Head>) -> i64 {
+    let now = crate::fhir::instant::now_us();
+    previous.map_or(now, |h| now.max(h.last_updated_us + 1))
+}
+
+async fn read_head(
+    conn: &mut sqlx::AnyConnection,
+    res_type: &str,
+    id: &str,
+) -> Result<Option<Head>, StoreError> {
+    let row = sqlx::query(
+        "SELECT version, deleted, last_updated_us FROM resource_head WHERE res_type = $1 AND res_id = $2",
+    )
+    .bind(res_type)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|r| -> Result<Head, StoreError> {
+        Ok(Head {
+            version: r.try_get(0)?,
+            deleted: r.try_get::<i64, _>(1)? != 0,
+            last_updated_us: r.try_get(2)?,
+        })
+    })
+    .transpose()
+}
+
+/// Compare-and-set of the head: succeeds only if the head is still what `expected` says.
+/// Returns false when another writer got there first.
+async fn move_head(
+    conn: &mut sqlx::AnyConnection,
+    res_type: &str,
+    id: &str,
+    expected: Option<&Head>,
+    version: i64,
+    last_updated_us: i64,
+    deleted: bool,
+) -> Result<bool, StoreError> {
+    let result = match expected {
+        Some(head) => {
+            sqlx::query(
+                "UPDATE resource_head SET version = $1, last_updated_us = $2, deleted = $3 \
+                 WHERE res_type = $4 AND res_id = $5 AND version = $6",
+            )
+            .bind(version)
+            .bind(last_updated_us)
+            .bind(i16::from(deleted))
+            .bind(res_type)
+            .bind(id)
+            .bind(head.version)
+            .execute(&mut *conn)
+            .await?
+        }
+        None => {
+            sqlx::query(
+                "INSERT INTO resource_head (res_type, res_id, version, last_updated_us, deleted) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(res_type)
+            .bind(id)
+            .bind(version)
+            .bind(last_updated_us)
+            .bind(i16::from(deleted))
+            .execute(&mut *conn)
+            .await?
+        }
+    };
+    Ok(result.rows_affected() == 1)
+}
+
+async fn insert_version(
+    conn: &mut sqlx::AnyConnection,
+    res_type: &str,
+    id: &str,
+    version: i64,
+    last_updated_us: i64,
+    body: Option<&[u8]>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO resource_version (res_type, res_id, version, last_updated_us, deleted, body) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(res_type)
+    .bind(id)
+    .bind(version)
+    .bind(last_updated_us)
+    .bind(i16::from(body.is_none()))
+    .bind(body)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn version_record(res_type: &str, id: &str, row: &sqlx::any::AnyRow) -> Result<VersionRecord, StoreError> {
+    Ok(VersionRecord {
+        res_type: res_type.to_owned(),
+        id: id.to_owned(),
+        version: row.try_get(0)?,
+        last_updated_us: row.try_get(1)?,
+        deleted: row.try_get::<i64, _>(2)? != 0,
+        body: row.try_get(3)?,
+    })
+}
