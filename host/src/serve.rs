@@ -54,7 +54,8 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         let host = if bound.is_ipv6() && host != "localhost" { format!("[{host}]") } else { host };
         format!("https://{host}:{}", bound.port())
     });
-    let app = router(store.clone(), ApiSettings { base_url: base_url.clone(), max_body_bytes: settings.max_body_bytes });
+    let app =
+        router(store.clone(), ApiSettings { base_url: base_url.clone(), max_body_bytes: settings.max_body_bytes });
 
     tracing::info!(%bound, %base_url, "listening");
     // One machine-readable line on stdout, for scripts and tests that started us on port 0.

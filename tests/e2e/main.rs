@@ -1,1 +1,9 @@
+//! End-to-end tests: the real `hearth` binary over HTTPS, on SQLite and on PostgreSQL.
 
+mod harness;
+
+mod concurrency;
+mod crud;
+mod errors;
+mod lifecycle;
+mod metadata;

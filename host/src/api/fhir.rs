@@ -114,11 +114,10 @@ async fn vread(
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
-    let version = vid
-        .parse::<i64>()
-        .ok()
-        .filter(|v| *v > 0)
-        .ok_or_else(|| FhirError::bad_request(IssueType::Value, "version ids on this server are positive integers"))?;
+    let version =
+        vid.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+            FhirError::bad_request(IssueType::Value, "version ids on this server are positive integers")
+        })?;
     let record = state
         .store
         .read_version(&res_type, &id, version)
@@ -194,25 +193,29 @@ async fn history(
     let params = HistoryParams::parse(query.as_deref())?;
     let count = match params.count.as_deref() {
         None => DEFAULT_PAGE_SIZE,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|c| (1..=MAX_PAGE_SIZE).contains(c))
-            .ok_or_else(|| FhirError::bad_request(IssueType::Value, format!("_count must be an integer from 1 to {MAX_PAGE_SIZE}")))?,
+        Some(text) => text.parse::<i64>().ok().filter(|c| (1..=MAX_PAGE_SIZE).contains(c)).ok_or_else(|| {
+            FhirError::bad_request(IssueType::Value, format!("_count must be an integer from 1 to {MAX_PAGE_SIZE}"))
+        })?,
     };
     let since = params
         .since
         .as_deref()
         .map(|text| {
             parse_instant(text).ok_or_else(|| {
-                FhirError::bad_request(IssueType::Value, "_since must be an instant with a time zone, e.g. 2026-01-31T12:00:00Z")
+                FhirError::bad_request(
+                    IssueType::Value,
+                    "_since must be an instant with a time zone, e.g. 2026-01-31T12:00:00Z",
+                )
             })
         })
         .transpose()?;
     let cursor = params
         .cursor
         .as_deref()
-        .map(|text| text.parse::<i64>().map_err(|_| FhirError::bad_request(IssueType::Value, "_cursor is not one this server issued")))
+        .map(|text| {
+            text.parse::<i64>()
+                .map_err(|_| FhirError::bad_request(IssueType::Value, "_cursor is not one this server issued"))
+        })
         .transpose()?;
     if state.store.read_current(&res_type, &id).await.map_err(store_error)?.is_none() {
         return Err(not_found(&res_type, &id));
@@ -254,7 +257,9 @@ fn store_error(error: StoreError) -> FhirError {
         StoreError::VersionConflict { current: None } => {
             FhirError::precondition_failed("If-Match names a version, but the resource has no current version to match")
         }
-        StoreError::AlreadyExists => FhirError::new(StatusCode::CONFLICT, IssueType::Conflict, "a resource with this id already exists"),
+        StoreError::AlreadyExists => {
+            FhirError::new(StatusCode::CONFLICT, IssueType::Conflict, "a resource with this id already exists")
+        }
         StoreError::TooMuchContention => FhirError::new(
             StatusCode::CONFLICT,
             IssueType::Conflict,
@@ -304,7 +309,13 @@ fn record_response(record: VersionRecord) -> Response {
 
 /// The answer to a create or update: 201 (with Location) or 200, ETag and Last-Modified, and
 /// the body the client asked for with `Prefer: return=`.
-fn write_response(state: &SharedState, res_type: &str, id: &str, written: WriteResult, headers: &HeaderMap) -> Response {
+fn write_response(
+    state: &SharedState,
+    res_type: &str,
+    id: &str,
+    written: WriteResult,
+    headers: &HeaderMap,
+) -> Response {
     let status = if written.created { StatusCode::CREATED } else { StatusCode::OK };
     let mut response = match return_preference(headers) {
         ReturnPreference::Representation => fhir_json(status, written.body),

@@ -51,8 +51,7 @@ pub fn router(store: Store, settings: ApiSettings) -> Router {
         settings,
         capability: serde_json::to_vec(&capability).expect("serialising a JSON value cannot fail"),
     });
-    let fhir_routes = fhir::routes()
-        .route_layer(middleware::from_fn(extract::negotiate_format));
+    let fhir_routes = fhir::routes().route_layer(middleware::from_fn(extract::negotiate_format));
     Router::new()
         .merge(health::routes())
         .merge(fhir_routes)
@@ -89,10 +88,8 @@ pub struct RequestId(pub String);
 async fn request_log(mut request: Request, next: Next) -> Response {
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     request.extensions_mut().insert(RequestId(request_id.clone()));
     let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
     let started = Instant::now();

@@ -3,8 +3,8 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::instant::{to_fhir_instant, now_us};
 use super::etag;
+use super::instant::{now_us, to_fhir_instant};
 use crate::store::VersionRecord;
 
 #[derive(Serialize)]
@@ -61,7 +61,12 @@ struct EntryResponse {
 ///
 /// Fails only if a stored body is not JSON, which means the database was altered outside
 /// the server.
-pub fn history_bundle(base_url: &str, versions: &[VersionRecord], total: i64, link: Vec<Link>) -> Result<Vec<u8>, serde_json::Error> {
+pub fn history_bundle(
+    base_url: &str,
+    versions: &[VersionRecord],
+    total: i64,
+    link: Vec<Link>,
+) -> Result<Vec<u8>, serde_json::Error> {
     let bodies: Vec<Option<&RawValue>> = versions
         .iter()
         .map(|v| v.body.as_deref().map(serde_json::from_slice::<&RawValue>).transpose())

@@ -20,9 +20,8 @@ pub struct Implemented<'a> {
 }
 
 pub fn capability_statement(implemented: &Implemented<'_>) -> Value {
-    let interactions = |codes: &[&str]| -> Value {
-        Value::Array(codes.iter().map(|code| json!({ "code": code })).collect())
-    };
+    let interactions =
+        |codes: &[&str]| -> Value { Value::Array(codes.iter().map(|code| json!({ "code": code })).collect()) };
     let resources: Vec<Value> = R4_RESOURCE_TYPES
         .iter()
         .map(|res_type| {

@@ -12,9 +12,7 @@ pub const MAX_ID_LEN: usize = 64;
 
 /// Whether `id` matches FHIR's id pattern `[A-Za-z0-9\-\.]{1,64}`.
 pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
 /// Checks a resource type named in a URL.
@@ -56,30 +54,35 @@ impl IncomingResource {
             FhirError::bad_request(IssueType::Structure, format!("the body is not valid JSON: {e}"))
         })?;
         let Value::Object(fields) = value else {
-            return Err(FhirError::bad_request(IssueType::Structure, "the body must be a JSON object (a FHIR resource)"));
+            return Err(FhirError::bad_request(
+                IssueType::Structure,
+                "the body must be a JSON object (a FHIR resource)",
+            ));
         };
         match fields.get("resourceType") {
             Some(Value::String(t)) if t == expected_type => {}
             Some(Value::String(t)) => {
                 return Err(FhirError::bad_request(
                     IssueType::Invalid,
-                    format!(
-                        "resourceType '{}' does not match the type in the URL ('{expected_type}')",
-                        printable(t)
-                    ),
+                    format!("resourceType '{}' does not match the type in the URL ('{expected_type}')", printable(t)),
                 )
                 .at("resourceType"));
             }
             Some(_) => {
-                return Err(FhirError::bad_request(IssueType::Structure, "resourceType must be a string").at("resourceType"));
+                return Err(
+                    FhirError::bad_request(IssueType::Structure, "resourceType must be a string").at("resourceType")
+                );
             }
             None => {
-                return Err(FhirError::bad_request(IssueType::Required, "the resource has no resourceType").at("resourceType"));
+                return Err(
+                    FhirError::bad_request(IssueType::Required, "the resource has no resourceType").at("resourceType")
+                );
             }
         }
         if let Some(meta) = fields.get("meta") {
             if !meta.is_object() {
-                return Err(FhirError::bad_request(IssueType::Structure, "meta must be a JSON object").at(format!("{expected_type}.meta")));
+                return Err(FhirError::bad_request(IssueType::Structure, "meta must be a JSON object")
+                    .at(format!("{expected_type}.meta")));
             }
         }
         Ok(IncomingResource { fields })
@@ -95,7 +98,9 @@ impl IncomingResource {
                 format!("the resource id does not match the id in the URL ('{url_id}')"),
             )
             .at(format!("{res_type}.id"))),
-            Some(_) => Err(FhirError::bad_request(IssueType::Structure, "id must be a string").at(format!("{res_type}.id"))),
+            Some(_) => {
+                Err(FhirError::bad_request(IssueType::Structure, "id must be a string").at(format!("{res_type}.id")))
+            }
             None => Err(FhirError::bad_request(
                 IssueType::Required,
                 "an update must carry the resource id, equal to the id in the URL",

@@ -21,7 +21,8 @@ mod migrations;
 pub use error::StoreError;
 
 /// How many times a write is retried after losing a race it did not ask to detect
-/// (no If-Match given) before giving up with a conflict.
+/// (no If-Match given) before giving up with a conflict. Races are rare: they need two
+/// creators of one new id (PostgreSQL), since existing heads are locked while written.
 const MAX_WRITE_ATTEMPTS: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,8 +125,8 @@ impl Store {
     pub async fn connect(database_url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = backend_of(database_url)?;
-        let connect_options = AnyConnectOptions::from_str(&with_create_mode(database_url, backend))
-            .map_err(StoreError::Connect)?;
+        let connect_options =
+            AnyConnectOptions::from_str(&with_create_mode(database_url, backend)).map_err(StoreError::Connect)?;
         let pool = |max: u32| {
             AnyPoolOptions::new()
                 .max_connections(max)
@@ -188,7 +189,7 @@ impl Store {
     ) -> Result<WriteResult, StoreError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let mut tx = self.writer.begin().await?;
-            let head = read_head(&mut *tx, res_type, id).await?;
+            let head = read_head(&mut *tx, self.backend, res_type, id).await?;
             let live = head.as_ref().filter(|h| !h.deleted);
             match (precondition, live) {
                 (Precondition::MustNotExist, Some(_)) => {
@@ -226,7 +227,7 @@ impl Store {
     pub async fn delete(&self, res_type: &str, id: &str, if_match: Option<i64>) -> Result<DeleteResult, StoreError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let mut tx = self.writer.begin().await?;
-            let Some(head) = read_head(&mut *tx, res_type, id).await? else {
+            let Some(head) = read_head(&mut *tx, self.backend, res_type, id).await? else {
                 return match if_match {
                     Some(_) => Err(StoreError::VersionConflict { current: None }),
                     None => Ok(DeleteResult::NotFound),
@@ -272,7 +273,12 @@ impl Store {
     }
 
     /// One specific version of a resource.
-    pub async fn read_version(&self, res_type: &str, id: &str, version: i64) -> Result<Option<VersionRecord>, StoreError> {
+    pub async fn read_version(
+        &self,
+        res_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<VersionRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT version, last_updated_us, deleted, body FROM resource_version \
              WHERE res_type = $1 AND res_id = $2 AND version = $3",
@@ -362,24 +368,26 @@ fn next_timestamp(previous: Option<&Head>) -> i64 {
     previous.map_or(now, |h| now.max(h.last_updated_us + 1))
 }
 
+/// Reads the head inside a write transaction. On PostgreSQL the row is locked (`FOR UPDATE`) so
+/// concurrent writers of one resource queue behind each other instead of failing their
+/// compare-and-set and retrying; SQLite needs no lock as it has a single writer connection.
 async fn read_head(
     conn: &mut sqlx::AnyConnection,
+    backend: Backend,
     res_type: &str,
     id: &str,
 ) -> Result<Option<Head>, StoreError> {
-    let row = sqlx::query(
-        "SELECT version, deleted, last_updated_us FROM resource_head WHERE res_type = $1 AND res_id = $2",
-    )
-    .bind(res_type)
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let sql = match backend {
+        Backend::Sqlite => {
+            "SELECT version, deleted, last_updated_us FROM resource_head WHERE res_type = $1 AND res_id = $2"
+        }
+        Backend::Postgres => {
+            "SELECT version, deleted, last_updated_us FROM resource_head WHERE res_type = $1 AND res_id = $2 FOR UPDATE"
+        }
+    };
+    let row = sqlx::query(sql).bind(res_type).bind(id).fetch_optional(&mut *conn).await?;
     row.map(|r| -> Result<Head, StoreError> {
-        Ok(Head {
-            version: r.try_get(0)?,
-            deleted: r.try_get::<i64, _>(1)? != 0,
-            last_updated_us: r.try_get(2)?,
-        })
+        Ok(Head { version: r.try_get(0)?, deleted: r.try_get::<i64, _>(1)? != 0, last_updated_us: r.try_get(2)? })
     })
     .transpose()
 }

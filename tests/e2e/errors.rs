@@ -1,0 +1,104 @@
+//! Bad requests: each answered with an OperationOutcome and the right status, and the server
+//! keeps serving.
+
+use serde_json::json;
+
+use crate::harness::{Db, Launch, Server};
+use crate::on_both_databases;
+
+on_both_databases!(bad_requests_get_operation_outcomes);
+
+async fn bad_requests_get_operation_outcomes(db: Db) {
+    let server = Server::launch(
+        db,
+        Launch { extra_args: vec!["--max-body-bytes".into(), "65536".into()], ..Default::default() },
+    )
+    .await;
+    let c = &server.client;
+    let fhir = |b: reqwest::RequestBuilder| b.header("content-type", "application/fhir+json");
+    server.put("Patient/p1", &json!({"resourceType": "Patient", "id": "p1"})).await.expect(201);
+
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            fhir(c.post(server.url("Patient"))).body("{\"resourceType\": \"Patient\",,}"),
+            400,
+            "structure",
+        ),
+        ("not an object", fhir(c.post(server.url("Patient"))).body("[1,2]"), 400, "structure"),
+        ("invalid UTF-8", fhir(c.post(server.url("Patient"))).body(vec![b'{', 0xff, 0xfe, b'}']), 400, "structure"),
+        ("no resourceType", fhir(c.post(server.url("Patient"))).body("{\"active\":true}"), 400, "required"),
+        (
+            "wrong resourceType",
+            fhir(c.post(server.url("Patient"))).body(json!({"resourceType": "Observation"}).to_string()),
+            400,
+            "invalid",
+        ),
+        (
+            "id mismatch",
+            fhir(c.put(server.url("Patient/p1"))).body(json!({"resourceType": "Patient", "id": "p2"}).to_string()),
+            400,
+            "invalid",
+        ),
+        (
+            "update without id",
+            fhir(c.put(server.url("Patient/p1"))).body(json!({"resourceType": "Patient"}).to_string()),
+            400,
+            "required",
+        ),
+        (
+            "unknown type (create)",
+            fhir(c.post(server.url("Spaceship"))).body(json!({"resourceType": "Spaceship"}).to_string()),
+            404,
+            "not-supported",
+        ),
+        ("unknown type (read)", c.get(server.url("patient/p1")), 404, "not-supported"),
+        ("invalid id", c.get(server.url("Patient/bad_id!")), 400, "value"),
+        ("id too long", c.get(server.url(&format!("Patient/{}", "a".repeat(65)))), 400, "value"),
+        (
+            "body too large",
+            fhir(c.post(server.url("Patient")))
+                .body(json!({"resourceType": "Patient", "text": {"div": "x".repeat(70_000)}}).to_string()),
+            413,
+            "too-long",
+        ),
+        (
+            "unsupported media type",
+            c.post(server.url("Patient")).header("content-type", "application/fhir+xml").body("<Patient/>"),
+            415,
+            "not-supported",
+        ),
+        ("missing content type", c.post(server.url("Patient")).body("{}"), 415, "not-supported"),
+        ("XML wanted", c.get(server.url("Patient/p1")).header("accept", "application/fhir+xml"), 406, "not-supported"),
+        ("_format=xml", c.get(server.url("Patient/p1?_format=xml")), 406, "not-supported"),
+        ("missing resource", c.get(server.url("Patient/nobody")), 404, "not-found"),
+        ("delete missing", c.delete(server.url("Patient/nobody")), 404, "not-found"),
+        ("bad version id", c.get(server.url("Patient/p1/_history/first")), 400, "value"),
+        ("unsupported method", c.patch(server.url("Patient/p1")), 405, "not-supported"),
+        ("unknown path", c.get(server.url("Patient/p1/_history/1/extra")), 404, "not-supported"),
+        (
+            "conditional create",
+            fhir(c.post(server.url("Patient")))
+                .header("if-none-exist", "identifier=x|1")
+                .body(json!({"resourceType": "Patient"}).to_string()),
+            400,
+            "not-supported",
+        ),
+    ];
+    for (name, request, status, code) in cases {
+        let reply = server.send(request).await;
+        assert_eq!(reply.status, status, "{name}: {}", String::from_utf8_lossy(&reply.bytes));
+        let diagnostics = reply.expect_outcome(status, code);
+        assert!(!diagnostics.is_empty(), "{name}: diagnostics say what went wrong");
+    }
+
+    // application/json is accepted as well as application/fhir+json, and the server still serves.
+    let plain = c
+        .post(server.url("Patient"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(json!({"resourceType": "Patient"}).to_string());
+    server.send(plain).await.expect(201);
+    assert_eq!(server.get("Patient/p1").await.expect(200)["id"], "p1");
+    assert_eq!(server.get("healthz").await.status, 200);
+    assert_eq!(server.get("readyz").await.status, 200);
+}

@@ -1,0 +1,321 @@
+//! Starts the real `hearth` binary over TLS on a fresh SQLite file or a fresh PostgreSQL
+//! database, and gives tests an HTTPS client that trusts the server's generated dev CA.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+
+/// The PostgreSQL server used for tests: a maintenance database on it, from which each test
+/// creates (and drops) its own database.
+pub fn postgres_admin_url() -> String {
+    std::env::var("HEARTH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one test per database from an `async fn NAME(db: Db)`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::harness::Db::Sqlite).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::harness::Db::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+/// A PostgreSQL database created for one test and dropped when this is dropped.
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub fn create() -> PgDatabase {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "hearth_e2e_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            uuid::Uuid::new_v4().simple().to_string().get(..8).unwrap()
+        );
+        admin_sql(&format!("CREATE DATABASE {name}"));
+        let admin = postgres_admin_url();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+        PgDatabase { url: format!("{base}/{name}"), name }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        admin_sql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+/// Runs one statement on the admin database, from a thread of its own so it works both inside
+/// and outside an async runtime (Drop).
+pub fn admin_sql(sql: &str) {
+    let sql = sql.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&postgres_admin_url())
+                .await
+                .expect("PostgreSQL must be reachable for the end-to-end tests (HEARTH_TEST_POSTGRES_URL)");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.expect("admin statement");
+        });
+    })
+    .join()
+    .expect("admin thread");
+}
+
+/// One running `hearth serve` process.
+pub struct Server {
+    pub db: Db,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub client: reqwest::Client,
+    child: Child,
+    log_path: PathBuf,
+    /// Owns the data directory while the server lives.
+    _dir: Option<tempfile::TempDir>,
+    pg: Option<PgDatabase>,
+}
+
+/// How to start a server.
+#[derive(Default)]
+pub struct Launch {
+    pub extra_args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Do not pass --database-url (the test provides it another way, e.g. a config file).
+    pub no_database_flag: bool,
+    /// Do not pass --dev.
+    pub no_dev_flag: bool,
+    /// The CA the client trusts; default: the dev CA in the server's data directory.
+    pub ca: Option<PathBuf>,
+}
+
+impl Server {
+    pub async fn start(db: Db) -> Server {
+        Server::launch(db, Launch::default()).await
+    }
+
+    pub async fn launch(db: Db, launch: Launch) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let pg = (db == Db::Postgres).then(PgDatabase::create);
+        Server::spawn(db, data_dir, Some(dir), pg, launch)
+    }
+
+    fn spawn(
+        db: Db,
+        data_dir: PathBuf,
+        dir: Option<tempfile::TempDir>,
+        pg: Option<PgDatabase>,
+        launch: Launch,
+    ) -> Server {
+        let log_path = data_dir.with_file_name(format!("server-{}.log", uuid::Uuid::new_v4().simple()));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        command.arg("serve").arg("--data-dir").arg(&data_dir).args(["--listen", "127.0.0.1:0"]);
+        if !launch.no_dev_flag {
+            command.arg("--dev");
+        }
+        if let (Some(pg), false) = (&pg, launch.no_database_flag) {
+            command.args(["--database-url", &pg.url]);
+        }
+        command.args(&launch.extra_args);
+        command.env_remove("HEARTH_CONFIG").env_remove("HEARTH_DATABASE_URL").env_remove("HEARTH_DEV");
+        for (key, value) in &launch.env {
+            command.env(key, value);
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("start hearth");
+        let base = read_listening_line(&mut child, &log_path);
+        let ca = launch.ca.unwrap_or_else(|| data_dir.join("tls/ca.pem"));
+        let client = client_trusting(&ca, false);
+        Server { db, base, data_dir, client, child, log_path, _dir: dir, pg }
+    }
+
+    /// Stops this server with SIGTERM and starts a new one on the same data (and database).
+    pub async fn restart(mut self, launch: Launch) -> Server {
+        self.terminate().expect("server exits cleanly on SIGTERM");
+        let dir = self._dir.take();
+        let pg = self.pg.take();
+        Server::spawn(self.db, self.data_dir.clone(), dir, pg, launch)
+    }
+
+    /// Starts a new server on the same data after this one was killed (SIGKILL).
+    pub async fn restart_after_kill(mut self) -> Server {
+        let status = self.child.wait().expect("wait for the killed server");
+        assert!(!status.success(), "the server was expected to have been killed");
+        let dir = self._dir.take();
+        let pg = self.pg.take();
+        Server::spawn(self.db, self.data_dir.clone(), dir, pg, Launch::default())
+    }
+
+    /// Sends SIGTERM and waits for the exit; Ok if it exited successfully within 20 s.
+    pub fn terminate(&mut self) -> Result<(), String> {
+        signal(self.child.id(), "TERM");
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().map_err(|e| e.to_string())? {
+                return if status.success() { Ok(()) } else { Err(format!("exited with {status}")) };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err("still running 20 s after SIGTERM".to_owned())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        Reply::from(self.client.get(self.url(path)).send().await.expect("GET")).await
+    }
+
+    /// The request is built before the returned future runs, so `path` and `body` may be
+    /// temporaries.
+    pub fn post<'s>(&'s self, path: &str, body: &Value) -> impl Future<Output = Reply> + use<'s> {
+        self.send(
+            self.client.post(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string()),
+        )
+    }
+
+    pub fn put<'s>(&'s self, path: &str, body: &Value) -> impl Future<Output = Reply> + use<'s> {
+        self.send(
+            self.client.put(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string()),
+        )
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.client.delete(self.url(path))).await
+    }
+
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        Reply::from(request.send().await.expect("request")).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- server log ({:?}) ----\n{}", self.db, self.log());
+        }
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().expect("kill");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+fn read_listening_line(child: &mut Child, log_path: &Path) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(rest) = line.split("FHIR base ").nth(1) {
+                let _ = tx.send(rest.trim().trim_end_matches(')').to_owned());
+                break;
+            }
+            line.clear();
+        }
+        // Keep draining so the server never blocks on a full pipe.
+        let mut sink = String::new();
+        while reader.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("hearth did not start; log:\n{}", std::fs::read_to_string(log_path).unwrap_or_default())
+    })
+}
+
+/// An HTTPS client that trusts only the given CA certificate.
+pub fn client_trusting(ca_pem: &Path, http1_only: bool) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_pem).expect("the dev CA exists")).expect("CA parses");
+    let mut builder = reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(60));
+    if http1_only {
+        builder = builder.http1_only();
+    }
+    builder.build().expect("client")
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub bytes: Vec<u8>,
+}
+
+impl Reply {
+    pub async fn from(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("body").to_vec();
+        Reply { status, headers, bytes }
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.bytes)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.bytes)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the status and returns the JSON body.
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "unexpected status; body: {}", String::from_utf8_lossy(&self.bytes));
+        if self.bytes.is_empty() { Value::Null } else { self.json() }
+    }
+
+    /// Asserts an OperationOutcome error with this status and issue code; returns diagnostics.
+    pub fn expect_outcome(&self, status: u16, code: &str) -> String {
+        let body = self.expect(status);
+        assert!(
+            self.header("content-type").is_some_and(|t| t.starts_with("application/fhir+json")),
+            "errors are application/fhir+json, got {:?}",
+            self.header("content-type")
+        );
+        assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+        assert_eq!(body["issue"][0]["severity"], "error", "{body}");
+        assert_eq!(body["issue"][0]["code"], code, "{body}");
+        body["issue"][0]["diagnostics"].as_str().unwrap_or_default().to_owned()
+    }
+}

@@ -1,0 +1,130 @@
+//! Starting, configuring, restarting and stopping the server.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Db, Launch, PgDatabase, Server, client_trusting};
+use crate::on_both_databases;
+
+on_both_databases!(
+    restart_keeps_data_and_certificate,
+    sigterm_lets_in_flight_requests_finish,
+    sigkill_loses_no_acknowledged_write
+);
+
+async fn restart_keeps_data_and_certificate(db: Db) {
+    let server = Server::start(db).await;
+    server.put("Patient/kept", &json!({"resourceType": "Patient", "id": "kept", "active": true})).await.expect(201);
+    let ca = std::fs::read(server.data_dir.join("tls/ca.pem")).unwrap();
+    let server = server.restart(Launch::default()).await;
+    assert_eq!(std::fs::read(server.data_dir.join("tls/ca.pem")).unwrap(), ca, "the dev CA is reused");
+    let read = server.get("Patient/kept").await.expect(200);
+    assert_eq!(read["active"], true);
+    assert!(server.log().contains("DEVELOPMENT MODE"), "dev mode is announced loudly");
+}
+
+async fn sigterm_lets_in_flight_requests_finish(db: Db) {
+    let mut server = Server::start(db).await;
+    // HTTP/1.1 and a body sent in two halves: the request is in flight when SIGTERM arrives.
+    let client = client_trusting(&server.data_dir.join("tls/ca.pem"), true);
+    let body = json!({"resourceType": "Patient", "id": "in-flight", "active": true}).to_string();
+    let (first, second) = body.split_at(body.len() / 2);
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    tx.unbounded_send(Ok(first.as_bytes().to_vec())).unwrap();
+    let request = client
+        .put(server.url("Patient/in-flight"))
+        .header("content-type", "application/fhir+json")
+        .header("content-length", body.len().to_string())
+        .body(reqwest::Body::wrap_stream(rx))
+        .send();
+    let pending = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    crate::harness::signal(server.pid(), "TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tx.unbounded_send(Ok(second.as_bytes().to_vec())).unwrap();
+    drop(tx);
+    let response = pending.await.unwrap().expect("the in-flight request completes");
+    assert_eq!(response.status().as_u16(), 201);
+    server.terminate().expect("exits cleanly after draining");
+    assert!(server.log().contains("stopped"));
+}
+
+async fn sigkill_loses_no_acknowledged_write(db: Db) {
+    let server = Server::start(db).await;
+    let mut acknowledged = Vec::new();
+    for n in 0..30 {
+        let reply = server
+            .post("Observation", &json!({"resourceType": "Observation", "status": "final", "valueInteger": n}))
+            .await;
+        acknowledged.push(reply.expect(201));
+    }
+    crate::harness::signal(server.pid(), "KILL");
+    let server = server.restart_after_kill().await;
+    for ack in acknowledged {
+        let stored = server.get(&format!("Observation/{}", ack["id"].as_str().unwrap())).await.expect(200);
+        assert_eq!(stored, ack, "an acknowledged write survives SIGKILL unchanged");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_mode_needs_a_certificate_and_uses_the_given_one() {
+    // Without --dev and without a certificate the server refuses to start, saying what to do.
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("HEARTH_DEV")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--tls-cert") && stderr.contains("--dev"), "{stderr}");
+
+    // With operator-provided files (here: ones a dev server generated) it starts without --dev.
+    let dev = Server::start(Db::Sqlite).await;
+    let tls = dev.data_dir.join("tls");
+    let launch = Launch {
+        no_dev_flag: true,
+        extra_args: vec![
+            "--tls-cert".into(),
+            tls.join("server.pem").display().to_string(),
+            "--tls-key".into(),
+            tls.join("server-key.pem").display().to_string(),
+        ],
+        ..Default::default()
+    };
+    let mut production = Server::launch(Db::Sqlite, Launch { ca: Some(tls.join("ca.pem")), ..launch }).await;
+    production.post("Patient", &json!({"resourceType": "Patient"})).await.expect(201);
+    assert!(!production.log().contains("DEVELOPMENT MODE"));
+    production.terminate().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_from_config_file_and_environment() {
+    // The same database URL via a TOML config file ...
+    let pg = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hearth.toml");
+    std::fs::write(&config, format!("database_url = \"{}\"\nmax_body_bytes = 100000\n", pg.url)).unwrap();
+    let server = Server::launch(
+        Db::Sqlite,
+        Launch {
+            extra_args: vec!["--config".into(), config.display().to_string()],
+            no_database_flag: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    server.put("Patient/via-file", &json!({"resourceType": "Patient", "id": "via-file"})).await.expect(201);
+    assert!(server.log().contains("backend=\"postgres\""), "{}", server.log());
+    drop(server);
+
+    // ... and via the environment: a second server sees the first one's data.
+    let server = Server::launch(
+        Db::Sqlite,
+        Launch { env: vec![("HEARTH_DATABASE_URL".into(), pg.url.clone())], ..Default::default() },
+    )
+    .await;
+    server.get("Patient/via-file").await.expect(200);
+}
