@@ -20,25 +20,40 @@ pub enum LogFormat {
     Json,
 }
 
-/// `hearth serve` options. Each flag also reads a `HEARTH_*` environment variable.
+/// Where the data and its keys are: shared by `hearth serve` and the maintenance commands
+/// (`keys`, `erase`). Each flag also reads a `HEARTH_*` environment variable.
 #[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
+pub struct StorageArgs {
     /// TOML configuration file; flags and environment variables override its values.
     #[arg(long, env = "HEARTH_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Development mode: generate a local CA and TLS certificate in the data directory.
-    /// Never use in production.
+    /// Development mode: generate a local CA, TLS certificate and key-encryption key in the
+    /// data directory. Never use in production.
     #[arg(long, env = "HEARTH_DEV", num_args = 0..=1, default_missing_value = "true")]
     pub dev: Option<bool>,
     /// Directory for the SQLite database and generated development files.
     #[arg(long, env = "HEARTH_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address to listen on for HTTPS (port 0 picks a free port).
-    #[arg(long, env = "HEARTH_LISTEN")]
-    pub listen: Option<SocketAddr>,
     /// sqlite://PATH or postgres://USER@HOST:PORT/DB. Default: SQLite in the data directory.
     #[arg(long, env = "HEARTH_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Keyring directory holding the key-encryption keys (kek-v1.key, ...), mode 0700/0600.
+    /// Default in dev mode: DATA_DIR/keys. Alternatively set HEARTH_KEKS="1:BASE64,...".
+    #[arg(long, env = "HEARTH_KEYRING")]
+    pub keyring: Option<PathBuf>,
+    /// Largest number of database connections.
+    #[arg(long, env = "HEARTH_DB_MAX_CONNECTIONS")]
+    pub db_max_connections: Option<u32>,
+}
+
+/// `hearth serve` options. Each flag also reads a `HEARTH_*` environment variable.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Address to listen on for HTTPS (port 0 picks a free port).
+    #[arg(long, env = "HEARTH_LISTEN")]
+    pub listen: Option<SocketAddr>,
     /// Public base URL of the FHIR endpoint, used in Location headers and Bundle links.
     #[arg(long, env = "HEARTH_BASE_URL")]
     pub base_url: Option<String>,
@@ -51,9 +66,6 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HEARTH_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// Largest number of database connections.
-    #[arg(long, env = "HEARTH_DB_MAX_CONNECTIONS")]
-    pub db_max_connections: Option<u32>,
     /// Log format on standard error.
     #[arg(long, env = "HEARTH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -67,6 +79,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     database_url: Option<String>,
+    keyring: Option<PathBuf>,
     base_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -84,17 +97,36 @@ pub enum TlsSource {
     DevGenerated,
 }
 
+/// Where the key-encryption keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A keyring directory (the file provider).
+    Directory(PathBuf),
+    /// The `HEARTH_KEKS` environment variable.
+    Environment,
+}
+
+/// The environment variable the environment key provider reads.
+pub const KEKS_ENV: &str = "HEARTH_KEKS";
+
+/// Resolved storage settings.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    pub dev: bool,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub keys: KeySource,
+    pub db_max_connections: u32,
+}
+
 /// Fully resolved settings for `hearth serve`.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
-    pub dev: bool,
-    pub data_dir: PathBuf,
+    pub storage: StorageSettings,
     pub listen: SocketAddr,
-    pub database_url: String,
     pub base_url: Option<String>,
     pub tls: TlsSource,
     pub max_body_bytes: usize,
-    pub db_max_connections: u32,
     pub log_format: LogFormat,
 }
 
@@ -111,36 +143,67 @@ pub enum ConfigError {
     NoTls,
     #[error("--tls-cert and --tls-key must be given together")]
     HalfTls,
+    #[error(
+        "no key-encryption key is configured. Pass --keyring DIR (create one with \
+         `hearth keys init --keyring DIR`) or set HEARTH_KEKS, or start with --dev"
+    )]
+    NoKeys,
     #[error("max_body_bytes must be at least 1024")]
     BodyLimitTooSmall,
     #[error("base_url must start with https:// or http:// (got a value that does not)")]
     BadBaseUrl,
 }
 
+impl StorageArgs {
+    /// Resolves flags and environment (already merged by clap) over the file over defaults.
+    pub fn resolve(&self) -> Result<StorageSettings, ConfigError> {
+        self.resolve_with(&self.read_config()?)
+    }
+
+    fn read_config(&self) -> Result<FileConfig, ConfigError> {
+        match &self.config {
+            Some(path) => read_file(path),
+            None => Ok(FileConfig::default()),
+        }
+    }
+
+    fn resolve_with(&self, file: &FileConfig) -> Result<StorageSettings, ConfigError> {
+        let dev = self.dev.or(file.dev).unwrap_or(false);
+        let data_dir =
+            self.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database_url = self
+            .database_url
+            .clone()
+            .or_else(|| file.database_url.clone())
+            .unwrap_or_else(|| crate::store::sqlite_url_for(&data_dir.join("hearth.db")));
+        let keys = match (self.keyring.clone().or_else(|| file.keyring.clone()), std::env::var_os(KEKS_ENV)) {
+            (Some(dir), _) => KeySource::Directory(dir),
+            (None, Some(_)) => KeySource::Environment,
+            (None, None) if dev => KeySource::Directory(data_dir.join("keys")),
+            (None, None) => return Err(ConfigError::NoKeys),
+        };
+        let db_max_connections =
+            self.db_max_connections.or(file.db_max_connections).unwrap_or(DEFAULT_DB_MAX_CONNECTIONS).max(2);
+        Ok(StorageSettings { dev, data_dir, database_url, keys, db_max_connections })
+    }
+}
+
 impl ServeArgs {
     /// Resolves flags and environment (already merged by clap) over the file over defaults.
     pub fn resolve(self) -> Result<ServeSettings, ConfigError> {
-        let file = match &self.config {
-            Some(path) => read_file(path)?,
-            None => FileConfig::default(),
-        };
-        let dev = self.dev.or(file.dev).unwrap_or(false);
-        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let file = self.storage.read_config()?;
+        let storage = self.storage.resolve_with(&file)?;
         let listen = self
             .listen
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default listen address parses"));
-        let database_url = self
-            .database_url
-            .or(file.database_url)
-            .unwrap_or_else(|| crate::store::sqlite_url_for(&data_dir.join("hearth.db")));
         let base_url = self.base_url.or(file.base_url).map(|u| u.trim_end_matches('/').to_owned());
         if base_url.as_deref().is_some_and(|u| !(u.starts_with("https://") || u.starts_with("http://"))) {
             return Err(ConfigError::BadBaseUrl);
         }
         let tls = match (self.tls_cert.or(file.tls_cert), self.tls_key.or(file.tls_key)) {
             (Some(cert), Some(key)) => TlsSource::Files { cert, key },
-            (None, None) if dev => TlsSource::DevGenerated,
+            (None, None) if storage.dev => TlsSource::DevGenerated,
             (None, None) => return Err(ConfigError::NoTls),
             _ => return Err(ConfigError::HalfTls),
         };
@@ -149,18 +212,11 @@ impl ServeArgs {
             return Err(ConfigError::BodyLimitTooSmall);
         }
         Ok(ServeSettings {
-            dev,
-            data_dir,
+            storage,
             listen,
-            database_url,
             base_url,
             tls,
             max_body_bytes,
-            db_max_connections: self
-                .db_max_connections
-                .or(file.db_max_connections)
-                .unwrap_or(DEFAULT_DB_MAX_CONNECTIONS)
-                .max(2),
             log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
         })
     }
@@ -175,17 +231,26 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 mod tests {
     use super::*;
 
+    fn dev() -> StorageArgs {
+        StorageArgs { dev: Some(true), ..Default::default() }
+    }
+
     #[test]
-    fn production_without_certificate_refuses() {
-        assert!(matches!(ServeArgs::default().resolve(), Err(ConfigError::NoTls)));
+    fn production_without_certificate_or_keys_refuses() {
+        let keyring = StorageArgs { keyring: Some("keys".into()), ..Default::default() };
+        assert!(matches!(ServeArgs { storage: keyring, ..Default::default() }.resolve(), Err(ConfigError::NoTls)));
+        if std::env::var_os(KEKS_ENV).is_none() {
+            assert!(matches!(StorageArgs::default().resolve(), Err(ConfigError::NoKeys)));
+        }
     }
 
     #[test]
     fn dev_defaults() {
-        let settings = ServeArgs { dev: Some(true), ..Default::default() }.resolve().unwrap();
+        let settings = ServeArgs { storage: dev(), ..Default::default() }.resolve().unwrap();
         assert_eq!(settings.tls, TlsSource::DevGenerated);
         assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
-        assert_eq!(settings.database_url, "sqlite://hearth-data/hearth.db");
+        assert_eq!(settings.storage.database_url, "sqlite://hearth-data/hearth.db");
+        assert_eq!(settings.storage.keys, KeySource::Directory("hearth-data/keys".into()));
     }
 
     #[test]
@@ -193,20 +258,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hearth.toml");
         std::fs::write(&path, "dev = true\nlisten = \"127.0.0.1:9000\"\nmax_body_bytes = 4096\n").unwrap();
-        let settings = ServeArgs { config: Some(path.clone()), max_body_bytes: Some(2048), ..Default::default() }
-            .resolve()
-            .unwrap();
+        let storage = StorageArgs { config: Some(path.clone()), ..Default::default() };
+        let settings = ServeArgs { storage, max_body_bytes: Some(2048), ..Default::default() }.resolve().unwrap();
         assert_eq!(settings.listen.port(), 9000);
         assert_eq!(settings.max_body_bytes, 2048);
 
         std::fs::write(&path, "dev = true\nlisten_adress = \"x\"\n").unwrap();
-        let error = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap_err();
+        let storage = StorageArgs { config: Some(path), ..Default::default() };
+        let error = ServeArgs { storage, ..Default::default() }.resolve().unwrap_err();
         assert!(error.to_string().contains("listen_adress"), "{error}");
     }
 
     #[test]
     fn half_a_tls_pair_is_an_error() {
-        let args = ServeArgs { tls_cert: Some("c.pem".into()), ..Default::default() };
+        let args = ServeArgs { storage: dev(), tls_cert: Some("c.pem".into()), ..Default::default() };
         assert!(matches!(args.resolve(), Err(ConfigError::HalfTls)));
     }
 }

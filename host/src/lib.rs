@@ -1,7 +1,9 @@
 //! Hearth: a FHIR R4 records server. The binary (`main.rs`) is a thin CLI over this library.
 
 pub mod api;
+pub mod commands;
 pub mod config;
+pub mod crypto;
 pub mod fhir;
 pub mod serve;
 pub mod server;

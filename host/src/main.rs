@@ -1,10 +1,11 @@
 //! The `hearth` command line.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hearth::config::{LogFormat, ServeArgs};
+use hearth::config::{LogFormat, ServeArgs, StorageArgs};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -18,37 +19,93 @@ struct Cli {
 enum Command {
     /// Run the FHIR server over HTTPS.
     Serve(ServeArgs),
+    /// Manage key-encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Erase a patient by destroying its data key (crypto-shredding). Irreversible.
+    Erase {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// The Patient resource id.
+        #[arg(long)]
+        patient: String,
+        /// Why (recorded with the erasure; no patient details).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create the first key-encryption key in a keyring directory.
+    Init {
+        #[arg(long, env = "HEARTH_KEYRING")]
+        keyring: PathBuf,
+    },
+    /// Add a KEK version and re-wrap every data key under it, online; re-run to resume.
+    Rotate(StorageArgs),
+    /// Show KEK versions and the data keys each wraps.
+    Status(StorageArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("hearth: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(), String> = match cli.command {
         Command::Serve(args) => {
             let settings = match args.resolve() {
                 Ok(settings) => settings,
-                Err(error) => {
-                    eprintln!("hearth: {error}");
-                    return ExitCode::from(2);
-                }
+                Err(error) => return usage_error(&error),
             };
             init_logging(settings.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("hearth: cannot start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(hearth::serve::run(settings)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!(%error, "cannot start");
-                    eprintln!("hearth: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            runtime.block_on(hearth::serve::run(settings)).map_err(|error| {
+                tracing::error!(%error, "cannot start");
+                error.to_string()
+            })
+        }
+        Command::Keys(KeysCommand::Init { keyring }) => {
+            init_logging(LogFormat::Text);
+            hearth::commands::keys_init(&keyring).map_err(|e| e.to_string())
+        }
+        Command::Keys(KeysCommand::Rotate(storage)) => {
+            with_storage(&runtime, &storage, |settings| async move { hearth::commands::keys_rotate(&settings).await })
+        }
+        Command::Keys(KeysCommand::Status(storage)) => {
+            with_storage(&runtime, &storage, |settings| async move { hearth::commands::keys_status(&settings).await })
+        }
+        Command::Erase { storage, patient, reason } => with_storage(&runtime, &storage, |settings| async move {
+            hearth::commands::erase_patient(&settings, &patient, &reason).await
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("hearth: {message}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn usage_error(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("hearth: {error}");
+    ExitCode::from(2)
+}
+
+/// Resolves storage settings and runs a maintenance command on them.
+fn with_storage<F, Fut>(runtime: &tokio::runtime::Runtime, storage: &StorageArgs, command: F) -> Result<(), String>
+where
+    F: FnOnce(hearth::config::StorageSettings) -> Fut,
+    Fut: std::future::Future<Output = Result<(), hearth::commands::CommandError>>,
+{
+    let settings = storage.resolve().map_err(|e| e.to_string())?;
+    init_logging(LogFormat::Text);
+    runtime.block_on(command(settings)).map_err(|e| e.to_string())
 }
 
 /// Logs go to standard error; the level comes from `HEARTH_LOG` (or `RUST_LOG`), default info.

@@ -5,9 +5,12 @@ use std::io::Write;
 
 use tokio::net::TcpListener;
 
+use std::sync::Arc;
+
 use crate::api::{ApiSettings, router};
-use crate::config::{ServeSettings, TlsSource};
-use crate::store::{Store, StoreOptions};
+use crate::config::{KEKS_ENV, KeySource, ServeSettings, StorageSettings, TlsSource};
+use crate::crypto::{EnvKeyProvider, FileKeyProvider, KeyProvider};
+use crate::store::{KeyVault, Store, StoreOptions};
 use crate::tls::dev_ca::DevTlsFiles;
 
 /// Why the server could not start; each message says what to do.
@@ -17,22 +20,49 @@ pub enum StartError {
     DataDir { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Keys(#[from] crate::crypto::KeyError),
     #[error("{0}. Check --database-url / HEARTH_DATABASE_URL and that the database server is running")]
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {source}. Choose another address with --listen")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
-pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
+/// Opens the database with its keys: loads the keyring (generating the first KEK into the
+/// data directory in dev mode only), connects, applies migrations and checks that every data
+/// key can be unwrapped.
+pub async fn open_store(settings: &StorageSettings) -> Result<Store, StartError> {
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|source| StartError::DataDir { path: settings.data_dir.clone(), source })?;
-    if settings.dev {
-        warn_dev_mode(&settings);
+    let provider: Box<dyn KeyProvider> = match &settings.keys {
+        KeySource::Directory(dir) => {
+            let provider = FileKeyProvider::new(dir);
+            if settings.dev && matches!(provider.load(), Err(crate::crypto::KeyError::NoKeys(_))) {
+                provider.create_version(1)?;
+                tracing::warn!(keyring = %dir.display(), "generated a development key-encryption key");
+            }
+            Box::new(provider)
+        }
+        KeySource::Environment => Box::new(EnvKeyProvider::new(KEKS_ENV, std::env::var(KEKS_ENV).unwrap_or_default())),
+    };
+    let vault = Arc::new(KeyVault::new(provider)?);
+    let store_options = StoreOptions { max_connections: settings.db_max_connections, ..StoreOptions::default() };
+    let store = Store::connect(&settings.database_url, &store_options, vault).await?;
+    store.migrate().await?;
+    store.prepare_keys().await?;
+    Ok(store)
+}
+
+pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
+    std::fs::create_dir_all(&settings.storage.data_dir)
+        .map_err(|source| StartError::DataDir { path: settings.storage.data_dir.clone(), source })?;
+    if settings.storage.dev {
+        warn_dev_mode(&settings.storage);
     }
     let tls = match &settings.tls {
         TlsSource::Files { cert, key } => crate::tls::server_config(cert, key)?,
         TlsSource::DevGenerated => {
-            let files = DevTlsFiles::in_dir(&settings.data_dir);
+            let files = DevTlsFiles::in_dir(&settings.storage.data_dir);
             if files.ensure()? {
                 tracing::warn!(ca = %files.ca_cert.display(), "generated a development CA and TLS certificate");
             }
@@ -40,9 +70,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         }
     };
 
-    let store_options = StoreOptions { max_connections: settings.db_max_connections, ..StoreOptions::default() };
-    let store = Store::connect(&settings.database_url, &store_options).await?;
-    store.migrate().await?;
+    let store = open_store(&settings.storage).await?;
     tracing::info!(backend = store.backend().name(), "database ready");
 
     let listener = TcpListener::bind(settings.listen)
@@ -69,14 +97,14 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
     Ok(())
 }
 
-fn warn_dev_mode(settings: &ServeSettings) {
+fn warn_dev_mode(settings: &StorageSettings) {
     let ca = DevTlsFiles::in_dir(&settings.data_dir).ca_cert;
     eprintln!(
         "\n\
          ************************************************************************\n\
          *  HEARTH IS RUNNING IN DEVELOPMENT MODE. DO NOT USE IT FOR REAL DATA.  *\n\
-         *  The TLS certificate and its CA were generated on this machine and   *\n\
-         *  their keys sit in the data directory.                               *\n\
+         *  The TLS certificate, its CA and the key-encryption key were         *\n\
+         *  generated on this machine and sit in the data directory.            *\n\
          ************************************************************************\n\
          Data directory: {}\n\
          Trust the development CA with: curl --cacert {}\n",

@@ -193,6 +193,79 @@ impl Server {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The database this server uses, as a URL any sqlx client (or `hearth` command) takes.
+    pub fn database_url(&self) -> String {
+        match &self.pg {
+            Some(pg) => pg.url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("hearth.db").display()),
+        }
+    }
+
+    /// The keyring directory of this (dev mode) server.
+    pub fn keyring(&self) -> PathBuf {
+        self.data_dir.join("keys")
+    }
+
+    /// Runs a `hearth` maintenance command against this server's database and keyring.
+    pub fn hearth(&self, args: &[&str]) -> std::process::Output {
+        let keyring = self.keyring();
+        let mut full: Vec<&str> = args.to_vec();
+        let url = self.database_url();
+        full.extend(["--database-url", &url, "--keyring", keyring.to_str().unwrap()]);
+        hearth_command(&full)
+    }
+
+    /// A direct connection to the server's database, bypassing Hearth (to inspect or tamper).
+    pub async fn raw_connection(&self) -> sqlx::AnyConnection {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        sqlx::AnyConnection::connect(&self.database_url()).await.expect("direct database connection")
+    }
+
+    /// Every byte the database holds on disk (SQLite: the database, WAL and shared-memory
+    /// files; PostgreSQL: the database's table files after a checkpoint) plus, for PostgreSQL,
+    /// what a backup would hold (`pg_dump`).
+    pub async fn raw_database_bytes(&self) -> Vec<u8> {
+        match &self.pg {
+            Some(pg) => {
+                let output = Command::new("pg_dump").arg(&pg.url).output().expect("pg_dump runs");
+                assert!(output.status.success(), "pg_dump: {}", String::from_utf8_lossy(&output.stderr));
+                let mut bytes = output.stdout;
+                let mut conn = self.raw_connection().await;
+                use sqlx::Row;
+                sqlx::query("CHECKPOINT").execute(&mut conn).await.expect("CHECKPOINT (needs a superuser)");
+                let data_dir: String = sqlx::query("SELECT setting FROM pg_settings WHERE name = 'data_directory'")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+                    .get(0);
+                let oid: String = sqlx::query("SELECT oid::text FROM pg_database WHERE datname = current_database()")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap()
+                    .get(0);
+                let base = Path::new(&data_dir).join("base").join(oid);
+                for entry in std::fs::read_dir(&base).unwrap_or_else(|e| panic!("read {}: {e}", base.display())) {
+                    let path = entry.unwrap().path();
+                    if path.is_file() {
+                        bytes.extend(std::fs::read(path).unwrap());
+                    }
+                }
+                bytes
+            }
+            None => {
+                let mut bytes = Vec::new();
+                for entry in std::fs::read_dir(&self.data_dir).unwrap() {
+                    let entry = entry.unwrap();
+                    if entry.file_name().to_string_lossy().starts_with("hearth.db") {
+                        bytes.extend(std::fs::read(entry.path()).unwrap());
+                    }
+                }
+                bytes
+            }
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}/{}", self.base, path.trim_start_matches('/'))
     }
@@ -232,6 +305,33 @@ impl Drop for Server {
             eprintln!("---- server log ({:?}) ----\n{}", self.db, self.log());
         }
     }
+}
+
+/// Runs the `hearth` binary with `args` and collects its output (bounded to 5 minutes).
+pub fn hearth_command(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .env_remove("HEARTH_CONFIG")
+        .env_remove("HEARTH_DATABASE_URL")
+        .env_remove("HEARTH_DEV")
+        .env_remove("HEARTH_KEKS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hearth");
+    for _ in 0..3000 {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("hearth {args:?} did not finish within 5 minutes");
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 pub fn signal(pid: u32, name: &str) {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Db, Launch, PgDatabase, Server, client_trusting};
+use crate::harness::{Db, Launch, PgDatabase, Server, client_trusting, hearth_command};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -68,25 +68,37 @@ async fn sigkill_loses_no_acknowledged_write(db: Db) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn production_mode_needs_a_certificate_and_uses_the_given_one() {
-    // Without --dev and without a certificate the server refuses to start, saying what to do.
+async fn production_mode_needs_keys_and_a_certificate_and_uses_the_given_ones() {
+    // Without --dev, the server refuses to start until it has a KEK and a certificate, and
+    // says what to pass.
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .env_remove("HEARTH_DEV")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--tls-cert") && stderr.contains("--dev"), "{stderr}");
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+    let refused = hearth_command(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--keyring") && stderr.contains("hearth keys init"), "{stderr}");
+
+    let keyring = dir.path().join("keyring");
+    let keyring_arg = keyring.to_str().unwrap();
+    let init = hearth_command(&["keys", "init", "--keyring", keyring_arg]);
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(!hearth_command(&["keys", "init", "--keyring", keyring_arg]).status.success(), "init never overwrites");
+
+    let refused =
+        hearth_command(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg, "--keyring", keyring_arg]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--tls-cert") && stderr.contains("--dev"), "{stderr}");
 
     // With operator-provided files (here: ones a dev server generated) it starts without --dev.
     let dev = Server::start(Db::Sqlite).await;
     let tls = dev.data_dir.join("tls");
     let launch = Launch {
         no_dev_flag: true,
+        ca: Some(tls.join("ca.pem")),
         extra_args: vec![
+            "--keyring".into(),
+            keyring_arg.into(),
             "--tls-cert".into(),
             tls.join("server.pem").display().to_string(),
             "--tls-key".into(),
@@ -94,19 +106,26 @@ async fn production_mode_needs_a_certificate_and_uses_the_given_one() {
         ],
         ..Default::default()
     };
-    let mut production = Server::launch(Db::Sqlite, Launch { ca: Some(tls.join("ca.pem")), ..launch }).await;
+    let mut production = Server::launch(Db::Sqlite, launch).await;
     production.post("Patient", &json!({"resourceType": "Patient"})).await.expect(201);
     assert!(!production.log().contains("DEVELOPMENT MODE"));
     production.terminate().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_from_config_file_and_environment() {
-    // The same database URL via a TOML config file ...
+async fn postgres_from_config_file_and_environment_and_wrong_keys_refused() {
     let pg = PgDatabase::create();
     let dir = tempfile::tempdir().unwrap();
+    let keyring = dir.path().join("keyring");
+    assert!(hearth_command(&["keys", "init", "--keyring", keyring.to_str().unwrap()]).status.success());
+
+    // The database URL and keyring via a TOML config file ...
     let config = dir.path().join("hearth.toml");
-    std::fs::write(&config, format!("database_url = \"{}\"\nmax_body_bytes = 100000\n", pg.url)).unwrap();
+    std::fs::write(
+        &config,
+        format!("database_url = \"{}\"\nkeyring = \"{}\"\nmax_body_bytes = 100000\n", pg.url, keyring.display()),
+    )
+    .unwrap();
     let server = Server::launch(
         Db::Sqlite,
         Launch {
@@ -123,8 +142,35 @@ async fn postgres_from_config_file_and_environment() {
     // ... and via the environment: a second server sees the first one's data.
     let server = Server::launch(
         Db::Sqlite,
-        Launch { env: vec![("HEARTH_DATABASE_URL".into(), pg.url.clone())], ..Default::default() },
+        Launch {
+            env: vec![
+                ("HEARTH_DATABASE_URL".into(), pg.url.clone()),
+                ("HEARTH_KEYRING".into(), keyring.display().to_string()),
+            ],
+            ..Default::default()
+        },
     )
     .await;
     server.get("Patient/via-file").await.expect(200);
+    drop(server);
+
+    // A keyring with another key under the same version is refused before anything is read.
+    let other = dir.path().join("other-keyring");
+    assert!(hearth_command(&["keys", "init", "--keyring", other.to_str().unwrap()]).status.success());
+    let data = dir.path().join("data3");
+    let refused = hearth_command(&[
+        "serve",
+        "--dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--database-url",
+        &pg.url,
+        "--keyring",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not the key this database was encrypted with"), "{stderr}");
 }

@@ -4,6 +4,7 @@ mod harness;
 
 mod concurrency;
 mod crud;
+mod encryption;
 mod errors;
 mod lifecycle;
 mod metadata;

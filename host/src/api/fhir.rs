@@ -52,9 +52,10 @@ async fn create(
     let resource = IncomingResource::parse(&body, &res_type)?;
     // The spec says a server SHALL ignore an id sent with a create and assign its own.
     let id = uuid::Uuid::new_v4().to_string();
+    let key_id = resource.data_key_id(&id);
     let written = state
         .store
-        .put(&res_type, &id, Precondition::MustNotExist, &|version, at| resource.stamped(&id, version, at))
+        .put(&res_type, &id, &key_id, Precondition::MustNotExist, &|version, at| resource.stamped(&id, version, at))
         .await
         .map_err(store_error)?;
     tracing::info!(res_type, id, version = written.version, "created");
@@ -75,9 +76,10 @@ async fn update(
     };
     let resource = IncomingResource::parse(&body, &res_type)?;
     resource.require_id(&id)?;
+    let key_id = resource.data_key_id(&id);
     let written = state
         .store
-        .put(&res_type, &id, precondition, &|version, at| resource.stamped(&id, version, at))
+        .put(&res_type, &id, &key_id, precondition, &|version, at| resource.stamped(&id, version, at))
         .await
         .map_err(store_error)?;
     tracing::info!(res_type, id, version = written.version, created = written.created, "updated");
@@ -265,6 +267,13 @@ fn store_error(error: StoreError) -> FhirError {
             IssueType::Conflict,
             "too many concurrent updates to this resource; retry",
         ),
+        StoreError::Erased => FhirError::gone(
+            "these records were erased (their encryption key was destroyed) and can never be read or written again",
+        ),
+        StoreError::Integrity => {
+            // The alert with row details was logged where it was detected.
+            FhirError::internal()
+        }
         StoreError::Unavailable(ref cause) => {
             tracing::error!(error = %cause, "database unavailable");
             FhirError::unavailable("the database is unavailable; retry shortly")

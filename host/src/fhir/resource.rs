@@ -109,6 +109,11 @@ impl IncomingResource {
         }
     }
 
+    /// The data key this resource is sealed under (see [`super::compartment`]).
+    pub fn data_key_id(&self, id: &str) -> String {
+        super::compartment::data_key_id(self.res_type(), id, &self.fields)
+    }
+
     pub fn res_type(&self) -> &str {
         self.fields.get("resourceType").and_then(Value::as_str).unwrap_or_default()
     }

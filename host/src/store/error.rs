@@ -17,6 +17,25 @@ pub enum StoreError {
     AlreadyExists,
     #[error("too many concurrent writers on one resource; retry")]
     TooMuchContention,
+    /// Key material is missing or malformed.
+    #[error(transparent)]
+    Keys(crate::crypto::KeyError),
+    #[error(
+        "data keys are wrapped with KEK version {version}, which {provider} does not hold; \
+         restore that key (e.g. kek-v{version}.key) before starting"
+    )]
+    KekMissing { version: i64, provider: String },
+    #[error(
+        "KEK version {version} in {provider} is not the key this database was encrypted with; \
+         point --keyring (or HEARTH_KEKS) at this database's keys"
+    )]
+    KekMismatch { version: i64, provider: String },
+    /// A ciphertext failed authentication: the database was altered outside Hearth.
+    #[error("stored data failed its integrity check")]
+    Integrity,
+    /// The data key was destroyed (crypto-shredded): the records are gone for good.
+    #[error("these records were erased")]
+    Erased,
     /// The database is unreachable, overloaded or shutting down: worth retrying later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),

@@ -12,7 +12,7 @@ use super::Backend;
 /// (version, description, SQLite SQL, PostgreSQL SQL). Both backends share version numbers.
 const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
     1,
-    "resource versions",
+    "resource versions and data keys",
     include_str!("../../../migrations/sqlite/0001_resource_versions.sql"),
     include_str!("../../../migrations/postgres/0001_resource_versions.sql"),
 )];

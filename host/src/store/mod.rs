@@ -5,6 +5,10 @@
 //! immutable row in `resource_version`; `resource_head` holds the current version and is moved
 //! with a compare-and-set, so two writers racing on one resource can never both win.
 //!
+//! Bodies are sealed before they reach the database (see `crate::crypto`): each version under
+//! the data key of its compartment, bound to its row by associated data. Reads open them and
+//! fail closed: a body that does not authenticate is an integrity error, never returned.
+//!
 //! SQLite gets a single-connection writer pool (SQLite allows one writer at a time; queueing in
 //! the pool is cheaper and fairer than retrying `SQLITE_BUSY`) and a reader pool; WAL mode lets
 //! readers proceed while the writer commits. PostgreSQL uses one pool for both.
@@ -13,12 +17,22 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use aes_gcm::Aes256Gcm;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 
+use crate::crypto::{SecretKey, resource_aad, wrap_data_key};
+use crate::crypto::{open_with, seal_with};
+
 mod error;
+mod keys;
 mod migrations;
+mod vault;
 pub use error::StoreError;
+pub use keys::{KeyStatus, RotationReport};
+pub use vault::KeyVault;
 
 /// How many times a write is retried after losing a race it did not ask to detect
 /// (no If-Match given) before giving up with a conflict. Races are rare: they need two
@@ -110,6 +124,7 @@ pub struct Store {
     backend: Backend,
     reader: AnyPool,
     writer: AnyPool,
+    vault: Arc<KeyVault>,
 }
 
 /// The current state of a resource as seen by a writer inside its transaction.
@@ -122,7 +137,11 @@ struct Head {
 impl Store {
     /// Connects to `database_url` (`sqlite://PATH` or `postgres://...`), creating the SQLite file
     /// if needed. Does not run migrations: see [`Store::migrate`].
-    pub async fn connect(database_url: &str, options: &StoreOptions) -> Result<Store, StoreError> {
+    pub async fn connect(
+        database_url: &str,
+        options: &StoreOptions,
+        vault: Arc<KeyVault>,
+    ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = backend_of(database_url)?;
         let connect_options =
@@ -141,6 +160,8 @@ impl Store {
                             conn.execute("PRAGMA synchronous = FULL").await?;
                             conn.execute("PRAGMA busy_timeout = 5000").await?;
                             conn.execute("PRAGMA foreign_keys = ON").await?;
+                            // Freed pages are zeroed, so a destroyed data key leaves no copy.
+                            conn.execute("PRAGMA secure_delete = ON").await?;
                         }
                         Ok(())
                     })
@@ -158,7 +179,17 @@ impl Store {
                 (shared.clone(), shared)
             }
         };
-        Ok(Store { backend, reader, writer })
+        Ok(Store { backend, reader, writer, vault })
+    }
+
+    /// Starts a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)
+    /// so another process writing the same file (e.g. `hearth keys rotate`) makes us wait
+    /// rather than fail when our read-then-write transaction upgrades.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -176,7 +207,8 @@ impl Store {
         self.reader.close().await;
     }
 
-    /// Writes a new version of `res_type/id`.
+    /// Writes a new version of `res_type/id`, sealed under the data key `key_id` (created on
+    /// first use).
     ///
     /// `stamp(version, last_updated_us)` renders the body to store for the version the store
     /// assigns; it may be called more than once if the write is retried.
@@ -184,11 +216,12 @@ impl Store {
         &self,
         res_type: &str,
         id: &str,
+        key_id: &str,
         precondition: Precondition,
         stamp: &(dyn Fn(i64, i64) -> Vec<u8> + Sync),
     ) -> Result<WriteResult, StoreError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = self.begin_write().await?;
             let head = read_head(&mut *tx, self.backend, res_type, id).await?;
             let live = head.as_ref().filter(|h| !h.deleted);
             match (precondition, live) {
@@ -205,7 +238,9 @@ impl Store {
             }
             let version = head.as_ref().map_or(1, |h| h.version + 1);
             let last_updated_us = next_timestamp(head.as_ref());
+            let cipher = self.data_key_for_write(&mut *tx, key_id).await?;
             let body = stamp(version, last_updated_us);
+            let sealed = seal_with(&cipher, &resource_aad(res_type, id, version, key_id), &body);
             if !move_head(&mut *tx, res_type, id, head.as_ref(), version, last_updated_us, false).await? {
                 // Another writer moved the head between our read and our write.
                 tx.rollback().await?;
@@ -216,7 +251,7 @@ impl Store {
                     }
                 }
             }
-            insert_version(&mut *tx, res_type, id, version, last_updated_us, Some(&body)).await?;
+            insert_version(&mut *tx, res_type, id, version, last_updated_us, Some((key_id, &sealed))).await?;
             tx.commit().await?;
             return Ok(WriteResult { version, last_updated_us, body, created: live.is_none() });
         }
@@ -226,7 +261,7 @@ impl Store {
     /// Logically deletes `res_type/id` by writing a deletion version.
     pub async fn delete(&self, res_type: &str, id: &str, if_match: Option<i64>) -> Result<DeleteResult, StoreError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
-            let mut tx = self.writer.begin().await?;
+            let mut tx = self.begin_write().await?;
             let Some(head) = read_head(&mut *tx, self.backend, res_type, id).await? else {
                 return match if_match {
                     Some(_) => Err(StoreError::VersionConflict { current: None }),
@@ -260,16 +295,17 @@ impl Store {
     /// The current version of a resource (which may be a deletion), if it ever existed.
     pub async fn read_current(&self, res_type: &str, id: &str) -> Result<Option<VersionRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT v.version, v.last_updated_us, v.deleted, v.body \
+            "SELECT v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, k.wrapped \
              FROM resource_head h JOIN resource_version v \
                ON v.res_type = h.res_type AND v.res_id = h.res_id AND v.version = h.version \
+             LEFT JOIN data_key k ON k.key_id = v.key_id \
              WHERE h.res_type = $1 AND h.res_id = $2",
         )
         .bind(res_type)
         .bind(id)
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|r| version_record(res_type, id, &r)).transpose()
+        row.map(|r| self.version_record(res_type, id, &r)).transpose()
     }
 
     /// One specific version of a resource.
@@ -280,15 +316,16 @@ impl Store {
         version: i64,
     ) -> Result<Option<VersionRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT version, last_updated_us, deleted, body FROM resource_version \
-             WHERE res_type = $1 AND res_id = $2 AND version = $3",
+            "SELECT v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, k.wrapped \
+             FROM resource_version v LEFT JOIN data_key k ON k.key_id = v.key_id \
+             WHERE v.res_type = $1 AND v.res_id = $2 AND v.version = $3",
         )
         .bind(res_type)
         .bind(id)
         .bind(version)
         .fetch_optional(&self.reader)
         .await?;
-        row.map(|r| version_record(res_type, id, &r)).transpose()
+        row.map(|r| self.version_record(res_type, id, &r)).transpose()
     }
 
     /// Versions of one resource, newest first: those with `version < before_version` (a paging
@@ -304,9 +341,10 @@ impl Store {
         let since = since_us.unwrap_or(i64::MIN);
         let before = before_version.unwrap_or(i64::MAX);
         let rows = sqlx::query(
-            "SELECT version, last_updated_us, deleted, body FROM resource_version \
-             WHERE res_type = $1 AND res_id = $2 AND last_updated_us >= $3 AND version < $4 \
-             ORDER BY version DESC LIMIT $5",
+            "SELECT v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, k.wrapped \
+             FROM resource_version v LEFT JOIN data_key k ON k.key_id = v.key_id \
+             WHERE v.res_type = $1 AND v.res_id = $2 AND v.last_updated_us >= $3 AND v.version < $4 \
+             ORDER BY v.version DESC LIMIT $5",
         )
         .bind(res_type)
         .bind(id)
@@ -325,8 +363,97 @@ impl Store {
         .fetch_one(&self.reader)
         .await?
         .try_get(0)?;
-        let versions = rows.iter().map(|r| version_record(res_type, id, r)).collect::<Result<_, _>>()?;
+        let versions = rows.iter().map(|r| self.version_record(res_type, id, r)).collect::<Result<_, _>>()?;
         Ok(HistoryPage { versions, total })
+    }
+
+    /// Decodes a version row (columns: version, last_updated_us, deleted, body, key_id,
+    /// kek_version, wrapped) and opens its body.
+    fn version_record(&self, res_type: &str, id: &str, row: &sqlx::any::AnyRow) -> Result<VersionRecord, StoreError> {
+        let version: i64 = row.try_get(0)?;
+        let deleted = row.try_get::<i64, _>(2)? != 0;
+        let body = if deleted {
+            None
+        } else {
+            let sealed: Vec<u8> = row.try_get(3)?;
+            let key_id: String = row.try_get(4)?;
+            let kek_version: Option<i64> = row.try_get(5)?;
+            let wrapped: Option<Vec<u8>> = row.try_get(6)?;
+            let (Some(kek_version), Some(wrapped)) = (kek_version, wrapped) else {
+                self.vault.forget(&key_id);
+                return Err(StoreError::Erased);
+            };
+            let cipher = self.vault.cipher(&key_id, kek_version, &wrapped)?;
+            let plain = open_with(&cipher, &resource_aad(res_type, id, version, &key_id), &sealed).map_err(|_| {
+                tracing::error!(
+                    res_type,
+                    id,
+                    version,
+                    key_id,
+                    "INTEGRITY ALERT: a stored resource version failed authentication"
+                );
+                StoreError::Integrity
+            })?;
+            Some(plain)
+        };
+        Ok(VersionRecord {
+            res_type: res_type.to_owned(),
+            id: id.to_owned(),
+            version,
+            last_updated_us: row.try_get(1)?,
+            deleted,
+            body,
+        })
+    }
+
+    /// The cipher of data key `key_id` for a write inside `conn`'s transaction, creating and
+    /// wrapping a new data key on first use. Refuses keys that were destroyed.
+    async fn data_key_for_write(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        key_id: &str,
+    ) -> Result<Arc<Aes256Gcm>, StoreError> {
+        for _ in 0..2 {
+            let row = sqlx::query("SELECT kek_version, wrapped FROM data_key WHERE key_id = $1")
+                .bind(key_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if let Some(row) = row {
+                let kek_version: i64 = row.try_get(0)?;
+                let Some(wrapped) = row.try_get::<Option<Vec<u8>>, _>(1)? else {
+                    return Err(StoreError::Erased);
+                };
+                return self.vault.cipher(key_id, kek_version, &wrapped);
+            }
+            let (kek_version, kek) = self.wrapping_kek(&mut *conn).await?;
+            let data_key = SecretKey::generate();
+            let wrapped = wrap_data_key(&kek, kek_version, key_id, &data_key);
+            let inserted = sqlx::query(
+                "INSERT INTO data_key (key_id, kek_version, wrapped, created_us) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(key_id)
+            .bind(kek_version)
+            .bind(&wrapped)
+            .bind(crate::fhir::instant::now_us())
+            .execute(&mut *conn)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(self.vault.remember(key_id, &data_key));
+            }
+            // Another writer created this data key first: use theirs.
+        }
+        Err(StoreError::TooMuchContention)
+    }
+
+    /// The KEK new data keys are wrapped with: the newest version this database knows of
+    /// (a rotation in another process may have just added one), which must be in the keyring.
+    async fn wrapping_kek(&self, conn: &mut sqlx::AnyConnection) -> Result<(i64, SecretKey), StoreError> {
+        let newest_in_db: Option<i64> =
+            sqlx::query("SELECT MAX(version) FROM kek_version").fetch_one(&mut *conn).await?.try_get(0)?;
+        let (local_version, _) = self.vault.keyring().current();
+        let version = newest_in_db.map_or(local_version, |v| v.max(local_version));
+        Ok((version, self.vault.kek(version)?))
     }
 
     /// A cheap round trip to the database, for readiness checks.
@@ -435,36 +562,27 @@ async fn move_head(
     Ok(result.rows_affected() == 1)
 }
 
+/// Appends a version row; `sealed` is (data key id, sealed body), `None` for a deletion.
 async fn insert_version(
     conn: &mut sqlx::AnyConnection,
     res_type: &str,
     id: &str,
     version: i64,
     last_updated_us: i64,
-    body: Option<&[u8]>,
+    sealed: Option<(&str, &[u8])>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO resource_version (res_type, res_id, version, last_updated_us, deleted, body) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO resource_version (res_type, res_id, version, last_updated_us, deleted, key_id, body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(res_type)
     .bind(id)
     .bind(version)
     .bind(last_updated_us)
-    .bind(i16::from(body.is_none()))
-    .bind(body)
+    .bind(i16::from(sealed.is_none()))
+    .bind(sealed.map(|(key_id, _)| key_id))
+    .bind(sealed.map(|(_, body)| body))
     .execute(&mut *conn)
     .await?;
     Ok(())
-}
-
-fn version_record(res_type: &str, id: &str, row: &sqlx::any::AnyRow) -> Result<VersionRecord, StoreError> {
-    Ok(VersionRecord {
-        res_type: res_type.to_owned(),
-        id: id.to_owned(),
-        version: row.try_get(0)?,
-        last_updated_us: row.try_get(1)?,
-        deleted: row.try_get::<i64, _>(2)? != 0,
-        body: row.try_get(3)?,
-    })
 }

@@ -1,0 +1,117 @@
+//! The maintenance commands: `hearth keys init|rotate|status` and `hearth erase`. They work
+//! on the database directly and are safe to run while servers are serving it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::StorageSettings;
+use crate::crypto::{FileKeyProvider, KeyError, KeyProvider};
+use crate::fhir::compartment::patient_key_id;
+use crate::fhir::resource::is_valid_id;
+use crate::serve::{StartError, open_store};
+
+/// Why a command failed; the message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// `hearth keys init`: creates the first key-encryption key in a keyring directory.
+pub fn keys_init(keyring: &Path) -> Result<(), CommandError> {
+    let provider = FileKeyProvider::new(keyring);
+    match provider.load() {
+        Ok(ring) => Err(CommandError::Usage(format!(
+            "{} already holds KEK version {}; use `hearth keys rotate` to add a new one",
+            keyring.display(),
+            ring.current().0
+        ))),
+        Err(KeyError::NoKeys(_)) => {
+            provider.create_version(1)?;
+            println!(
+                "created {} (mode 0600). Back it up apart from the database: without it the data is unreadable.",
+                keyring.join("kek-v1.key").display()
+            );
+            Ok(())
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
+/// `hearth keys rotate`: a new KEK version, every data key re-wrapped under it while servers
+/// keep serving; re-run to resume after an interruption.
+pub async fn keys_rotate(settings: &StorageSettings) -> Result<(), CommandError> {
+    let store = open_store(settings).await?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("re-wrapping data keys {bar:40} {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid progress template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let report = store
+        .rotate_kek(&|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await;
+    bar.finish_and_clear();
+    let report = report?;
+    store.close().await;
+    let verb = if report.resumed { "finished an interrupted rotation to" } else { "rotated to" };
+    println!("{verb} KEK version {}: re-wrapped {} data keys.", report.target_version, report.rewrapped);
+    if report.retired.is_empty() {
+        println!("no older KEK version was in use.");
+    } else {
+        let retired: Vec<String> = report.retired.iter().map(|v| format!("v{v}")).collect();
+        println!(
+            "retired KEK {}: no data key uses them any more. Keep them with your backups until no backup \
+             older than now needs them, then destroy them.",
+            retired.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `hearth keys status`: KEK versions and how many data keys each wraps.
+pub async fn keys_status(settings: &StorageSettings) -> Result<(), CommandError> {
+    let store = open_store(settings).await?;
+    let status = store.key_status().await?;
+    store.close().await;
+    println!("KEK version  data keys  state");
+    for (version, count, retired) in &status.kek_versions {
+        println!("v{version:<11} {count:<10} {}", if *retired { "retired" } else { "in use" });
+    }
+    println!("destroyed data keys (erasures): {} ({} recorded)", status.destroyed_data_keys, status.erasures);
+    Ok(())
+}
+
+/// `hearth erase --patient ID`: crypto-shreds one patient's records.
+pub async fn erase_patient(settings: &StorageSettings, patient_id: &str, reason: &str) -> Result<(), CommandError> {
+    if !is_valid_id(patient_id) {
+        return Err(CommandError::Usage("the patient id must be 1-64 characters of A-Z, a-z, 0-9, '-' and '.'".into()));
+    }
+    if reason.trim().is_empty() {
+        return Err(CommandError::Usage(
+            "state the reason for the erasure with --reason (no patient details in it)".into(),
+        ));
+    }
+    let store = open_store(settings).await?;
+    let destroyed = store.destroy_data_key(&patient_key_id(patient_id), reason.trim()).await?;
+    store.close().await;
+    if destroyed {
+        println!("erased Patient/{patient_id}: its data key is destroyed; every version of its records is unreadable.");
+        Ok(())
+    } else {
+        Err(CommandError::Usage(format!(
+            "Patient/{patient_id} has no records with a live key (unknown id, or erased before); nothing was changed"
+        )))
+    }
+}

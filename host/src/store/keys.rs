@@ -1,0 +1,233 @@
+//! Key management on the database side: checking at start-up that every wrapped data key can
+//! be unwrapped, online KEK rotation (re-wrapping data keys in batches, resumable), erasure
+//! of a compartment's data key (crypto-shredding), and a status summary.
+
+use sqlx::Row;
+
+use super::{Backend, Store, StoreError};
+use crate::crypto::{kek_check_value, kek_matches, unwrap_data_key, wrap_data_key};
+use crate::fhir::instant::now_us;
+
+/// Data keys re-wrapped per transaction during rotation.
+const ROTATION_BATCH: i64 = 256;
+
+/// What `keys rotate` did.
+#[derive(Debug, Clone)]
+pub struct RotationReport {
+    pub target_version: i64,
+    /// True if this run finished a rotation an earlier run started.
+    pub resumed: bool,
+    pub rewrapped: u64,
+    pub retired: Vec<i64>,
+}
+
+/// Key counts for `keys status`.
+#[derive(Debug, Clone)]
+pub struct KeyStatus {
+    /// (KEK version, live data keys wrapped by it, retired?)
+    pub kek_versions: Vec<(i64, i64, bool)>,
+    pub destroyed_data_keys: i64,
+    pub erasures: i64,
+}
+
+impl Store {
+    /// Run at start-up: records the keyring's newest KEK version, and refuses to start if a
+    /// KEK in the keyring is not the one this database knows under that version, or if any
+    /// data key is wrapped by a version the keyring lacks (the records would be unreadable).
+    pub async fn prepare_keys(&self) -> Result<(), StoreError> {
+        let keyring = self.vault.keyring();
+        self.register_kek(keyring.current().0).await?;
+        for row in sqlx::query("SELECT version, check_value FROM kek_version").fetch_all(&self.reader).await? {
+            let version: i64 = row.try_get(0)?;
+            let check_value: Vec<u8> = row.try_get(1)?;
+            if let Some(kek) = keyring.get(version) {
+                if !kek_matches(kek, version, &check_value) {
+                    return Err(StoreError::KekMismatch { version, provider: self.vault.provider().describe() });
+                }
+            }
+        }
+        let rows = sqlx::query("SELECT DISTINCT kek_version FROM data_key WHERE wrapped IS NOT NULL")
+            .fetch_all(&self.reader)
+            .await?;
+        for row in rows {
+            let version: i64 = row.try_get(0)?;
+            if keyring.get(version).is_none() {
+                return Err(StoreError::KekMissing { version, provider: self.vault.provider().describe() });
+            }
+        }
+        Ok(())
+    }
+
+    /// Rotates the KEK: creates a new version through the key provider (unless an earlier
+    /// rotation was interrupted, which is then finished instead), re-wraps every data key
+    /// under it in batches while the server keeps serving, and retires older versions once
+    /// no data key uses them. `progress(done, total)` is called after each batch.
+    pub async fn rotate_kek(&self, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<RotationReport, StoreError> {
+        self.prepare_keys().await?;
+        let newest: i64 =
+            sqlx::query("SELECT MAX(version) FROM kek_version").fetch_one(&self.reader).await?.try_get(0)?;
+        let unfinished: i64 = sqlx::query("SELECT COUNT(*) FROM kek_version WHERE version < $1 AND retired_us IS NULL")
+            .bind(newest)
+            .fetch_one(&self.reader)
+            .await?
+            .try_get(0)?;
+        let resumed = unfinished > 0;
+        let target = if resumed {
+            newest
+        } else {
+            let target = newest + 1;
+            self.vault.provider().create_version(target).map_err(StoreError::Keys)?;
+            self.vault.reload()?;
+            self.register_kek(target).await?;
+            target
+        };
+        let new_kek = self.vault.kek(target)?;
+
+        let total: i64 = sqlx::query("SELECT COUNT(*) FROM data_key WHERE wrapped IS NOT NULL AND kek_version < $1")
+            .bind(target)
+            .fetch_one(&self.reader)
+            .await?
+            .try_get(0)?;
+        let mut total = u64::try_from(total).unwrap_or(0);
+        let mut done = 0u64;
+        progress(done, total);
+        loop {
+            let mut tx = self.begin_write().await?;
+            let rows = sqlx::query(
+                "SELECT key_id, kek_version, wrapped FROM data_key \
+                 WHERE wrapped IS NOT NULL AND kek_version < $1 ORDER BY key_id LIMIT $2",
+            )
+            .bind(target)
+            .bind(ROTATION_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                tx.commit().await?;
+                break;
+            }
+            for row in &rows {
+                let key_id: String = row.try_get(0)?;
+                let old_version: i64 = row.try_get(1)?;
+                let wrapped: Vec<u8> = row.try_get(2)?;
+                let old_kek = self.vault.kek(old_version)?;
+                let data_key = unwrap_data_key(&old_kek, old_version, &key_id, &wrapped).map_err(|_| {
+                    tracing::error!(key_id, old_version, "INTEGRITY ALERT: a wrapped data key failed authentication");
+                    StoreError::Integrity
+                })?;
+                let rewrapped = wrap_data_key(&new_kek, target, &key_id, &data_key);
+                // Compare-and-set: a concurrent erasure or rotation wins, and we skip the key.
+                sqlx::query(
+                    "UPDATE data_key SET kek_version = $1, wrapped = $2 \
+                     WHERE key_id = $3 AND kek_version = $4 AND wrapped IS NOT NULL",
+                )
+                .bind(target)
+                .bind(&rewrapped)
+                .bind(&key_id)
+                .bind(old_version)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            done += rows.len() as u64;
+            // Keys created by the server under the old KEK while we ran join the count.
+            total = total.max(done);
+            progress(done, total);
+        }
+        let retired: Vec<i64> =
+            sqlx::query("SELECT version FROM kek_version WHERE version < $1 AND retired_us IS NULL")
+                .bind(target)
+                .fetch_all(&self.reader)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+        sqlx::query("UPDATE kek_version SET retired_us = $1 WHERE version < $2 AND retired_us IS NULL")
+            .bind(now_us())
+            .bind(target)
+            .execute(&self.writer)
+            .await?;
+        self.scrub_freed_space().await?;
+        Ok(RotationReport { target_version: target, resumed, rewrapped: done, retired })
+    }
+
+    /// Records a KEK version (with its check value) if the database does not know it yet.
+    async fn register_kek(&self, version: i64) -> Result<(), StoreError> {
+        let kek = self.vault.kek(version)?;
+        sqlx::query(
+            "INSERT INTO kek_version (version, created_us, check_value) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(version)
+        .bind(now_us())
+        .bind(kek_check_value(&kek, version))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Destroys the data key of `key_id` (e.g. `patient/123`): every version sealed under it
+    /// becomes unreadable for good, and the erasure is recorded with its reason. Returns
+    /// false if there was no live key (unknown, or erased before).
+    pub async fn destroy_data_key(&self, key_id: &str, reason: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let now = now_us();
+        let destroyed = sqlx::query(
+            "UPDATE data_key SET wrapped = NULL, destroyed_us = $1 WHERE key_id = $2 AND wrapped IS NOT NULL",
+        )
+        .bind(now)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if destroyed {
+            sqlx::query("INSERT INTO erasure (key_id, erased_us, reason) VALUES ($1, $2, $3)")
+                .bind(key_id)
+                .bind(now)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.vault.forget(key_id);
+        if destroyed {
+            self.scrub_freed_space().await?;
+        }
+        Ok(destroyed)
+    }
+
+    /// Makes sure no stale copy of a replaced or destroyed wrapped key lingers in the files:
+    /// SQLite (secure_delete zeroes freed pages) checkpoints and truncates its WAL;
+    /// PostgreSQL rewrites the small data_key table so dead tuples are not left on disk.
+    async fn scrub_freed_space(&self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite => {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await?;
+            }
+            Backend::Postgres => {
+                sqlx::query("VACUUM FULL data_key").execute(&self.writer).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn key_status(&self) -> Result<KeyStatus, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kv.version, \
+                    (SELECT COUNT(*) FROM data_key d WHERE d.kek_version = kv.version AND d.wrapped IS NOT NULL), \
+                    CASE WHEN kv.retired_us IS NULL THEN 0 ELSE 1 END \
+             FROM kek_version kv ORDER BY kv.version",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let kek_versions = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? != 0)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let destroyed_data_keys: i64 = sqlx::query("SELECT COUNT(*) FROM data_key WHERE wrapped IS NULL")
+            .fetch_one(&self.reader)
+            .await?
+            .try_get(0)?;
+        let erasures: i64 = sqlx::query("SELECT COUNT(*) FROM erasure").fetch_one(&self.reader).await?.try_get(0)?;
+        Ok(KeyStatus { kek_versions, destroyed_data_keys, erasures })
+    }
+}
