@@ -47,7 +47,13 @@ pub async fn open_store(settings: &StorageSettings) -> Result<Store, StartError>
     };
     let vault = Arc::new(KeyVault::new(provider)?);
     let store_options = StoreOptions { max_connections: settings.db_max_connections, ..StoreOptions::default() };
-    let store = Store::connect(&settings.database_url, &store_options, vault).await?;
+    #[allow(unused_mut)]
+    let mut store = Store::connect(&settings.database_url, &store_options, vault).await?;
+    #[cfg(feature = "bench-plaintext")]
+    if std::env::var_os("HEARTH_BENCH_PLAINTEXT").is_some() {
+        tracing::warn!("BENCHMARK BUILD: resource bodies are stored WITHOUT encryption");
+        store.store_plaintext_for_benchmarks();
+    }
     store.migrate().await?;
     store.prepare_keys().await?;
     Ok(store)

@@ -125,6 +125,8 @@ pub struct Store {
     reader: AnyPool,
     writer: AnyPool,
     vault: Arc<KeyVault>,
+    /// Benchmark builds only (feature `bench-plaintext`): bodies stored unsealed.
+    plaintext: bool,
 }
 
 /// The current state of a resource as seen by a writer inside its transaction.
@@ -179,7 +181,7 @@ impl Store {
                 (shared.clone(), shared)
             }
         };
-        Ok(Store { backend, reader, writer, vault })
+        Ok(Store { backend, reader, writer, vault, plaintext: false })
     }
 
     /// Starts a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)
@@ -190,6 +192,13 @@ impl Store {
             Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.writer.begin().await?,
         })
+    }
+
+    /// Stores bodies unsealed, to measure the cost of encryption against the same code path.
+    /// Exists only in benchmark builds.
+    #[cfg(feature = "bench-plaintext")]
+    pub fn store_plaintext_for_benchmarks(&mut self) {
+        self.plaintext = true;
     }
 
     pub fn backend(&self) -> Backend {
@@ -238,9 +247,15 @@ impl Store {
             }
             let version = head.as_ref().map_or(1, |h| h.version + 1);
             let last_updated_us = next_timestamp(head.as_ref());
-            let cipher = self.data_key_for_write(&mut *tx, key_id).await?;
-            let body = stamp(version, last_updated_us);
-            let sealed = seal_with(&cipher, &resource_aad(res_type, id, version, key_id), &body);
+            let (body, sealed) = if self.plaintext {
+                let body = stamp(version, last_updated_us);
+                (body.clone(), body)
+            } else {
+                let cipher = self.data_key_for_write(&mut *tx, key_id).await?;
+                let body = stamp(version, last_updated_us);
+                let sealed = seal_with(&cipher, &resource_aad(res_type, id, version, key_id), &body);
+                (body, sealed)
+            };
             if !move_head(&mut *tx, res_type, id, head.as_ref(), version, last_updated_us, false).await? {
                 // Another writer moved the head between our read and our write.
                 tx.rollback().await?;
@@ -374,6 +389,8 @@ impl Store {
         let deleted = row.try_get::<i64, _>(2)? != 0;
         let body = if deleted {
             None
+        } else if self.plaintext {
+            Some(row.try_get(3)?)
         } else {
             let sealed: Vec<u8> = row.try_get(3)?;
             let key_id: String = row.try_get(4)?;

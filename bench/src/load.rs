@@ -1,0 +1,146 @@
+//! A closed-loop HTTP/TLS load generator: a fixed number of workers, each on its own
+//! keep-alive HTTP/1.1 connection, sending the next request when the last one answered;
+//! bounded by time and by request count.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How hard and how long to drive a server.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadSpec {
+    pub concurrency: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub max_requests: u64,
+}
+
+/// What one measured run saw.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub requests: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latencies of successful requests, microseconds, sorted.
+    pub latencies_us: Vec<u32>,
+}
+
+impl Measurement {
+    pub fn throughput(&self) -> f64 {
+        (self.requests - self.errors) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The latency at quantile `q` (0..=1), in milliseconds.
+    pub fn percentile_ms(&self, q: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((self.latencies_us.len() - 1) as f64 * q).round() as usize;
+        f64::from(self.latencies_us[index]) / 1000.0
+    }
+}
+
+/// An HTTPS client trusting only `ca_pem`, with one keep-alive connection per worker.
+pub fn client(ca_pem: &Path, concurrency: usize) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_pem).expect("CA file")).expect("CA parses");
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .http1_only()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Runs `request(worker, n)` in a closed loop: first for the warm-up (not recorded), then for
+/// the measured period. `request` returns whether the answer was a success.
+pub async fn run<F, Fut>(spec: LoadSpec, request: F) -> Measurement
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let request = Arc::new(request);
+    let counter = Arc::new(AtomicU64::new(0));
+    phase(spec, spec.warmup, u64::MAX, request.clone(), counter.clone()).await;
+    let started = Instant::now();
+    let results = phase(spec, spec.duration, spec.max_requests, request, counter).await;
+    let elapsed = started.elapsed();
+    let mut latencies_us = Vec::new();
+    let mut requests = 0;
+    let mut errors = 0;
+    for (worker_latencies, worker_errors) in results {
+        requests += worker_latencies.len() as u64 + worker_errors;
+        errors += worker_errors;
+        latencies_us.extend(worker_latencies);
+    }
+    latencies_us.sort_unstable();
+    Measurement { requests, errors, elapsed, latencies_us }
+}
+
+async fn phase<F, Fut>(
+    spec: LoadSpec,
+    length: Duration,
+    max_requests: u64,
+    request: Arc<F>,
+    counter: Arc<AtomicU64>,
+) -> Vec<(Vec<u32>, u64)>
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let deadline = Instant::now() + length;
+    let issued = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..spec.concurrency)
+        .map(|worker| {
+            let (request, counter, issued) = (request.clone(), counter.clone(), issued.clone());
+            async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max_requests {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let sent = Instant::now();
+                    if request(worker, n).await {
+                        latencies.push(u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            }
+        })
+        .collect();
+    futures::future::join_all(workers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_throughput() {
+        let m = Measurement {
+            requests: 101,
+            errors: 1,
+            elapsed: Duration::from_secs(2),
+            latencies_us: (1..=100).map(|ms| ms * 1000).collect(),
+        };
+        assert_eq!(m.throughput(), 50.0);
+        assert_eq!(m.percentile_ms(0.0), 1.0);
+        assert_eq!(m.percentile_ms(0.5), 51.0);
+        assert_eq!(m.percentile_ms(0.99), 99.0);
+        assert_eq!(m.percentile_ms(1.0), 100.0);
+    }
+
+    #[tokio::test]
+    async fn run_is_bounded_by_request_count_and_counts_errors() {
+        let spec =
+            LoadSpec { concurrency: 4, warmup: Duration::ZERO, duration: Duration::from_secs(30), max_requests: 100 };
+        let m = run(spec, |_, n| async move { n % 10 != 0 }).await;
+        assert_eq!(m.requests, 100);
+        assert_eq!(m.errors, 10);
+        assert_eq!(m.latencies_us.len(), 90);
+        assert!(m.elapsed < Duration::from_secs(5), "stops at the request bound, not the deadline");
+    }
+}

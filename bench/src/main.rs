@@ -1,0 +1,387 @@
+//! `hearth-bench`: the benchmark command (run it through `bench/run`).
+//!
+//! `all` starts every server as a child process, drives each from this process over TLS and
+//! prints each subject next to its baseline measured in the same run; `floor` and `serve` are
+//! the server modes it starts.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use hearth_bench::data::{self, Rng};
+use hearth_bench::load::{self, LoadSpec, Measurement};
+use hearth_bench::report::{Comparison, Report};
+use hearth_bench::servers::{ServerProcess, sibling_binary};
+
+#[derive(Parser)]
+#[command(name = "hearth-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every case and write bench/results/latest.json.
+    All {
+        /// Short measurements (a smoke run in under 3 minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Connections driving each server.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// PostgreSQL server to create a scratch database on.
+        #[arg(long, env = "HEARTH_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+        postgres_url: String,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "bench/results/latest.json")]
+        output: PathBuf,
+    },
+    /// The TLS floor: axum on Hearth's own TLS listener, returning a fixed small JSON.
+    Floor {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Hearth's server, built with the benchmark-only plaintext switch
+    /// (HEARTH_BENCH_PLAINTEXT=1 stores bodies unsealed).
+    Serve(hearth::config::ServeArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    match cli.command {
+        Command::Floor { cert, key } => runtime.block_on(floor(&cert, &key)),
+        Command::Serve(args) => {
+            let settings = args.resolve().unwrap_or_else(|e| panic!("{e}"));
+            runtime.block_on(hearth::serve::run(settings)).unwrap_or_else(|e| panic!("{e}"));
+        }
+        Command::All { quick, concurrency, postgres_url, output } => {
+            runtime.block_on(all(quick, concurrency, &postgres_url, &output));
+        }
+    }
+}
+
+const FLOOR_BODY: &str = r#"{"resourceType":"Patient","id":"floor","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00.000000Z"},"active":true,"gender":"female","birthDate":"1970-01-01","name":[{"family":"Floor","given":["Baseline"]}]}"#;
+
+async fn floor(cert: &Path, key: &Path) {
+    let tls = hearth::tls::server_config(cert, key).expect("TLS files");
+    let app = axum::Router::new().route(
+        "/fixed",
+        axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/fhir+json")], FLOOR_BODY) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    println!("floor listening on https://{}", listener.local_addr().expect("addr"));
+    hearth::server::serve(listener, tls, app, hearth::server::shutdown_signal()).await;
+}
+
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Starts a Hearth server (dev mode, its own data directory) from `binary`.
+fn start_hearth(
+    name: &str,
+    binary: &Path,
+    scratch: &Scratch,
+    database_url: Option<&str>,
+    env: &[(&str, &str)],
+) -> ServerProcess {
+    let data = scratch.path(name);
+    let mut args = vec![
+        "serve".to_owned(),
+        "--dev".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        data.display().to_string(),
+    ];
+    if let Some(url) = database_url {
+        args.push("--database-url".into());
+        args.push(url.to_owned());
+    }
+    ServerProcess::start(name, binary, &args, env, &scratch.path(&format!("{name}.log")))
+}
+
+fn ca_of(scratch: &Scratch, name: &str) -> PathBuf {
+    scratch.path(name).join("tls/ca.pem")
+}
+
+async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path) {
+    let spec = if quick {
+        LoadSpec {
+            concurrency,
+            warmup: Duration::from_secs(1),
+            duration: Duration::from_secs(4),
+            max_requests: 400_000,
+        }
+    } else {
+        LoadSpec {
+            concurrency,
+            warmup: Duration::from_secs(3),
+            duration: Duration::from_secs(20),
+            max_requests: 5_000_000,
+        }
+    };
+    let seed_patients = if quick { 300 } else { 3000 };
+    let scratch = Scratch { dir: tempfile::tempdir().expect("scratch dir") };
+    let hearth_bin = sibling_binary("hearth");
+    let bench_bin = std::env::current_exe().expect("current exe");
+    assert!(hearth_bin.exists(), "{} is missing: run bench/run, which builds it", hearth_bin.display());
+    let mut comparisons = Vec::new();
+    let mut memory = Vec::new();
+    let mut notes = vec![
+        "auth, policy plugins and audit are not built yet; Hearth reads include TLS, routing, storage and decryption"
+            .to_owned(),
+        "SQLite runs with synchronous=FULL (every commit fsynced); PostgreSQL with its defaults".to_owned(),
+    ];
+
+    // Case 1: the TLS floor vs a Hearth read, same TLS configuration and listener code.
+    eprintln!("case 1: TLS floor vs Hearth GET /Patient/{{id}} (SQLite)");
+    let hearth = start_hearth("hearth-sqlite", &hearth_bin, &scratch, None, &[]);
+    let ca = ca_of(&scratch, "hearth-sqlite");
+    let client = load::client(&ca, concurrency);
+    let patient_ids = seed(&client, &hearth, seed_patients).await;
+    let tls = scratch.path("hearth-sqlite").join("tls");
+    let floor_args = vec![
+        "floor".to_owned(),
+        "--cert".into(),
+        tls.join("server.pem").display().to_string(),
+        "--key".into(),
+        tls.join("server-key.pem").display().to_string(),
+    ];
+    let floor = ServerProcess::start("floor", &bench_bin, &floor_args, &[], &scratch.path("floor.log"));
+    let floor_read = get_loop(spec, &client, &floor, Arc::new(vec!["fixed".to_owned()])).await;
+    drop(floor);
+    let reads: Arc<Vec<String>> = Arc::new(patient_ids.iter().map(|id| format!("Patient/{id}")).collect());
+    let hearth_read = get_loop(spec, &client, &hearth, reads.clone()).await;
+    comparisons.push(Comparison::new(
+        "1 TLS floor",
+        ("Hearth read (SQLite)", &hearth_read),
+        ("axum+rustls fixed JSON", &floor_read),
+        ">= 0.40",
+        Some(0.40),
+    ));
+    if let Some(rss) = hearth.rss_mib() {
+        memory.push((format!("hearth (SQLite) after seeding {seed_patients} patients and the read load"), rss));
+    }
+
+    // Case 4: single creates, SQLite vs PostgreSQL.
+    eprintln!("case 4: creates, PostgreSQL vs SQLite");
+    let sqlite_create = create_loop(spec, &client, &hearth).await;
+    drop(hearth);
+    match ScratchPg::create(postgres_url).await {
+        Ok(pg) => {
+            let server = start_hearth("hearth-postgres", &hearth_bin, &scratch, Some(&pg.url), &[]);
+            let pg_client = load::client(&ca_of(&scratch, "hearth-postgres"), concurrency);
+            let pg_create = create_loop(spec, &pg_client, &server).await;
+            let ids = seed(&pg_client, &server, seed_patients / 3).await;
+            let pg_reads: Arc<Vec<String>> = Arc::new(ids.iter().map(|id| format!("Patient/{id}")).collect());
+            let pg_read = get_loop(spec, &pg_client, &server, pg_reads).await;
+            drop(server);
+            pg.drop_database().await;
+            comparisons.push(Comparison::new(
+                "4 writes",
+                ("create Patient (PostgreSQL)", &pg_create),
+                ("create Patient (SQLite)", &sqlite_create),
+                "report",
+                None,
+            ));
+            comparisons.push(Comparison::new(
+                "4 reads",
+                ("read Patient (PostgreSQL)", &pg_read),
+                ("Hearth read (SQLite)", &hearth_read),
+                "report",
+                None,
+            ));
+        }
+        Err(error) => notes.push(format!("PostgreSQL cases skipped: {error}")),
+    }
+
+    // Case 2: encryption on vs the same build storing plaintext, SQLite, alternating.
+    eprintln!("case 2: encrypted vs plaintext store");
+    let encrypted = start_hearth("bench-encrypted", &bench_bin, &scratch, None, &[]);
+    let plaintext = start_hearth("bench-plaintext", &bench_bin, &scratch, None, &[("HEARTH_BENCH_PLAINTEXT", "1")]);
+    let enc_client = load::client(&ca_of(&scratch, "bench-encrypted"), concurrency);
+    let plain_client = load::client(&ca_of(&scratch, "bench-plaintext"), concurrency);
+    let enc_create = create_loop(spec, &enc_client, &encrypted).await;
+    let plain_create = create_loop(spec, &plain_client, &plaintext).await;
+    let enc_ids = seed(&enc_client, &encrypted, seed_patients).await;
+    let plain_ids = seed(&plain_client, &plaintext, seed_patients).await;
+    let enc_read =
+        get_loop(spec, &enc_client, &encrypted, Arc::new(enc_ids.iter().map(|id| format!("Patient/{id}")).collect()))
+            .await;
+    let plain_read = get_loop(
+        spec,
+        &plain_client,
+        &plaintext,
+        Arc::new(plain_ids.iter().map(|id| format!("Patient/{id}")).collect()),
+    )
+    .await;
+    comparisons.push(Comparison::new(
+        "2 encryption",
+        ("create, encrypted", &enc_create),
+        ("create, plaintext", &plain_create),
+        ">= 0.90",
+        Some(0.90),
+    ));
+    comparisons.push(Comparison::new(
+        "2 encryption",
+        ("read, encrypted", &enc_read),
+        ("read, plaintext", &plain_read),
+        ">= 0.90",
+        Some(0.90),
+    ));
+    drop(encrypted);
+    drop(plaintext);
+
+    let report = Report {
+        date: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        machine: machine_description(),
+        mode: if quick { "quick" } else { "full" }.to_owned(),
+        concurrency,
+        seconds_per_measurement: spec.duration.as_secs_f64(),
+        comparisons,
+        memory_mib: memory,
+        notes,
+    };
+    report.print();
+    if let Some(parent) = output.parent() {
+        std::fs::create_dir_all(parent).expect("results directory");
+    }
+    std::fs::write(output, serde_json::to_vec_pretty(&report).expect("JSON")).expect("write report");
+    println!("\nwrote {}", output.display());
+}
+
+/// Creates `count` patients (each with one observation) and returns the patient ids.
+async fn seed(client: &reqwest::Client, server: &ServerProcess, count: usize) -> Vec<String> {
+    let mut rng = Rng::new(7);
+    let mut ids = Vec::with_capacity(count);
+    for n in 0..count {
+        let response = client
+            .post(server.url("Patient"))
+            .header("content-type", "application/fhir+json")
+            .header("prefer", "return=minimal")
+            .body(data::patient(&mut rng, n as u64).to_string())
+            .send()
+            .await
+            .expect("seed patient");
+        assert_eq!(response.status().as_u16(), 201, "seeding {}", server.name);
+        let location = response.headers().get("location").and_then(|v| v.to_str().ok()).expect("Location").to_owned();
+        let id = location.split('/').rev().nth(2).expect("id in Location").to_owned();
+        let observation = data::observation(&mut rng, &id);
+        let response = client
+            .post(server.url("Observation"))
+            .header("content-type", "application/fhir+json")
+            .header("prefer", "return=minimal")
+            .body(observation.to_string())
+            .send()
+            .await
+            .expect("seed observation");
+        assert_eq!(response.status().as_u16(), 201);
+        ids.push(id);
+    }
+    ids
+}
+
+async fn get_loop(
+    spec: LoadSpec,
+    client: &reqwest::Client,
+    server: &ServerProcess,
+    paths: Arc<Vec<String>>,
+) -> Measurement {
+    let urls: Arc<Vec<String>> = Arc::new(paths.iter().map(|p| server.url(p)).collect());
+    let client = client.clone();
+    load::run(spec, move |_, n| {
+        let url = urls[(n as usize).wrapping_mul(2_654_435_761) % urls.len()].clone();
+        let client = client.clone();
+        async move {
+            match client.get(url).send().await {
+                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+async fn create_loop(spec: LoadSpec, client: &reqwest::Client, server: &ServerProcess) -> Measurement {
+    let url = server.url("Patient");
+    let client = client.clone();
+    load::run(spec, move |worker, n| {
+        let body = data::patient(&mut Rng::new(n ^ ((worker as u64) << 40)), n).to_string();
+        let request = client.post(url.clone()).header("content-type", "application/fhir+json").body(body);
+        async move {
+            match request.send().await {
+                Ok(response) => response.status().as_u16() == 201 && response.bytes().await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    })
+    .await
+}
+
+/// A scratch PostgreSQL database for one run.
+struct ScratchPg {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchPg {
+    async fn create(admin_url: &str) -> Result<ScratchPg, String> {
+        use sqlx::Connection;
+        let name = format!("hearth_bench_{}", std::process::id());
+        let mut conn = sqlx::PgConnection::connect(admin_url).await.map_err(|e| e.to_string())?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let base = admin_url.rsplit_once('/').map_or(admin_url, |(base, _)| base);
+        Ok(ScratchPg { admin_url: admin_url.to_owned(), url: format!("{base}/{name}"), name })
+    }
+
+    async fn drop_database(self) {
+        use sqlx::Connection;
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                .execute(&mut conn)
+                .await;
+        }
+    }
+}
+
+fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB; load generator on the same cores")
+}
