@@ -15,14 +15,7 @@ async fn concurrent_if_match_updates_have_one_winner(db: Db) {
         let writers = (0..24).map(|n| {
             let body =
                 json!({"resourceType": "Patient", "id": "contended", "gender": "other", "multipleBirthInteger": n});
-            server.send(
-                server
-                    .client
-                    .put(server.url("Patient/contended"))
-                    .header("content-type", "application/fhir+json")
-                    .header("if-match", current.clone())
-                    .body(body.to_string()),
-            )
+            server.put_with("Patient/contended", &body, &[("if-match", &current)])
         });
         let replies = futures::future::join_all(writers).await;
         let winners: Vec<_> = replies.iter().filter(|r| r.status == 200).collect();
@@ -48,28 +41,22 @@ async fn concurrent_if_match_updates_have_one_winner(db: Db) {
 
 async fn if_match_rules(db: Db) {
     let server = Server::start(db).await;
-    let with_if_match = |path: &str, tag: &str, body: serde_json::Value| {
-        server
-            .client
-            .put(server.url(path))
-            .header("content-type", "application/fhir+json")
-            .header("if-match", tag.to_owned())
-            .body(body.to_string())
-    };
+    let with_if_match =
+        |path: &str, tag: &str, body: serde_json::Value| server.put_with(path, &body, &[("if-match", tag)]);
     let org = json!({"resourceType": "Organization", "id": "org", "name": "Clinic"});
     // If-Match on a resource that does not exist cannot match.
-    server.send(with_if_match("Organization/org", "W/\"1\"", org.clone())).await.expect_outcome(412, "conflict");
+    with_if_match("Organization/org", "W/\"1\"", org.clone()).await.expect_outcome(412, "conflict");
     server.put("Organization/org", &org).await.expect(201);
-    server.send(with_if_match("Organization/org", "W/\"7\"", org.clone())).await.expect_outcome(412, "conflict");
-    server.send(with_if_match("Organization/org", "banana", org.clone())).await.expect_outcome(400, "value");
-    server.send(with_if_match("Organization/org", "\"1\"", org.clone())).await.expect(200);
+    with_if_match("Organization/org", "W/\"7\"", org.clone()).await.expect_outcome(412, "conflict");
+    with_if_match("Organization/org", "banana", org.clone()).await.expect_outcome(400, "value");
+    with_if_match("Organization/org", "\"1\"", org.clone()).await.expect(200);
     // Deletes honour If-Match too.
     let stale_delete = server.client.delete(server.url("Organization/org")).header("if-match", "W/\"1\"");
     server.send(stale_delete).await.expect_outcome(412, "conflict");
     let delete = server.client.delete(server.url("Organization/org")).header("if-match", "W/\"2\"");
     server.send(delete).await.expect(200);
     // A deleted resource has no version to match.
-    server.send(with_if_match("Organization/org", "W/\"3\"", org)).await.expect_outcome(412, "conflict");
+    with_if_match("Organization/org", "W/\"3\"", org).await.expect_outcome(412, "conflict");
 }
 
 async fn concurrent_blind_updates_all_land(db: Db) {

@@ -38,14 +38,7 @@ async fn create_read_update_delete_round_trip(db: Db) {
     let mut changed = body.clone();
     changed["active"] = json!(true);
     let updated = server
-        .send(
-            server
-                .client
-                .put(server.url(&format!("Patient/{id}")))
-                .header("content-type", "application/json")
-                .header("if-match", "W/\"1\"")
-                .body(changed.to_string()),
-        )
+        .put_with(&format!("Patient/{id}"), &changed, &[("content-type", "application/json"), ("if-match", "W/\"1\"")])
         .await;
     let v2 = updated.expect(200);
     assert_eq!(updated.header("etag"), Some("W/\"2\""));
@@ -184,31 +177,15 @@ async fn server_owns_id_and_meta(db: Db) {
 
 async fn prefer_return_and_conditional_read(db: Db) {
     let server = Server::start(db).await;
-    let minimal = server
-        .send(
-            server
-                .client
-                .post(server.url("Encounter"))
-                .header("content-type", "application/fhir+json")
-                .header("prefer", "return=minimal")
-                .body(json!({"resourceType": "Encounter", "status": "planned"}).to_string()),
-        )
-        .await;
+    let planned = json!({"resourceType": "Encounter", "status": "planned"});
+    let minimal = server.post_with("Encounter", &planned, &[("prefer", "return=minimal")]).await;
     assert_eq!(minimal.status, 201);
     assert!(minimal.bytes.is_empty());
     let location = minimal.header("location").unwrap().to_owned();
     let id = location.split('/').rev().nth(2).unwrap().to_owned();
 
-    let outcome = server
-        .send(
-            server
-                .client
-                .put(server.url(&format!("Encounter/{id}")))
-                .header("content-type", "application/fhir+json")
-                .header("prefer", "return=OperationOutcome")
-                .body(json!({"resourceType": "Encounter", "id": id, "status": "arrived"}).to_string()),
-        )
-        .await;
+    let arrived = json!({"resourceType": "Encounter", "id": id, "status": "arrived"});
+    let outcome = server.put_with(&format!("Encounter/{id}"), &arrived, &[("prefer", "return=OperationOutcome")]).await;
     assert_eq!(outcome.expect(200)["resourceType"], "OperationOutcome");
 
     let not_modified =

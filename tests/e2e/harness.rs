@@ -277,15 +277,31 @@ impl Server {
     /// The request is built before the returned future runs, so `path` and `body` may be
     /// temporaries.
     pub fn post<'s>(&'s self, path: &str, body: &Value) -> impl Future<Output = Reply> + use<'s> {
-        self.send(
-            self.client.post(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string()),
-        )
+        self.post_with(path, body, &[])
     }
 
     pub fn put<'s>(&'s self, path: &str, body: &Value) -> impl Future<Output = Reply> + use<'s> {
-        self.send(
-            self.client.put(self.url(path)).header("content-type", "application/fhir+json").body(body.to_string()),
-        )
+        self.put_with(path, body, &[])
+    }
+
+    /// A FHIR JSON POST with extra headers (which may replace the content type).
+    pub fn post_with<'s>(
+        &'s self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> impl Future<Output = Reply> + use<'s> {
+        self.send(with_headers(self.client.post(self.url(path)), headers).body(body.to_string()))
+    }
+
+    /// A FHIR JSON PUT with extra headers (which may replace the content type).
+    pub fn put_with<'s>(
+        &'s self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> impl Future<Output = Reply> + use<'s> {
+        self.send(with_headers(self.client.put(self.url(path)), headers).body(body.to_string()))
     }
 
     pub async fn delete(&self, path: &str) -> Reply {
@@ -305,6 +321,17 @@ impl Drop for Server {
             eprintln!("---- server log ({:?}) ----\n{}", self.db, self.log());
         }
     }
+}
+
+/// Adds the FHIR JSON content type, then `headers` (which may replace it).
+fn with_headers(mut request: reqwest::RequestBuilder, headers: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+        request = request.header("content-type", "application/fhir+json");
+    }
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request
 }
 
 /// Runs the `hearth` binary with `args` and collects its output (bounded to 5 minutes).
