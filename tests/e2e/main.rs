@@ -8,3 +8,4 @@ mod encryption;
 mod errors;
 mod lifecycle;
 mod metadata;
+mod store;

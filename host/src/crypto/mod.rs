@@ -7,6 +7,7 @@
 //! environment variable). Rotating the KEK re-wraps data keys only. Destroying a data key
 //! makes every version sealed under it unreadable (crypto-shredding).
 
+pub mod blind_index;
 mod keyring;
 mod seal;
 

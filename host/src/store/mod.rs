@@ -23,7 +23,8 @@ use aes_gcm::Aes256Gcm;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor, Row};
 
-use crate::crypto::{SecretKey, resource_aad, wrap_data_key};
+use crate::crypto::blind_index::BlindIndexKey;
+use crate::crypto::{SecretKey, resource_aad, unwrap_data_key, wrap_data_key};
 use crate::crypto::{open_with, seal_with};
 
 mod error;
@@ -127,6 +128,16 @@ pub struct Store {
     vault: Arc<KeyVault>,
     /// Benchmark builds only (feature `bench-plaintext`): bodies stored unsealed.
     plaintext: bool,
+    blind_index: Arc<tokio::sync::OnceCell<BlindIndexKey>>,
+}
+
+/// The `data_key` row holding the blind-index key.
+const BLIND_INDEX_KEY_ID: &str = "index/blind-v1";
+
+/// A key found in `data_key`, or one just created there.
+enum StoredKey {
+    Wrapped { kek_version: i64, wrapped: Vec<u8> },
+    Created(SecretKey),
 }
 
 /// The current state of a resource as seen by a writer inside its transaction.
@@ -181,7 +192,7 @@ impl Store {
                 (shared.clone(), shared)
             }
         };
-        Ok(Store { backend, reader, writer, vault, plaintext: false })
+        Ok(Store { backend, reader, writer, vault, plaintext: false, blind_index: Arc::default() })
     }
 
     /// Starts a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)
@@ -430,6 +441,39 @@ impl Store {
         conn: &mut sqlx::AnyConnection,
         key_id: &str,
     ) -> Result<Arc<Aes256Gcm>, StoreError> {
+        match self.find_or_create_key(conn, key_id).await? {
+            StoredKey::Wrapped { kek_version, wrapped } => self.vault.cipher(key_id, kek_version, &wrapped),
+            StoredKey::Created(key) => Ok(self.vault.remember(key_id, &key)),
+        }
+    }
+
+    /// The blind-index key (see `crate::crypto::blind_index`), created on first use. It is a
+    /// row of `data_key` like any other, so KEK rotation re-wraps it; no erasure touches it.
+    pub async fn blind_index_key(&self) -> Result<BlindIndexKey, StoreError> {
+        let key = self
+            .blind_index
+            .get_or_try_init(|| async {
+                let mut tx = self.begin_write().await?;
+                let key = match self.find_or_create_key(&mut *tx, BLIND_INDEX_KEY_ID).await? {
+                    StoredKey::Created(key) => key,
+                    StoredKey::Wrapped { kek_version, wrapped } => {
+                        unwrap_data_key(&self.vault.kek(kek_version)?, kek_version, BLIND_INDEX_KEY_ID, &wrapped)
+                            .map_err(|_| {
+                                tracing::error!("INTEGRITY ALERT: the wrapped blind-index key failed authentication");
+                                StoreError::Integrity
+                            })?
+                    }
+                };
+                tx.commit().await?;
+                Ok::<_, StoreError>(BlindIndexKey::new(key))
+            })
+            .await?;
+        Ok(key.clone())
+    }
+
+    /// Finds the wrapped key `key_id` inside `conn`'s transaction, or creates, wraps and
+    /// inserts it. Refuses keys that were destroyed.
+    async fn find_or_create_key(&self, conn: &mut sqlx::AnyConnection, key_id: &str) -> Result<StoredKey, StoreError> {
         for _ in 0..2 {
             let row = sqlx::query("SELECT kek_version, wrapped FROM data_key WHERE key_id = $1")
                 .bind(key_id)
@@ -440,11 +484,11 @@ impl Store {
                 let Some(wrapped) = row.try_get::<Option<Vec<u8>>, _>(1)? else {
                     return Err(StoreError::Erased);
                 };
-                return self.vault.cipher(key_id, kek_version, &wrapped);
+                return Ok(StoredKey::Wrapped { kek_version, wrapped });
             }
             let (kek_version, kek) = self.wrapping_kek(&mut *conn).await?;
-            let data_key = SecretKey::generate();
-            let wrapped = wrap_data_key(&kek, kek_version, key_id, &data_key);
+            let key = SecretKey::generate();
+            let wrapped = wrap_data_key(&kek, kek_version, key_id, &key);
             let inserted = sqlx::query(
                 "INSERT INTO data_key (key_id, kek_version, wrapped, created_us) VALUES ($1, $2, $3, $4) \
                  ON CONFLICT DO NOTHING",
@@ -456,9 +500,9 @@ impl Store {
             .execute(&mut *conn)
             .await?;
             if inserted.rows_affected() == 1 {
-                return Ok(self.vault.remember(key_id, &data_key));
+                return Ok(StoredKey::Created(key));
             }
-            // Another writer created this data key first: use theirs.
+            // Another writer created this key first: use theirs.
         }
         Err(StoreError::TooMuchContention)
     }
