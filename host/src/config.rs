@@ -12,6 +12,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DATA_DIR: &str = "hearth-data";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 3600;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,6 +67,19 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HEARTH_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// A trusted token issuer (`iss`); give with --jwt-audience and --jwks-file. More issuers
+    /// go in the config file as [[issuers]] tables.
+    #[arg(long, env = "HEARTH_JWT_ISSUER", requires_all = ["jwt_audience", "jwks_file"])]
+    pub jwt_issuer: Option<String>,
+    /// The audience (`aud`) tokens from --jwt-issuer must carry, usually this server's URL.
+    #[arg(long, env = "HEARTH_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// JWKS file with the issuer's public keys (RS256, ES256 or EdDSA).
+    #[arg(long, env = "HEARTH_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Longest token lifetime accepted, in seconds (exp - iat).
+    #[arg(long, env = "HEARTH_MAX_TOKEN_LIFETIME")]
+    pub max_token_lifetime: Option<u64>,
     /// Log format on standard error.
     #[arg(long, env = "HEARTH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -86,6 +100,18 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     db_max_connections: Option<u32>,
     log_format: Option<LogFormat>,
+    max_token_lifetime: Option<u64>,
+    #[serde(default)]
+    issuers: Vec<IssuerConfig>,
+}
+
+/// A trusted token issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    pub iss: String,
+    pub audience: String,
+    pub jwks_file: PathBuf,
 }
 
 /// Where the HTTPS certificate comes from.
@@ -128,6 +154,9 @@ pub struct ServeSettings {
     pub tls: TlsSource,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
+    /// Issuers from configuration; in dev mode the development issuer is trusted as well.
+    pub issuers: Vec<IssuerConfig>,
+    pub max_token_lifetime: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +177,11 @@ pub enum ConfigError {
          `hearth keys init --keyring DIR`) or set HEARTH_KEKS, or start with --dev"
     )]
     NoKeys,
+    #[error(
+        "no token issuer is configured. Pass --jwt-issuer, --jwt-audience and --jwks-file (or \
+         [[issuers]] in the config file), or start with --dev to use `hearth token issue`"
+    )]
+    NoIssuer,
     #[error("max_body_bytes must be at least 1024")]
     BodyLimitTooSmall,
     #[error("base_url must start with https:// or http:// (got a value that does not)")]
@@ -211,6 +245,16 @@ impl ServeArgs {
         if max_body_bytes < 1024 {
             return Err(ConfigError::BodyLimitTooSmall);
         }
+        let mut issuers = file.issuers.clone();
+        if let (Some(iss), Some(audience), Some(jwks_file)) = (self.jwt_issuer, self.jwt_audience, self.jwks_file) {
+            issuers.push(IssuerConfig { iss, audience, jwks_file });
+        }
+        if issuers.is_empty() && !storage.dev {
+            return Err(ConfigError::NoIssuer);
+        }
+        let max_token_lifetime = std::time::Duration::from_secs(
+            self.max_token_lifetime.or(file.max_token_lifetime).unwrap_or(DEFAULT_MAX_TOKEN_LIFETIME_SECONDS),
+        );
         Ok(ServeSettings {
             storage,
             listen,
@@ -218,6 +262,8 @@ impl ServeArgs {
             tls,
             max_body_bytes,
             log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            issuers,
+            max_token_lifetime,
         })
     }
 }

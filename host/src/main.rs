@@ -22,6 +22,9 @@ enum Command {
     /// Manage key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Development tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Erase a patient by destroying its data key (crypto-shredding). Irreversible.
     Erase {
         #[command(flatten)]
@@ -32,6 +35,27 @@ enum Command {
         /// Why (recorded with the erasure; no patient details).
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a token from the dev issuer key in the data directory (dev mode servers only).
+    Issue {
+        #[arg(long, env = "HEARTH_DATA_DIR", default_value = hearth::config::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The subject (user or client) the token names.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated SMART scopes, e.g. "user/*.cruds" or "patient/Observation.rs".
+        #[arg(long)]
+        scope: String,
+        /// Lifetime: 900s, 15m, 1h.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// The patient in context, for patient/ scopes.
+        #[arg(long)]
+        patient: Option<String>,
     },
 }
 
@@ -68,6 +92,11 @@ fn main() -> ExitCode {
                 tracing::error!(%error, "cannot start");
                 error.to_string()
             })
+        }
+        Command::Token(TokenCommand::Issue { data_dir, sub, scope, ttl, patient }) => {
+            hearth::commands::token_issue(&data_dir, &sub, &scope, &ttl, patient.as_deref())
+                .map(|token| println!("{token}"))
+                .map_err(|e| e.to_string())
         }
         Command::Keys(KeysCommand::Init { keyring }) => {
             init_logging(LogFormat::Text);

@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use std::sync::Arc;
 
 use crate::api::{ApiSettings, router};
+use crate::auth::token::{Issuer, TokenVerifier};
 use crate::config::{KEKS_ENV, KeySource, ServeSettings, StorageSettings, TlsSource};
 use crate::crypto::{EnvKeyProvider, FileKeyProvider, KeyProvider};
 use crate::store::{KeyVault, Store, StoreOptions};
@@ -22,6 +23,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Keys(#[from] crate::crypto::KeyError),
+    #[error(transparent)]
+    Tokens(#[from] crate::auth::token::TokenError),
     #[error("{0}. Check --database-url / HEARTH_DATABASE_URL and that the database server is running")]
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {source}. Choose another address with --listen")]
@@ -88,8 +91,9 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         let host = if bound.is_ipv6() && host != "localhost" { format!("[{host}]") } else { host };
         format!("https://{host}:{}", bound.port())
     });
-    let app =
-        router(store.clone(), ApiSettings { base_url: base_url.clone(), max_body_bytes: settings.max_body_bytes });
+    let tokens = Arc::new(token_verifier(&settings)?);
+    let api_settings = ApiSettings { base_url: base_url.clone(), max_body_bytes: settings.max_body_bytes };
+    let app = router(store.clone(), tokens, api_settings);
 
     tracing::info!(%bound, %base_url, "listening");
     // One machine-readable line on stdout, for scripts and tests that started us on port 0.
@@ -101,6 +105,24 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The issuers whose tokens this server accepts: configured ones, plus the development issuer
+/// (whose key `hearth token issue` uses) in dev mode.
+fn token_verifier(settings: &ServeSettings) -> Result<TokenVerifier, StartError> {
+    let mut issuers = Vec::new();
+    for config in &settings.issuers {
+        issuers.push(Issuer::from_jwks_file(&config.iss, &config.audience, &config.jwks_file)?);
+    }
+    if settings.storage.dev {
+        issuers.push(Issuer::development(&dev_token_key_path(&settings.storage.data_dir))?);
+    }
+    Ok(TokenVerifier::new(issuers, settings.max_token_lifetime))
+}
+
+/// Where dev mode keeps the key `hearth token issue` signs with.
+pub fn dev_token_key_path(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("auth").join("dev-token-key.pem")
 }
 
 fn warn_dev_mode(settings: &StorageSettings) {

@@ -94,6 +94,8 @@ pub struct Server {
     pub base: String,
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
+    /// The CA the clients trust.
+    pub ca: PathBuf,
     child: Child,
     log_path: PathBuf,
     /// Owns the data directory while the server lives.
@@ -112,7 +114,12 @@ pub struct Launch {
     pub no_dev_flag: bool,
     /// The CA the client trusts; default: the dev CA in the server's data directory.
     pub ca: Option<PathBuf>,
+    /// The bearer token the client sends; default (dev mode): a `user/*.cruds` dev token.
+    pub token: Option<String>,
 }
+
+/// The scopes of the token test clients carry unless a test asks for others.
+pub const DEFAULT_SCOPE: &str = "user/*.cruds";
 
 impl Server {
     pub async fn start(db: Db) -> Server {
@@ -151,8 +158,13 @@ impl Server {
         let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().expect("start hearth");
         let base = read_listening_line(&mut child, &log_path);
         let ca = launch.ca.unwrap_or_else(|| data_dir.join("tls/ca.pem"));
-        let client = client_trusting(&ca, false);
-        Server { db, base, data_dir, client, child, log_path, _dir: dir, pg }
+        let token = match (launch.token, launch.no_dev_flag) {
+            (Some(token), _) => Some(token),
+            (None, false) => Some(dev_token(&data_dir, DEFAULT_SCOPE, None)),
+            (None, true) => None,
+        };
+        let client = client_trusting(&ca, false, token.as_deref());
+        Server { db, base, data_dir, client, ca, child, log_path, _dir: dir, pg }
     }
 
     /// Stops this server with SIGTERM and starts a new one on the same data (and database).
@@ -161,6 +173,16 @@ impl Server {
         let dir = self._dir.take();
         let pg = self.pg.take();
         Server::spawn(self.db, self.data_dir.clone(), dir, pg, launch)
+    }
+
+    /// A dev token for this server with `scope` (and a patient in context).
+    pub fn token(&self, scope: &str, patient: Option<&str>) -> String {
+        dev_token(&self.data_dir, scope, patient)
+    }
+
+    /// A client for this server carrying `token` (or none).
+    pub fn client_with(&self, token: Option<&str>) -> reqwest::Client {
+        client_trusting(&self.ca, false, token)
     }
 
     /// Starts a new server on the same data after this one was killed (SIGKILL).
@@ -391,10 +413,27 @@ fn read_listening_line(child: &mut Child, log_path: &Path) -> String {
     })
 }
 
-/// An HTTPS client that trusts only the given CA certificate.
-pub fn client_trusting(ca_pem: &Path, http1_only: bool) -> reqwest::Client {
+/// Mints a dev token with `hearth token issue` for the server on `data_dir`.
+pub fn dev_token(data_dir: &Path, scope: &str, patient: Option<&str>) -> String {
+    let data = data_dir.to_str().unwrap();
+    let mut args = vec!["token", "issue", "--data-dir", data, "--sub", "e2e-tester", "--scope", scope, "--ttl", "1h"];
+    if let Some(patient) = patient {
+        args.extend(["--patient", patient]);
+    }
+    let output = hearth_command(&args);
+    assert!(output.status.success(), "token issue: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// An HTTPS client that trusts only the given CA certificate and sends `token`, if any.
+pub fn client_trusting(ca_pem: &Path, http1_only: bool, token: Option<&str>) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_pem).expect("the dev CA exists")).expect("CA parses");
     let mut builder = reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(60));
+    if let Some(token) = token {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("token header"));
+        builder = builder.default_headers(headers);
+    }
     if http1_only {
         builder = builder.http1_only();
     }
@@ -444,5 +483,58 @@ impl Reply {
         assert_eq!(body["issue"][0]["severity"], "error", "{body}");
         assert_eq!(body["issue"][0]["code"], code, "{body}");
         body["issue"][0]["diagnostics"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// A token issuer outside Hearth, as production has: an ES256 key whose public half is
+/// published in a JWKS file the server is pointed at.
+pub struct TestIssuer {
+    pub iss: String,
+    pub audience: String,
+    pub jwks_file: PathBuf,
+    signing_pem: String,
+}
+
+impl TestIssuer {
+    pub fn create(dir: &Path, iss: &str, audience: &str) -> TestIssuer {
+        use base64::Engine;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let point = key.public_key_raw(); // 0x04 || x || y
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "test-1",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65])
+        }]});
+        let jwks_file = dir.join(format!("jwks-{}.json", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+        TestIssuer { iss: iss.to_owned(), audience: audience.to_owned(), jwks_file, signing_pem: key.serialize_pem() }
+    }
+
+    /// The flags that make a server trust this issuer.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--jwt-issuer".into(),
+            self.iss.clone(),
+            "--jwt-audience".into(),
+            self.audience.clone(),
+            "--jwks-file".into(),
+            self.jwks_file.display().to_string(),
+        ]
+    }
+
+    /// Signs `claims` (any JSON object) with this issuer's key.
+    pub fn sign(&self, claims: &Value) -> String {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("test-1".into());
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(self.signing_pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, claims, &key).unwrap()
+    }
+
+    /// A well-formed token for `sub` with `scope`, valid for ten minutes.
+    pub fn token(&self, sub: &str, scope: &str) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        self.sign(&serde_json::json!({
+            "iss": self.iss, "aud": self.audience, "sub": sub, "scope": scope, "iat": now, "exp": now + 600
+        }))
     }
 }

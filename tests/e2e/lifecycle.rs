@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Db, Launch, PgDatabase, Server, client_trusting, hearth_command};
+use crate::harness::{Db, Launch, PgDatabase, Server, TestIssuer, client_trusting, hearth_command};
 use crate::on_both_databases;
 
 on_both_databases!(
@@ -27,7 +27,8 @@ async fn restart_keeps_data_and_certificate(db: Db) {
 async fn sigterm_lets_in_flight_requests_finish(db: Db) {
     let mut server = Server::start(db).await;
     // HTTP/1.1 and a body sent in two halves: the request is in flight when SIGTERM arrives.
-    let client = client_trusting(&server.data_dir.join("tls/ca.pem"), true);
+    let token = server.token(crate::harness::DEFAULT_SCOPE, None);
+    let client = client_trusting(&server.data_dir.join("tls/ca.pem"), true, Some(&token));
     let body = json!({"resourceType": "Patient", "id": "in-flight", "active": true}).to_string();
     let (first, second) = body.split_at(body.len() / 2);
     let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
@@ -68,9 +69,9 @@ async fn sigkill_loses_no_acknowledged_write(db: Db) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn production_mode_needs_keys_and_a_certificate_and_uses_the_given_ones() {
-    // Without --dev, the server refuses to start until it has a KEK and a certificate, and
-    // says what to pass.
+async fn production_mode_needs_keys_certificate_and_issuer_and_uses_the_given_ones() {
+    // Without --dev, the server refuses to start until it has a KEK, a certificate and a token
+    // issuer, and says what to pass.
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data_arg = data.to_str().unwrap();
@@ -85,30 +86,42 @@ async fn production_mode_needs_keys_and_a_certificate_and_uses_the_given_ones() 
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     assert!(!hearth_command(&["keys", "init", "--keyring", keyring_arg]).status.success(), "init never overwrites");
 
-    let refused =
-        hearth_command(&["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg, "--keyring", keyring_arg]);
+    let serve = ["serve", "--listen", "127.0.0.1:0", "--data-dir", data_arg, "--keyring", keyring_arg];
+    let refused = hearth_command(&serve);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("--tls-cert") && stderr.contains("--dev"), "{stderr}");
 
-    // With operator-provided files (here: ones a dev server generated) it starts without --dev.
+    // Operator-provided TLS files (here: ones a dev server generated) but no token issuer:
+    // still refused, production never runs without authentication.
     let dev = Server::start(Db::Sqlite).await;
     let tls = dev.data_dir.join("tls");
+    let cert = tls.join("server.pem").display().to_string();
+    let key = tls.join("server-key.pem").display().to_string();
+    let mut args: Vec<String> = serve.iter().map(|s| s.to_string()).collect();
+    args.extend(["--tls-cert".into(), cert.clone(), "--tls-key".into(), key.clone()]);
+    let refused = hearth_command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("--jwt-issuer"), "{stderr}");
+
+    // With an issuer (a JWKS file) it starts without --dev and accepts that issuer's tokens.
+    let issuer = TestIssuer::create(dir.path(), "https://idp.example.test", "https://fhir.example.test");
+    let mut extra_args = vec!["--keyring".to_owned(), keyring_arg.into(), "--tls-cert".into(), cert, "--tls-key".into(), key];
+    extra_args.extend(issuer.args());
     let launch = Launch {
         no_dev_flag: true,
         ca: Some(tls.join("ca.pem")),
-        extra_args: vec![
-            "--keyring".into(),
-            keyring_arg.into(),
-            "--tls-cert".into(),
-            tls.join("server.pem").display().to_string(),
-            "--tls-key".into(),
-            tls.join("server-key.pem").display().to_string(),
-        ],
+        token: Some(issuer.token("integration-engine", "system/*.cruds")),
+        extra_args,
         ..Default::default()
     };
     let mut production = Server::launch(Db::Sqlite, launch).await;
     production.post("Patient", &json!({"resourceType": "Patient"})).await.expect(201);
     assert!(!production.log().contains("DEVELOPMENT MODE"));
+    // A dev token is worthless here: the dev issuer is trusted only in dev mode.
+    let dev_token = crate::harness::dev_token(&production.data_dir, "system/*.cruds", None);
+    let with_dev_token = production.client_with(Some(&dev_token));
+    let reply = production.send(with_dev_token.post(production.url("Patient")).header("content-type", "application/fhir+json").body("{\"resourceType\":\"Patient\"}")).await;
+    reply.expect_outcome(401, "login");
     production.terminate().unwrap();
 }
 

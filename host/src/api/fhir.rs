@@ -1,14 +1,16 @@
 //! FHIR REST interactions on resources: create, read, vread, update, delete and instance
 //! history, plus `GET /metadata`.
 
-use axum::Router;
+use axum::{Extension, Router};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use serde_json::{Map, Value};
 
 use super::extract::{FhirBody, ReturnPreference, if_match, if_none_match_matches, return_preference};
-use super::{SharedState, metadata};
+use super::SharedState;
+use crate::auth::{Access, Interaction, Principal, forbidden};
 use crate::fhir::bundle::{Link, history_bundle};
 use crate::fhir::instant::{parse_instant, to_http_date};
 use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
@@ -29,7 +31,6 @@ const MAX_PAGE_SIZE: i64 = 1000;
 
 pub fn routes() -> Router<SharedState> {
     Router::new()
-        .route("/metadata", get(metadata))
         .route("/{type}", axum::routing::post(create))
         .route("/{type}/{id}", get(read).put(update).delete(delete))
         .route("/{type}/{id}/_history", get(history))
@@ -38,11 +39,13 @@ pub fn routes() -> Router<SharedState> {
 
 async fn create(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     Path(res_type): Path<String>,
     headers: HeaderMap,
     FhirBody(body): FhirBody,
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
+    let access = principal.access(Interaction::Create, &res_type)?;
     if headers.contains_key("if-none-exist") {
         return Err(FhirError::bad_request(
             IssueType::NotSupported,
@@ -52,6 +55,7 @@ async fn create(
     let resource = IncomingResource::parse(&body, &res_type)?;
     // The spec says a server SHALL ignore an id sent with a create and assign its own.
     let id = uuid::Uuid::new_v4().to_string();
+    require(&access, &res_type, &id, resource.fields())?;
     let key_id = resource.data_key_id(&id);
     let written = state
         .store
@@ -64,18 +68,34 @@ async fn create(
 
 async fn update(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     Path((res_type, id)): Path<(String, String)>,
     headers: HeaderMap,
     FhirBody(body): FhirBody,
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
-    let precondition = match if_match(&headers)? {
+    let access = principal.access(Interaction::Update, &res_type)?;
+    let mut precondition = match if_match(&headers)? {
         Some(version) => Precondition::IfMatch(version),
         None => Precondition::None,
     };
     let resource = IncomingResource::parse(&body, &res_type)?;
     resource.require_id(&id)?;
+    require(&access, &res_type, &id, resource.fields())?;
+    if !access.is_unrestricted() {
+        // A restricted principal may not overwrite what it cannot reach: check the current
+        // version, and pin the write to it so nothing can change in between.
+        let current = live_version(&state, &res_type, &id).await?;
+        if let Some((version, current)) = &current {
+            require(&access, &res_type, &id, current)?;
+            if precondition == Precondition::None {
+                precondition = Precondition::IfMatch(*version);
+            }
+        } else if precondition == Precondition::None {
+            precondition = Precondition::MustNotExist;
+        }
+    }
     let key_id = resource.data_key_id(&id);
     let written = state
         .store
@@ -88,11 +108,13 @@ async fn update(
 
 async fn read(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     Path((res_type, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
+    let access = principal.access(Interaction::Read, &res_type)?;
     let record = state
         .store
         .read_current(&res_type, &id)
@@ -102,6 +124,7 @@ async fn read(
     if record.deleted {
         return Err(gone(&record));
     }
+    require_record(&access, &record)?;
     if if_none_match_matches(&headers, record.version) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         set_version_headers(&mut response, record.version, record.last_updated_us);
@@ -112,10 +135,12 @@ async fn read(
 
 async fn vread(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     Path((res_type, id, vid)): Path<(String, String, String)>,
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
+    let access = principal.access(Interaction::Vread, &res_type)?;
     let version =
         vid.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
             FhirError::bad_request(IssueType::Value, "version ids on this server are positive integers")
@@ -129,17 +154,26 @@ async fn vread(
     if record.deleted {
         return Err(gone(&record));
     }
+    require_record(&access, &record)?;
     Ok(record_response(record))
 }
 
 async fn delete(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     Path((res_type, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
-    let expected = if_match(&headers)?;
+    let access = principal.access(Interaction::Delete, &res_type)?;
+    let mut expected = if_match(&headers)?;
+    if !access.is_unrestricted() {
+        if let Some((version, current)) = live_version(&state, &res_type, &id).await? {
+            require(&access, &res_type, &id, &current)?;
+            expected = expected.or(Some(version));
+        }
+    }
     let result = state.store.delete(&res_type, &id, expected).await.map_err(store_error)?;
     let (message, version) = match result {
         DeleteResult::Deleted { version } => {
@@ -187,11 +221,13 @@ impl HistoryParams {
 
 async fn history(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     Path((res_type, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
+    let access = principal.access(Interaction::HistoryInstance, &res_type)?;
     let params = HistoryParams::parse(query.as_deref())?;
     let count = match params.count.as_deref() {
         None => DEFAULT_PAGE_SIZE,
@@ -222,7 +258,15 @@ async fn history(
     if state.store.read_current(&res_type, &id).await.map_err(store_error)?.is_none() {
         return Err(not_found(&res_type, &id));
     }
-    let page = state.store.history(&res_type, &id, since, cursor, count).await.map_err(store_error)?;
+    let mut page = state.store.history(&res_type, &id, since, cursor, count).await.map_err(store_error)?;
+    if !access.is_unrestricted() {
+        // Only versions within reach; deletion markers carry no content to judge, so a
+        // restricted principal does not see them.
+        page.versions.retain(|v| v.body.as_deref().and_then(parse_object).is_some_and(|r| access.permits(&res_type, &id, &r)));
+        if page.versions.is_empty() {
+            return Err(forbidden(format!("no version of {res_type}/{id} is within this token's reach")));
+        }
+    }
 
     let base = &state.settings.base_url;
     let page_url = |cursor: Option<i64>| {
@@ -249,8 +293,50 @@ async fn history(
     Ok(fhir_json(StatusCode::OK, bundle))
 }
 
+/// 403 unless `access` reaches this resource content.
+fn require(access: &Access, res_type: &str, id: &str, resource: &Map<String, Value>) -> Result<(), FhirError> {
+    if access.permits(res_type, id, resource) {
+        Ok(())
+    } else {
+        Err(forbidden(format!(
+            "{res_type}/{id} is outside what this token may reach (patient compartment or scope constraints)"
+        )))
+    }
+}
+
+fn require_record(access: &Access, record: &VersionRecord) -> Result<(), FhirError> {
+    if access.is_unrestricted() {
+        return Ok(());
+    }
+    let content = record.body.as_deref().and_then(parse_object).ok_or_else(FhirError::internal)?;
+    require(access, &record.res_type, &record.id, &content)
+}
+
+/// The current live version and its content, if the resource exists and is not deleted.
+async fn live_version(
+    state: &SharedState,
+    res_type: &str,
+    id: &str,
+) -> Result<Option<(i64, Map<String, Value>)>, FhirError> {
+    let Some(record) = state.store.read_current(res_type, id).await.map_err(store_error)? else {
+        return Ok(None);
+    };
+    match record.body.as_deref() {
+        Some(body) if !record.deleted => {
+            let content = parse_object(body).ok_or_else(FhirError::internal)?;
+            Ok(Some((record.version, content)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A stored body as a JSON object (stored bodies always are one).
+fn parse_object(body: &[u8]) -> Option<Map<String, Value>> {
+    serde_json::from_slice(body).ok()
+}
+
 /// Maps a storage failure to the client's answer; unexpected failures are logged here, once.
-fn store_error(error: StoreError) -> FhirError {
+pub(super) fn store_error(error: StoreError) -> FhirError {
     match error {
         StoreError::VersionConflict { current: Some(current) } => FhirError::precondition_failed(format!(
             "If-Match does not name the current version ({}); read the resource again and retry",

@@ -12,8 +12,11 @@ use tracing::Instrument;
 
 use crate::fhir::capability::{Implemented, capability_statement};
 use crate::fhir::outcome::{FhirError, IssueType};
+use crate::auth::token::TokenVerifier;
 use crate::store::Store;
 
+mod admin;
+mod auth;
 mod extract;
 mod fhir;
 mod health;
@@ -31,6 +34,7 @@ pub struct ApiSettings {
 /// State shared by every handler.
 pub struct AppState {
     pub store: Store,
+    pub tokens: Arc<TokenVerifier>,
     pub settings: ApiSettings,
     /// The CapabilityStatement, rendered once at start-up.
     capability: Vec<u8>,
@@ -39,7 +43,7 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 /// Builds the application router over `store`.
-pub fn router(store: Store, settings: ApiSettings) -> Router {
+pub fn router(store: Store, tokens: Arc<TokenVerifier>, settings: ApiSettings) -> Router {
     let capability = capability_statement(&Implemented {
         base_url: &settings.base_url,
         software_version: env!("CARGO_PKG_VERSION"),
@@ -48,13 +52,22 @@ pub fn router(store: Store, settings: ApiSettings) -> Router {
     });
     let state = Arc::new(AppState {
         store,
+        tokens,
         settings,
         capability: serde_json::to_vec(&capability).expect("serialising a JSON value cannot fail"),
     });
-    let fhir_routes = fhir::routes().route_layer(middleware::from_fn(extract::negotiate_format));
+    // Everything but discovery and health needs a bearer token.
+    let protected = fhir::routes()
+        .merge(admin::routes())
+        .route_layer(middleware::from_fn(extract::negotiate_format))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    let public = Router::new()
+        .route("/metadata", axum::routing::get(metadata).route_layer(middleware::from_fn(extract::negotiate_format)))
+        .route("/.well-known/smart-configuration", axum::routing::get(auth::smart_configuration));
     Router::new()
         .merge(health::routes())
-        .merge(fhir_routes)
+        .merge(public)
+        .merge(protected)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(request_log))
@@ -91,7 +104,13 @@ async fn request_log(mut request: Request, next: Next) -> Response {
     let route =
         request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     request.extensions_mut().insert(RequestId(request_id.clone()));
-    let span = tracing::info_span!("request", request_id = %request_id, method = %method, route = %route);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %method,
+        route = %route,
+        principal = tracing::field::Empty
+    );
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -14,6 +14,8 @@ use super::FHIR_JSON;
 pub enum IssueType {
     Invalid,
     Structure,
+    Login,
+    Forbidden,
     Required,
     Value,
     NotFound,
@@ -31,6 +33,8 @@ impl IssueType {
         match self {
             IssueType::Invalid => "invalid",
             IssueType::Structure => "structure",
+            IssueType::Login => "login",
+            IssueType::Forbidden => "forbidden",
             IssueType::Required => "required",
             IssueType::Value => "value",
             IssueType::NotFound => "not-found",

@@ -114,6 +114,11 @@ impl IncomingResource {
         super::compartment::data_key_id(self.res_type(), id, &self.fields)
     }
 
+    /// The resource's elements (for access checks).
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.fields
+    }
+
     pub fn res_type(&self) -> &str {
         self.fields.get("resourceType").and_then(Value::as_str).unwrap_or_default()
     }

@@ -1,0 +1,56 @@
+//! The administrative API: operations that need an `admin/...` scope and never a clinical one.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::SharedState;
+use crate::auth::Principal;
+use crate::fhir::compartment::patient_key_id;
+use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
+use crate::fhir::resource::check_id;
+
+pub fn routes() -> Router<SharedState> {
+    Router::new().route("/admin/erasure", post(erase_patient))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErasureRequest {
+    patient: String,
+    reason: String,
+}
+
+/// `POST /admin/erasure` `{"patient": ID, "reason": TEXT}`: crypto-shreds one patient.
+async fn erase_patient(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, FhirError> {
+    principal.require_admin("erasure")?;
+    let request: ErasureRequest = serde_json::from_slice(&body).map_err(|_| {
+        FhirError::bad_request(IssueType::Structure, r#"send {"patient": "<Patient id>", "reason": "<why, no patient details>"}"#)
+    })?;
+    check_id(&request.patient)?;
+    if request.reason.trim().is_empty() {
+        return Err(FhirError::bad_request(IssueType::Required, "state the reason for the erasure"));
+    }
+    let destroyed = state
+        .store
+        .destroy_data_key(&patient_key_id(&request.patient), request.reason.trim())
+        .await
+        .map_err(super::fhir::store_error)?;
+    if !destroyed {
+        return Err(FhirError::new(
+            StatusCode::NOT_FOUND,
+            IssueType::NotFound,
+            format!("Patient/{} has no records with a live key (unknown, or erased before)", request.patient),
+        ));
+    }
+    tracing::warn!(patient = %request.patient, by = %principal.subject, "patient erased (data key destroyed)");
+    let message = format!("erased Patient/{}: every version of its records is unreadable", request.patient);
+    Ok(Json(operation_outcome("information", IssueType::Informational, &message, None)))
+}

@@ -1,0 +1,269 @@
+//! Bearer tokens: JWTs from configured issuers (keys from a JWKS file; RS256, ES256 or EdDSA),
+//! checked for signature, `iss`, `aud`, `exp`, `nbf` and a short lifetime; and the dev-mode
+//! issuer whose Ed25519 key `hearth token issue` signs with.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use super::Principal;
+use super::scopes::ScopeSet;
+
+/// The issuer and audience of tokens minted by `hearth token issue` in dev mode.
+pub const DEV_ISSUER: &str = "hearth-dev";
+pub const DEV_AUDIENCE: &str = "hearth-dev";
+
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY_SECONDS: u64 = 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a usable key set: {reason}")]
+    BadKeys { path: PathBuf, reason: String },
+    #[error("cannot create the development signing key: {0}")]
+    Generate(String),
+}
+
+/// A configured token issuer.
+pub struct Issuer {
+    pub iss: String,
+    pub audience: String,
+    keys: Vec<VerifyKey>,
+}
+
+struct VerifyKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+impl Issuer {
+    /// An issuer whose public keys are in a JWKS file.
+    pub fn from_jwks_file(iss: &str, audience: &str, path: &Path) -> Result<Issuer, TokenError> {
+        let bad = |reason: String| TokenError::BadKeys { path: path.to_owned(), reason };
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: path.to_owned(), source })?;
+        let set: JwkSet = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut keys = Vec::new();
+        for jwk in &set.keys {
+            let algorithm = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+                (Some(alg), _) => alg.to_string().parse::<Algorithm>().map_err(|e| bad(e.to_string()))?,
+                (None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+                (None, AlgorithmParameters::EllipticCurve(ec)) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
+                (None, AlgorithmParameters::OctetKeyPair(_)) => Algorithm::EdDSA,
+                _ => return Err(bad("a key has no usable algorithm (RS256, ES256 or EdDSA)".into())),
+            };
+            if !matches!(algorithm, Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA) {
+                return Err(bad(format!("algorithm {algorithm:?} is not accepted; use RS256, ES256 or EdDSA")));
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
+            keys.push(VerifyKey { kid: jwk.common.key_id.clone(), algorithm, key });
+        }
+        if keys.is_empty() {
+            return Err(bad("no keys".into()));
+        }
+        Ok(Issuer { iss: iss.to_owned(), audience: audience.to_owned(), keys })
+    }
+
+    /// The dev-mode issuer, trusting the public half of the development signing key.
+    pub fn development(key_file: &Path) -> Result<Issuer, TokenError> {
+        let signing = DevSigningKey::load_or_create(key_file)?;
+        Ok(Issuer {
+            iss: DEV_ISSUER.to_owned(),
+            audience: DEV_AUDIENCE.to_owned(),
+            keys: vec![VerifyKey { kid: None, algorithm: Algorithm::EdDSA, key: signing.decoding }],
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
+    #[serde(default)]
+    scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    patient: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    aud: serde_json::Value,
+}
+
+/// Checks bearer tokens against the configured issuers.
+pub struct TokenVerifier {
+    issuers: Vec<Issuer>,
+    max_lifetime: Duration,
+}
+
+impl TokenVerifier {
+    pub fn new(issuers: Vec<Issuer>, max_lifetime: Duration) -> Self {
+        TokenVerifier { issuers, max_lifetime }
+    }
+
+    pub fn issuers(&self) -> impl Iterator<Item = &Issuer> {
+        self.issuers.iter()
+    }
+
+    /// Verifies `token`; the error is a short reason safe to send back in `WWW-Authenticate`.
+    pub fn verify(&self, token: &str) -> Result<Principal, &'static str> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "the token is not a well-formed JWT")?;
+        let mut reason = "no trusted issuer signed this token";
+        for issuer in &self.issuers {
+            for key in &issuer.keys {
+                if key.algorithm != header.alg || (header.kid.is_some() && key.kid.is_some() && header.kid != key.kid) {
+                    continue;
+                }
+                let mut validation = Validation::new(key.algorithm);
+                validation.set_issuer(&[&issuer.iss]);
+                validation.set_audience(&[&issuer.audience]);
+                validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                validation.validate_nbf = true;
+                validation.leeway = LEEWAY_SECONDS;
+                match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+                    Ok(data) => return self.principal(data.claims),
+                    Err(error) => {
+                        use jsonwebtoken::errors::ErrorKind;
+                        reason = match error.kind() {
+                            ErrorKind::ExpiredSignature => "the token has expired",
+                            ErrorKind::ImmatureSignature => "the token is not valid yet",
+                            ErrorKind::InvalidAudience => "the token is for another audience",
+                            ErrorKind::InvalidIssuer => reason,
+                            ErrorKind::InvalidSignature => reason,
+                            _ => "the token is invalid",
+                        };
+                    }
+                }
+            }
+        }
+        Err(reason)
+    }
+
+    fn principal(&self, claims: Claims) -> Result<Principal, &'static str> {
+        let now = crate::fhir::instant::now_us() / 1_000_000;
+        let lifetime = claims.exp - claims.iat.unwrap_or(now).min(now);
+        if lifetime > i64::try_from(self.max_lifetime.as_secs()).unwrap_or(i64::MAX) {
+            return Err("the token lives longer than this server accepts; ask for a shorter-lived token");
+        }
+        Ok(Principal {
+            subject: claims.sub,
+            issuer: claims.iss,
+            client_id: claims.client_id,
+            patient: claims.patient,
+            scopes: ScopeSet::parse(&claims.scope),
+        })
+    }
+}
+
+/// The Ed25519 key of the dev issuer, kept (mode 0600) in the data directory.
+pub struct DevSigningKey {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl DevSigningKey {
+    pub fn load_or_create(path: &Path) -> Result<Self, TokenError> {
+        if !path.exists() {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| TokenError::Generate(e.to_string()))?;
+            write_private(path, key.serialize_pem().as_bytes())?;
+        }
+        let pem = std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: path.to_owned(), source })?;
+        let bad = |reason: String| TokenError::BadKeys { path: path.to_owned(), reason };
+        let pair = rcgen::KeyPair::from_pem(&pem).map_err(|e| bad(e.to_string()))?;
+        let encoding = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+        let decoding = DecodingKey::from_ed_pem(pair.public_key_pem().as_bytes()).map_err(|e| bad(e.to_string()))?;
+        Ok(DevSigningKey { encoding, decoding })
+    }
+
+    /// Mints a dev token.
+    pub fn issue(&self, subject: &str, scope: &str, ttl: Duration, patient: Option<&str>) -> String {
+        let now = crate::fhir::instant::now_us() / 1_000_000;
+        let claims = Claims {
+            iss: DEV_ISSUER.to_owned(),
+            sub: subject.to_owned(),
+            exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
+            iat: Some(now),
+            nbf: Some(now),
+            scope: scope.to_owned(),
+            patient: patient.map(str::to_owned),
+            client_id: Some("hearth-cli".to_owned()),
+            aud: serde_json::Value::String(DEV_AUDIENCE.to_owned()),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding).expect("signing with a valid key")
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), TokenError> {
+    use std::io::Write;
+    let err = |source| TokenError::Write { path: path.to_owned(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(err)?;
+    file.write_all(contents).and_then(|()| file.sync_all()).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(dir: &Path) -> (DevSigningKey, TokenVerifier) {
+        let path = dir.join("auth/dev-token-key.pem");
+        let issuer = Issuer::development(&path).unwrap();
+        (DevSigningKey::load_or_create(&path).unwrap(), TokenVerifier::new(vec![issuer], Duration::from_secs(3600)))
+    }
+
+    #[test]
+    fn dev_tokens_verify_and_carry_scopes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, verifier) = verifier(dir.path());
+        let token = key.issue("dr-who", "user/*.cruds admin/erasure", Duration::from_secs(900), Some("p1"));
+        let principal = verifier.verify(&token).unwrap();
+        assert_eq!(principal.subject, "dr-who");
+        assert_eq!(principal.patient.as_deref(), Some("p1"));
+        assert!(principal.scopes.has_admin("erasure"));
+        assert_eq!(principal.scopes.clinical.len(), 1);
+    }
+
+    #[test]
+    fn bad_tokens_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, verifier) = verifier(dir.path());
+        assert!(verifier.verify("not-a-token").is_err());
+        let token = key.issue("a", "user/*.r", Duration::from_secs(900), None);
+        let mut tampered = token.clone();
+        tampered.replace_range(tampered.len() - 5.., "AAAAA");
+        assert!(verifier.verify(&tampered).is_err(), "signature");
+        let long = key.issue("a", "user/*.r", Duration::from_secs(48 * 3600), None);
+        assert!(verifier.verify(&long).unwrap_err().contains("longer"));
+        // A token from another dev key is not trusted.
+        let other = tempfile::tempdir().unwrap();
+        let (other_key, _) = self::verifier(other.path());
+        assert!(verifier.verify(&other_key.issue("a", "user/*.r", Duration::from_secs(60), None)).is_err());
+        // alg=none is never accepted.
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"iss":"hearth-dev","sub":"a","aud":"hearth-dev","exp":9999999999}"#));
+        assert!(verifier.verify(&none).is_err());
+    }
+
+    fn b64(text: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+}
