@@ -42,11 +42,17 @@ impl Measurement {
     }
 }
 
-/// An HTTPS client trusting only `ca_pem`, with one keep-alive connection per worker.
-pub fn client(ca_pem: &Path, concurrency: usize) -> reqwest::Client {
+/// An HTTPS client trusting only `ca_pem`, with one keep-alive connection per worker, sending
+/// `token` as its bearer token when given.
+pub fn client(ca_pem: &Path, concurrency: usize, token: Option<&str>) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_pem).expect("CA file")).expect("CA parses");
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("token header"));
+    }
     reqwest::Client::builder()
         .tls_certs_only([ca])
+        .default_headers(headers)
         .http1_only()
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(30))

@@ -112,8 +112,14 @@ fn start_hearth(
     ServerProcess::start(name, binary, &args, env, &scratch.path(&format!("{name}.log")))
 }
 
-fn ca_of(scratch: &Scratch, name: &str) -> PathBuf {
-    scratch.path(name).join("tls/ca.pem")
+/// A client for the dev-mode server `name`: trusting its CA, with a `user/*.cruds` token from
+/// its development issuer.
+fn client_for(scratch: &Scratch, name: &str, concurrency: usize) -> reqwest::Client {
+    let data = scratch.path(name);
+    let key = hearth::auth::token::DevSigningKey::load_or_create(&hearth::serve::dev_token_key_path(&data))
+        .expect("dev signing key");
+    let token = key.issue("hearth-bench", "user/*.cruds", Duration::from_secs(3600), None);
+    load::client(&data.join("tls/ca.pem"), concurrency, Some(&token))
 }
 
 async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path) {
@@ -148,8 +154,7 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
     // Case 1: the TLS floor vs a Hearth read, same TLS configuration and listener code.
     eprintln!("case 1: TLS floor vs Hearth GET /Patient/{{id}} (SQLite)");
     let hearth = start_hearth("hearth-sqlite", &hearth_bin, &scratch, None, &[]);
-    let ca = ca_of(&scratch, "hearth-sqlite");
-    let client = load::client(&ca, concurrency);
+    let client = client_for(&scratch, "hearth-sqlite", concurrency);
     let patient_ids = seed(&client, &hearth, seed_patients).await;
     let tls = scratch.path("hearth-sqlite").join("tls");
     let floor_args = vec![
@@ -182,7 +187,7 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
     match ScratchPg::create(postgres_url).await {
         Ok(pg) => {
             let server = start_hearth("hearth-postgres", &hearth_bin, &scratch, Some(&pg.url), &[]);
-            let pg_client = load::client(&ca_of(&scratch, "hearth-postgres"), concurrency);
+            let pg_client = client_for(&scratch, "hearth-postgres", concurrency);
             let pg_create = create_loop(spec, &pg_client, &server).await;
             let ids = seed(&pg_client, &server, seed_patients / 3).await;
             let pg_reads: Arc<Vec<String>> = Arc::new(ids.iter().map(|id| format!("Patient/{id}")).collect());
@@ -211,8 +216,8 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
     eprintln!("case 2: encrypted vs plaintext store");
     let encrypted = start_hearth("bench-encrypted", &bench_bin, &scratch, None, &[]);
     let plaintext = start_hearth("bench-plaintext", &bench_bin, &scratch, None, &[("HEARTH_BENCH_PLAINTEXT", "1")]);
-    let enc_client = load::client(&ca_of(&scratch, "bench-encrypted"), concurrency);
-    let plain_client = load::client(&ca_of(&scratch, "bench-plaintext"), concurrency);
+    let enc_client = client_for(&scratch, "bench-encrypted", concurrency);
+    let plain_client = client_for(&scratch, "bench-plaintext", concurrency);
     let enc_create = create_loop(spec, &enc_client, &encrypted).await;
     let plain_create = create_loop(spec, &plain_client, &plaintext).await;
     let enc_ids = seed(&enc_client, &encrypted, seed_patients).await;

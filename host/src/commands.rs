@@ -42,7 +42,13 @@ pub enum CommandError {
 /// `hearth token issue`: a development token signed by the dev issuer key in the data
 /// directory (created if missing). Only servers started with --dev on that data directory
 /// accept it.
-pub fn token_issue(data_dir: &Path, subject: &str, scope: &str, ttl: &str, patient: Option<&str>) -> Result<String, CommandError> {
+pub fn token_issue(
+    data_dir: &Path,
+    subject: &str,
+    scope: &str,
+    ttl: &str,
+    patient: Option<&str>,
+) -> Result<String, CommandError> {
     let ttl = parse_duration(ttl)
         .ok_or_else(|| CommandError::Usage(format!("--ttl must look like 900s, 15m or 1h (got {ttl:?})")))?;
     let key = crate::auth::token::DevSigningKey::load_or_create(&crate::serve::dev_token_key_path(data_dir))

@@ -79,6 +79,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         }
     };
 
+    let tokens = Arc::new(token_verifier(&settings)?);
     let store = open_store(&settings.storage).await?;
     tracing::info!(backend = store.backend().name(), "database ready");
 
@@ -91,7 +92,6 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         let host = if bound.is_ipv6() && host != "localhost" { format!("[{host}]") } else { host };
         format!("https://{host}:{}", bound.port())
     });
-    let tokens = Arc::new(token_verifier(&settings)?);
     let api_settings = ApiSettings { base_url: base_url.clone(), max_body_bytes: settings.max_body_bytes };
     let app = router(store.clone(), tokens, api_settings);
 

@@ -105,7 +105,8 @@ async fn production_mode_needs_keys_certificate_and_issuer_and_uses_the_given_on
 
     // With an issuer (a JWKS file) it starts without --dev and accepts that issuer's tokens.
     let issuer = TestIssuer::create(dir.path(), "https://idp.example.test", "https://fhir.example.test");
-    let mut extra_args = vec!["--keyring".to_owned(), keyring_arg.into(), "--tls-cert".into(), cert, "--tls-key".into(), key];
+    let mut extra_args =
+        vec!["--keyring".to_owned(), keyring_arg.into(), "--tls-cert".into(), cert, "--tls-key".into(), key];
     extra_args.extend(issuer.args());
     let launch = Launch {
         no_dev_flag: true,
@@ -120,7 +121,14 @@ async fn production_mode_needs_keys_certificate_and_issuer_and_uses_the_given_on
     // A dev token is worthless here: the dev issuer is trusted only in dev mode.
     let dev_token = crate::harness::dev_token(&production.data_dir, "system/*.cruds", None);
     let with_dev_token = production.client_with(Some(&dev_token));
-    let reply = production.send(with_dev_token.post(production.url("Patient")).header("content-type", "application/fhir+json").body("{\"resourceType\":\"Patient\"}")).await;
+    let reply = production
+        .send(
+            with_dev_token
+                .post(production.url("Patient"))
+                .header("content-type", "application/fhir+json")
+                .body("{\"resourceType\":\"Patient\"}"),
+        )
+        .await;
     reply.expect_outcome(401, "login");
     production.terminate().unwrap();
 }

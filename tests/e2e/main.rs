@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod auth;
 mod concurrency;
 mod crud;
 mod encryption;

@@ -32,7 +32,10 @@ async fn erase_patient(
 ) -> Result<Json<Value>, FhirError> {
     principal.require_admin("erasure")?;
     let request: ErasureRequest = serde_json::from_slice(&body).map_err(|_| {
-        FhirError::bad_request(IssueType::Structure, r#"send {"patient": "<Patient id>", "reason": "<why, no patient details>"}"#)
+        FhirError::bad_request(
+            IssueType::Structure,
+            r#"send {"patient": "<Patient id>", "reason": "<why, no patient details>"}"#,
+        )
     })?;
     check_id(&request.patient)?;
     if request.reason.trim().is_empty() {

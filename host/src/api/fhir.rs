@@ -1,15 +1,15 @@
 //! FHIR REST interactions on resources: create, read, vread, update, delete and instance
 //! history, plus `GET /metadata`.
 
-use axum::{Extension, Router};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use serde_json::{Map, Value};
 
-use super::extract::{FhirBody, ReturnPreference, if_match, if_none_match_matches, return_preference};
 use super::SharedState;
+use super::extract::{FhirBody, ReturnPreference, if_match, if_none_match_matches, return_preference};
 use crate::auth::{Access, Interaction, Principal, forbidden};
 use crate::fhir::bundle::{Link, history_bundle};
 use crate::fhir::instant::{parse_instant, to_http_date};
@@ -262,7 +262,8 @@ async fn history(
     if !access.is_unrestricted() {
         // Only versions within reach; deletion markers carry no content to judge, so a
         // restricted principal does not see them.
-        page.versions.retain(|v| v.body.as_deref().and_then(parse_object).is_some_and(|r| access.permits(&res_type, &id, &r)));
+        page.versions
+            .retain(|v| v.body.as_deref().and_then(parse_object).is_some_and(|r| access.permits(&res_type, &id, &r)));
         if page.versions.is_empty() {
             return Err(forbidden(format!("no version of {res_type}/{id} is within this token's reach")));
         }

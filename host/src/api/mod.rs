@@ -10,9 +10,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
+use crate::auth::token::TokenVerifier;
 use crate::fhir::capability::{Implemented, capability_statement};
 use crate::fhir::outcome::{FhirError, IssueType};
-use crate::auth::token::TokenVerifier;
 use crate::store::Store;
 
 mod admin;

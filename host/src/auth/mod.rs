@@ -155,7 +155,9 @@ mod tests {
         assert!(!p.access(Interaction::Read, "Patient").unwrap().permits("Patient", "b", &map(json!({}))));
         assert_eq!(p.access(Interaction::Update, "Patient").unwrap_err().status, 403);
         let no_context = principal("patient/*.rs", None);
-        assert!(no_context.access(Interaction::Read, "Patient").unwrap_err().diagnostics.contains("patient in context"));
+        assert!(
+            no_context.access(Interaction::Read, "Patient").unwrap_err().diagnostics.contains("patient in context")
+        );
     }
 
     #[test]
@@ -170,7 +172,11 @@ mod tests {
         assert!(p.access(Interaction::Create, "Patient").is_err());
         // The widest grant wins.
         let both = principal("user/Observation.rs?category=laboratory user/Observation.r", None);
-        assert!(both.access(Interaction::Read, "Observation").unwrap().permits("Observation", "2", &map(vitals.clone())));
+        assert!(both.access(Interaction::Read, "Observation").unwrap().permits(
+            "Observation",
+            "2",
+            &map(vitals.clone())
+        ));
     }
 
     #[test]

@@ -191,7 +191,16 @@ mod tests {
 
     #[test]
     fn malformed_scopes_grant_nothing() {
-        for bad in ["patient/Observation.sr", "user/Foo.r", "user/Observation.", "nurse/*.r", "user/*.x", "user/*.read?x=1", "user/Observation.rs?=x", "patient"] {
+        for bad in [
+            "patient/Observation.sr",
+            "user/Foo.r",
+            "user/Observation.",
+            "nurse/*.r",
+            "user/*.x",
+            "user/*.read?x=1",
+            "user/Observation.rs?=x",
+            "patient",
+        ] {
             assert_eq!(parse_clinical(bad), None, "{bad}");
         }
         let set = ScopeSet::parse("openid fhirUser launch/patient user/Patient.r admin/erasure admin/");
@@ -207,7 +216,11 @@ mod tests {
         let lab = json!({"category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}], "status": "final"});
         let lab = lab.as_object().unwrap().clone();
         assert!(constraint_holds(&lab, "category", "laboratory"));
-        assert!(constraint_holds(&lab, "category", "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"));
+        assert!(constraint_holds(
+            &lab,
+            "category",
+            "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
+        ));
         assert!(!constraint_holds(&lab, "category", "http://other|laboratory"));
         assert!(!constraint_holds(&lab, "category", "vital-signs"));
         assert!(constraint_holds(&lab, "status", "final"));

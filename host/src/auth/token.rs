@@ -48,7 +48,8 @@ impl Issuer {
     /// An issuer whose public keys are in a JWKS file.
     pub fn from_jwks_file(iss: &str, audience: &str, path: &Path) -> Result<Issuer, TokenError> {
         let bad = |reason: String| TokenError::BadKeys { path: path.to_owned(), reason };
-        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: path.to_owned(), source })?;
         let set: JwkSet = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         let mut keys = Vec::new();
         for jwk in &set.keys {
@@ -174,7 +175,8 @@ pub struct DevSigningKey {
 impl DevSigningKey {
     pub fn load_or_create(path: &Path) -> Result<Self, TokenError> {
         if !path.exists() {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| TokenError::Generate(e.to_string()))?;
+            let key =
+                rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| TokenError::Generate(e.to_string()))?;
             write_private(path, key.serialize_pem().as_bytes())?;
         }
         let pem = std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: path.to_owned(), source })?;
@@ -258,7 +260,11 @@ mod tests {
         let (other_key, _) = self::verifier(other.path());
         assert!(verifier.verify(&other_key.issue("a", "user/*.r", Duration::from_secs(60), None)).is_err());
         // alg=none is never accepted.
-        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(r#"{"iss":"hearth-dev","sub":"a","aud":"hearth-dev","exp":9999999999}"#));
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(r#"{"iss":"hearth-dev","sub":"a","aud":"hearth-dev","exp":9999999999}"#)
+        );
         assert!(verifier.verify(&none).is_err());
     }
 

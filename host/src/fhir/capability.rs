@@ -42,6 +42,18 @@ pub fn capability_statement(implemented: &Implemented<'_>) -> Value {
         .collect();
     let mut rest = json!({
         "mode": "server",
+        "security": {
+            "cors": false,
+            "service": [{
+                "coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"
+                }]
+            }],
+            "description": "Every interaction needs a bearer JWT from a trusted issuer carrying SMART v1 or v2 scopes \
+                (patient/user/system, cruds, ?param=value constraints); patient/ scopes are confined to the token's \
+                patient compartment. See /.well-known/smart-configuration."
+        },
         "resource": resources,
     });
     if !implemented.system_interactions.is_empty() {
