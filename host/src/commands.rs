@@ -6,11 +6,14 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::audit::{AuditEvent, AuditSigner, Outcome, canonical_entry, verify_chain};
 use crate::config::StorageSettings;
 use crate::crypto::{FileKeyProvider, KeyError, KeyProvider};
 use crate::fhir::compartment::patient_key_id;
+use crate::fhir::instant::{now_us, to_fhir_instant};
 use crate::fhir::resource::is_valid_id;
 use crate::serve::{StartError, open_store};
+use crate::store::Store;
 
 /// Why a command failed; the message says what to do next.
 #[cfg(test)]
@@ -35,6 +38,8 @@ pub enum CommandError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error("audit checkpoint key: {0}")]
+    AuditKey(#[from] crate::audit::SignerError),
     #[error("{0}")]
     Usage(String),
 }
@@ -73,6 +78,81 @@ fn parse_duration(text: &str) -> Option<Duration> {
         _ => return None,
     };
     Some(Duration::from_secs(seconds))
+}
+
+/// Appends an audit entry for an operation done from the command line, naming the operating
+/// system user who ran it.
+async fn audit_cli_action(
+    store: &Store,
+    action: &str,
+    resource_type: Option<&str>,
+    resource_id: Option<&str>,
+) -> Result<(), CommandError> {
+    let user = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "unknown".into());
+    let event = AuditEvent {
+        at: to_fhir_instant(now_us()),
+        action: action.to_owned(),
+        outcome: Outcome::Success,
+        status: 200,
+        subject: Some(format!("cli:{user}")),
+        resource_type: resource_type.map(str::to_owned),
+        resource_id: resource_id.map(str::to_owned),
+        ..AuditEvent::default()
+    };
+    store.append_audit(1, &|_, seq| canonical_entry(seq, &event)).await?;
+    Ok(())
+}
+
+/// `hearth audit verify`: walks the chain and the signed checkpoints; fails on the first break.
+pub async fn audit_verify(settings: &StorageSettings) -> Result<(), CommandError> {
+    let store = open_store(settings).await?;
+    let signer = AuditSigner::load(&settings.audit_key, false)?;
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("verifying the audit chain: {pos} entries ({per_sec})").expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let report =
+        verify_chain(&store, &[signer.public_key()], &|done| bar.set_position(u64::try_from(done).unwrap_or(0))).await;
+    bar.finish_and_clear();
+    let report = report?;
+    store.close().await;
+    let checkpoint = report.last_good_checkpoint.map_or("none".to_owned(), |seq| format!("entry {seq}"));
+    match report.problem {
+        None => {
+            println!(
+                "audit chain intact: {} entries, {} signed checkpoints (last at {checkpoint}), key {}",
+                report.entries,
+                report.checkpoints,
+                signer.key_id()
+            );
+            Ok(())
+        }
+        Some(problem) => Err(CommandError::Usage(format!(
+            "AUDIT CHAIN BROKEN: {problem}. Entries before it verified ({} entries; last good checkpoint: {checkpoint}). \
+             Preserve the database as evidence and restore the audit tables from a backup.",
+            report.entries
+        ))),
+    }
+}
+
+/// `hearth audit export`: every entry as NDJSON on standard output, in chain order.
+pub async fn audit_export(settings: &StorageSettings) -> Result<(), CommandError> {
+    use std::io::Write;
+    let store = open_store(settings).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut after = 0;
+    loop {
+        let page = store.audit_entries(after, 2000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for entry in &page {
+            writeln!(out, "{}", entry.entry).map_err(|e| CommandError::Usage(format!("cannot write: {e}")))?;
+        }
+    }
+    out.flush().map_err(|e| CommandError::Usage(format!("cannot write: {e}")))?;
+    store.close().await;
+    Ok(())
 }
 
 /// `hearth keys init`: creates the first key-encryption key in a keyring directory.
@@ -114,6 +194,7 @@ pub async fn keys_rotate(settings: &StorageSettings) -> Result<(), CommandError>
         .await;
     bar.finish_and_clear();
     let report = report?;
+    audit_cli_action(&store, "key-rotation", None, None).await?;
     store.close().await;
     let verb = if report.resumed { "finished an interrupted rotation to" } else { "rotated to" };
     println!("{verb} KEK version {}: re-wrapped {} data keys.", report.target_version, report.rewrapped);
@@ -155,6 +236,9 @@ pub async fn erase_patient(settings: &StorageSettings, patient_id: &str, reason:
     }
     let store = open_store(settings).await?;
     let destroyed = store.destroy_data_key(&patient_key_id(patient_id), reason.trim()).await?;
+    if destroyed {
+        audit_cli_action(&store, "erasure", Some("Patient"), Some(patient_id)).await?;
+    }
     store.close().await;
     if destroyed {
         println!("erased Patient/{patient_id}: its data key is destroyed; every version of its records is unreadable.");

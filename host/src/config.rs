@@ -13,6 +13,7 @@ pub const DEFAULT_DATA_DIR: &str = "hearth-data";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
 pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 3600;
+pub const DEFAULT_AUDIT_CHECKPOINT_EVERY: i64 = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +46,10 @@ pub struct StorageArgs {
     /// Largest number of database connections.
     #[arg(long, env = "HEARTH_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+    /// Ed25519 key (PKCS#8) signing audit checkpoints. Default: audit-signing-key.p8 in the
+    /// keyring directory (created on first start).
+    #[arg(long, env = "HEARTH_AUDIT_KEY")]
+    pub audit_key: Option<PathBuf>,
 }
 
 /// `hearth serve` options. Each flag also reads a `HEARTH_*` environment variable.
@@ -77,6 +82,9 @@ pub struct ServeArgs {
     /// JWKS file with the issuer's public keys (RS256, ES256 or EdDSA).
     #[arg(long, env = "HEARTH_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// Sign an audit checkpoint every this many entries.
+    #[arg(long, env = "HEARTH_AUDIT_CHECKPOINT_EVERY")]
+    pub audit_checkpoint_every: Option<i64>,
     /// Longest token lifetime accepted, in seconds (exp - iat).
     #[arg(long, env = "HEARTH_MAX_TOKEN_LIFETIME")]
     pub max_token_lifetime: Option<u64>,
@@ -94,6 +102,8 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     database_url: Option<String>,
     keyring: Option<PathBuf>,
+    audit_key: Option<PathBuf>,
+    audit_checkpoint_every: Option<i64>,
     base_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -143,6 +153,8 @@ pub struct StorageSettings {
     pub database_url: String,
     pub keys: KeySource,
     pub db_max_connections: u32,
+    /// The audit checkpoint signing key file.
+    pub audit_key: PathBuf,
 }
 
 /// Fully resolved settings for `hearth serve`.
@@ -157,6 +169,7 @@ pub struct ServeSettings {
     /// Issuers from configuration; in dev mode the development issuer is trusted as well.
     pub issuers: Vec<IssuerConfig>,
     pub max_token_lifetime: std::time::Duration,
+    pub audit_checkpoint_every: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,7 +231,11 @@ impl StorageArgs {
         };
         let db_max_connections =
             self.db_max_connections.or(file.db_max_connections).unwrap_or(DEFAULT_DB_MAX_CONNECTIONS).max(2);
-        Ok(StorageSettings { dev, data_dir, database_url, keys, db_max_connections })
+        let audit_key = self.audit_key.clone().or_else(|| file.audit_key.clone()).unwrap_or_else(|| match &keys {
+            KeySource::Directory(dir) => crate::audit::AuditSigner::path_in(dir),
+            KeySource::Environment => crate::audit::AuditSigner::path_in(&data_dir.join("keys")),
+        });
+        Ok(StorageSettings { dev, data_dir, database_url, keys, db_max_connections, audit_key })
     }
 }
 
@@ -264,6 +281,11 @@ impl ServeArgs {
             log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             issuers,
             max_token_lifetime,
+            audit_checkpoint_every: self
+                .audit_checkpoint_every
+                .or(file.audit_checkpoint_every)
+                .unwrap_or(DEFAULT_AUDIT_CHECKPOINT_EVERY)
+                .max(1),
         })
     }
 }

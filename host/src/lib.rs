@@ -1,6 +1,7 @@
 //! Hearth: a FHIR R4 records server. The binary (`main.rs`) is a thin CLI over this library.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod config;

@@ -22,6 +22,9 @@ enum Command {
     /// Manage key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Development tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -36,6 +39,14 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain and its signed checkpoints; exit 1 at the first break.
+    Verify(StorageArgs),
+    /// Write every entry as NDJSON to standard output.
+    Export(StorageArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,6 +118,12 @@ fn main() -> ExitCode {
         }
         Command::Keys(KeysCommand::Status(storage)) => {
             with_storage(&runtime, &storage, |settings| async move { hearth::commands::keys_status(&settings).await })
+        }
+        Command::Audit(AuditCommand::Verify(storage)) => {
+            with_storage(&runtime, &storage, |settings| async move { hearth::commands::audit_verify(&settings).await })
+        }
+        Command::Audit(AuditCommand::Export(storage)) => {
+            with_storage(&runtime, &storage, |settings| async move { hearth::commands::audit_export(&settings).await })
         }
         Command::Erase { storage, patient, reason } => with_storage(&runtime, &storage, |settings| async move {
             hearth::commands::erase_patient(&settings, &patient, &reason).await

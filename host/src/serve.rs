@@ -25,6 +25,8 @@ pub enum StartError {
     Keys(#[from] crate::crypto::KeyError),
     #[error(transparent)]
     Tokens(#[from] crate::auth::token::TokenError),
+    #[error("audit checkpoint key: {0}")]
+    AuditKey(#[from] crate::audit::SignerError),
     #[error("{0}. Check --database-url / HEARTH_DATABASE_URL and that the database server is running")]
     Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {source}. Choose another address with --listen")]
@@ -80,7 +82,9 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
     };
 
     let tokens = Arc::new(token_verifier(&settings)?);
+    let signer = crate::audit::AuditSigner::load(&settings.storage.audit_key, true)?;
     let store = open_store(&settings.storage).await?;
+    let audit = crate::audit::AuditLog::start(store.clone(), signer, settings.audit_checkpoint_every);
     tracing::info!(backend = store.backend().name(), "database ready");
 
     let listener = TcpListener::bind(settings.listen)
@@ -93,7 +97,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         format!("https://{host}:{}", bound.port())
     });
     let api_settings = ApiSettings { base_url: base_url.clone(), max_body_bytes: settings.max_body_bytes };
-    let app = router(store.clone(), tokens, api_settings);
+    let app = router(store.clone(), tokens, audit, api_settings);
 
     tracing::info!(%bound, %base_url, "listening");
     // One machine-readable line on stdout, for scripts and tests that started us on port 0.

@@ -47,7 +47,13 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, s
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let service = TowerToHyperService::new(tower::util::MapRequest::new(
+            app.clone(),
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(PeerAddr(peer));
+                request
+            },
+        ));
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -75,6 +81,10 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, s
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
     }
 }
+
+/// The client's address, in every request's extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

@@ -25,8 +25,11 @@ pub async fn authenticate(State(state): State<SharedState>, mut request: Request
     match state.tokens.verify(token) {
         Ok(principal) => {
             tracing::Span::current().record("principal", principal.subject.as_str());
-            request.extensions_mut().insert(principal);
-            next.run(request).await
+            request.extensions_mut().insert(principal.clone());
+            let mut response = next.run(request).await;
+            // For the audit layer, which wraps this one.
+            response.extensions_mut().insert(principal);
+            response
         }
         Err(reason) => {
             tracing::info!(reason, "bearer token refused");

@@ -16,6 +16,7 @@ use crate::fhir::outcome::{FhirError, IssueType};
 use crate::store::Store;
 
 mod admin;
+mod audit;
 mod auth;
 mod extract;
 mod fhir;
@@ -35,6 +36,7 @@ pub struct ApiSettings {
 pub struct AppState {
     pub store: Store,
     pub tokens: Arc<TokenVerifier>,
+    pub audit: crate::audit::AuditLog,
     pub settings: ApiSettings,
     /// The CapabilityStatement, rendered once at start-up.
     capability: Vec<u8>,
@@ -43,7 +45,12 @@ pub struct AppState {
 pub type SharedState = Arc<AppState>;
 
 /// Builds the application router over `store`.
-pub fn router(store: Store, tokens: Arc<TokenVerifier>, settings: ApiSettings) -> Router {
+pub fn router(
+    store: Store,
+    tokens: Arc<TokenVerifier>,
+    audit: crate::audit::AuditLog,
+    settings: ApiSettings,
+) -> Router {
     let capability = capability_statement(&Implemented {
         base_url: &settings.base_url,
         software_version: env!("CARGO_PKG_VERSION"),
@@ -53,6 +60,7 @@ pub fn router(store: Store, tokens: Arc<TokenVerifier>, settings: ApiSettings) -
     let state = Arc::new(AppState {
         store,
         tokens,
+        audit,
         settings,
         capability: serde_json::to_vec(&capability).expect("serialising a JSON value cannot fail"),
     });
@@ -60,7 +68,8 @@ pub fn router(store: Store, tokens: Arc<TokenVerifier>, settings: ApiSettings) -
     let protected = fhir::routes()
         .merge(admin::routes())
         .route_layer(middleware::from_fn(extract::negotiate_format))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
     let public = Router::new()
         .route("/metadata", axum::routing::get(metadata).route_layer(middleware::from_fn(extract::negotiate_format)))
         .route("/.well-known/smart-configuration", axum::routing::get(auth::smart_configuration));

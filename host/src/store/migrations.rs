@@ -10,12 +10,20 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use super::Backend;
 
 /// (version, description, SQLite SQL, PostgreSQL SQL). Both backends share version numbers.
-const MIGRATIONS: &[(i64, &str, &str, &str)] = &[(
-    1,
-    "resource versions and data keys",
-    include_str!("../../../migrations/sqlite/0001_resource_versions.sql"),
-    include_str!("../../../migrations/postgres/0001_resource_versions.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
+    (
+        1,
+        "resource versions and data keys",
+        include_str!("../../../migrations/sqlite/0001_resource_versions.sql"),
+        include_str!("../../../migrations/postgres/0001_resource_versions.sql"),
+    ),
+    (
+        2,
+        "audit chain",
+        include_str!("../../../migrations/sqlite/0002_audit_chain.sql"),
+        include_str!("../../../migrations/postgres/0002_audit_chain.sql"),
+    ),
+];
 
 pub fn migrator(backend: Backend) -> Migrator {
     let migrations = MIGRATIONS

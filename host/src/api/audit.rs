@@ -1,0 +1,102 @@
+//! The audit layer: after each protected request, an audit entry names who did what to which
+//! resource and how it ended; the response waits until the entry is durable, and becomes a
+//! 500 if it cannot be written.
+
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{RequestId, SharedState};
+use crate::audit::{AuditEvent, Outcome};
+use crate::auth::Principal;
+use crate::fhir::instant::{now_us, to_fhir_instant};
+use crate::fhir::outcome::{FhirError, IssueType};
+use crate::server::PeerAddr;
+
+pub async fn record(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let ip = request.extensions().get::<PeerAddr>().map(|p| p.0.ip().to_string());
+    let response = next.run(request).await;
+
+    let status = response.status().as_u16();
+    let principal = response.extensions().get::<Principal>();
+    let (action, resource_type, mut resource_id, mut version) = describe(&method, &path);
+    if action == "create" {
+        // The id and version the server assigned are in the Location header.
+        if let Some(location) = response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+            let mut parts = location.rsplit('/');
+            version = parts.next().and_then(|v| v.parse().ok());
+            parts.next();
+            resource_id = parts.next().map(str::to_owned);
+        }
+    } else if let Some(etag) = response.headers().get(header::ETAG).and_then(|v| v.to_str().ok()) {
+        version = version.or_else(|| etag.trim_start_matches("W/").trim_matches('"').parse().ok());
+    }
+    let event = AuditEvent {
+        at: to_fhir_instant(now_us()),
+        action,
+        outcome: Outcome::of_status(status),
+        status,
+        subject: principal.map(|p| p.subject.clone()),
+        client_id: principal.and_then(|p| p.client_id.clone()),
+        issuer: principal.map(|p| p.issuer.clone()),
+        ip,
+        request_id,
+        resource_type,
+        resource_id,
+        version,
+        decided_by: matches!(status, 401 | 403)
+            .then(|| if status == 401 { "authentication" } else { "scope" }.to_owned()),
+    };
+    match state.audit.record(event).await {
+        Ok(()) => response,
+        Err(error) => {
+            tracing::error!(%error, "request failed: its audit entry could not be written");
+            FhirError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                IssueType::Exception,
+                "the audit log could not be written, so the request is reported as failed; retry later",
+            )
+            .into_response()
+        }
+    }
+}
+
+/// The action, resource type, id and version a request path names.
+fn describe(method: &Method, path: &str) -> (String, Option<String>, Option<String>, Option<i64>) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let owned = |s: &&str| Some((*s).to_owned());
+    match (method.as_str(), segments.as_slice()) {
+        ("POST", ["admin", operation]) => (format!("admin-{operation}"), None, None, None),
+        ("POST", [t]) => ("create".into(), owned(t), None, None),
+        ("GET", [t, id]) => ("read".into(), owned(t), owned(id), None),
+        ("PUT", [t, id]) => ("update".into(), owned(t), owned(id), None),
+        ("DELETE", [t, id]) => ("delete".into(), owned(t), owned(id), None),
+        ("GET", [t, id, "_history"]) => ("history-instance".into(), owned(t), owned(id), None),
+        ("GET", [t, id, "_history", v]) => ("vread".into(), owned(t), owned(id), v.parse().ok()),
+        (m, _) => {
+            (format!("{} {}", m.to_ascii_lowercase(), segments.first().copied().unwrap_or("/")), None, None, None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_their_interaction() {
+        assert_eq!(describe(&Method::GET, "/Patient/a").0, "read");
+        assert_eq!(
+            describe(&Method::GET, "/Patient/a/_history/3"),
+            ("vread".into(), Some("Patient".into()), Some("a".into()), Some(3))
+        );
+        assert_eq!(describe(&Method::POST, "/Observation").0, "create");
+        assert_eq!(describe(&Method::POST, "/admin/erasure").0, "admin-erasure");
+        assert_eq!(describe(&Method::DELETE, "/Patient/a").0, "delete");
+        assert_eq!(describe(&Method::PATCH, "/Patient/a").0, "patch Patient");
+    }
+}

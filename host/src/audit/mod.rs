@@ -1,0 +1,150 @@
+//! The tamper-evident audit log: every interaction, allowed or denied, and every key and
+//! erasure operation becomes an entry in a SHA-256 hash chain, with periodic checkpoints
+//! signed (Ed25519) by a key kept outside the database. No clinical content: ids only.
+//!
+//! Requests append through [`AuditLog`], which batches concurrent entries into one
+//! transaction (group commit) and answers each request only once its entry is durable, so a
+//! request whose audit entry cannot be written fails.
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::Store;
+
+mod signer;
+mod verify;
+
+pub use signer::{AuditSigner, SignerError};
+pub use verify::{Problem, VerifyReport, verify_chain};
+
+/// Entries appended per transaction at most.
+const BATCH: usize = 256;
+
+/// What happened, by whom, to which resource, with which outcome.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// FHIR instant.
+    pub at: String,
+    pub action: String,
+    pub outcome: Outcome,
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// Which rule decided (e.g. `scope`; later, policy plugin names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    #[default]
+    Success,
+    /// Refused by authentication or authorisation.
+    Denied,
+    /// Failed for another reason (bad request, not found, server error).
+    Failed,
+}
+
+impl Outcome {
+    pub fn of_status(status: u16) -> Outcome {
+        match status {
+            200..=399 => Outcome::Success,
+            401 | 403 => Outcome::Denied,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+/// The canonical bytes of the entry with sequence number `seq`: what is hashed and stored.
+pub fn canonical_entry(seq: i64, event: &AuditEvent) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Chained<'a> {
+        seq: i64,
+        #[serde(flatten)]
+        event: &'a AuditEvent,
+    }
+    serde_json::to_vec(&Chained { seq, event }).expect("audit entries serialise")
+}
+
+struct Pending {
+    event: AuditEvent,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The appending side of the audit log, shared by all requests of a process.
+#[derive(Clone)]
+pub struct AuditLog {
+    sender: mpsc::Sender<Pending>,
+}
+
+impl AuditLog {
+    /// Starts the appender task over `store`; checkpoints are signed by `signer` every
+    /// `checkpoint_every` entries.
+    pub fn start(store: Store, signer: AuditSigner, checkpoint_every: i64) -> AuditLog {
+        let (sender, receiver) = mpsc::channel(4096);
+        tokio::spawn(appender(store, signer, checkpoint_every.max(1), receiver));
+        AuditLog { sender }
+    }
+
+    /// Appends `event`; returns once it is durable, or an error if it could not be written.
+    pub async fn record(&self, event: AuditEvent) -> Result<(), String> {
+        let (done, answer) = oneshot::channel();
+        self.sender.send(Pending { event, done }).await.map_err(|_| "the audit appender has stopped".to_owned())?;
+        answer.await.map_err(|_| "the audit appender has stopped".to_owned())?
+    }
+}
+
+async fn appender(store: Store, signer: AuditSigner, checkpoint_every: i64, mut receiver: mpsc::Receiver<Pending>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<&AuditEvent> = batch.iter().map(|p| &p.event).collect();
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        let result = store.append_audit(events.len(), &|index, seq| canonical_entry(seq, events[index])).await;
+        let (answer, head) = match result {
+            Ok(head) => (Ok(()), Some(head)),
+            Err(error) => {
+                tracing::error!(%error, entries = batch.len(), "cannot append to the audit log");
+                (Err(format!("cannot write the audit log: {error}")), None)
+            }
+        };
+        for pending in batch {
+            let _ = pending.done.send(answer.clone());
+        }
+        // The batch took sequence numbers seq-count+1 ..= seq in one transaction; a
+        // checkpoint is due when that range crossed a multiple of `checkpoint_every`.
+        if let Some((seq, hash)) = head {
+            if (seq - count) / checkpoint_every != seq / checkpoint_every {
+                checkpoint(&store, &signer, seq, &hash).await;
+            }
+        }
+    }
+}
+
+/// Signs and stores a checkpoint at `seq`.
+pub async fn checkpoint(store: &Store, signer: &AuditSigner, seq: i64, hash: &[u8; 32]) {
+    let checkpoint = signer.checkpoint(seq, hash);
+    if let Err(error) = store.insert_audit_checkpoint(&checkpoint).await {
+        tracing::error!(%error, seq, "cannot store an audit checkpoint");
+    }
+}

@@ -1,0 +1,182 @@
+//! The audit chain end to end: one entry per request (allowed or denied, reads included), no
+//! clinical content, and `hearth audit verify` catching each kind of tampering.
+
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::harness::{Db, Launch, Server};
+use crate::on_both_databases;
+
+on_both_databases!(every_request_is_audited_without_clinical_content, verify_catches_each_kind_of_tampering);
+
+fn verify(server: &Server) -> (bool, String) {
+    let output = server.hearth(&["audit", "verify"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+async fn original(conn: &mut sqlx::AnyConnection, seq: i64) -> String {
+    sqlx::query("SELECT entry FROM audit_entry WHERE seq = $1").bind(seq).fetch_one(conn).await.unwrap().get(0)
+}
+
+fn export(server: &Server) -> Vec<Value> {
+    let output = server.hearth(&["audit", "export"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+async fn every_request_is_audited_without_clinical_content(db: Db) {
+    let server = Server::start(db).await;
+    let patient = json!({"resourceType": "Patient", "id": "aud-1", "name": [{"family": "Vantablackwood"}], "birthDate": "1948-02-29"});
+    let mut statuses = Vec::new();
+    statuses.push(server.put("Patient/aud-1", &patient).await.status);
+    statuses.push(server.get("Patient/aud-1").await.status);
+    statuses.push(server.post("Observation", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/aud-1"}})).await.status);
+    statuses.push(server.get("Patient/aud-1/_history").await.status);
+    statuses.push(server.get("Patient/aud-1/_history/1").await.status);
+    statuses.push(server.get("Patient/nobody").await.status);
+    statuses.push(server.send(server.client_with(None).get(server.url("Patient/aud-1"))).await.status);
+    let reader = server.token("user/Observation.r", None);
+    statuses.push(server.send(server.client_with(Some(&reader)).get(server.url("Patient/aud-1"))).await.status);
+    statuses.push(server.delete("Patient/aud-1").await.status);
+    statuses.push(server.get("Patient/aud-1").await.status);
+    assert_eq!(statuses, [201, 200, 201, 200, 200, 404, 401, 403, 200, 410]);
+    // Public endpoints are not clinical interactions and are not audited.
+    server.get("metadata").await.expect(200);
+
+    let entries = export(&server);
+    assert_eq!(entries.len(), statuses.len(), "one entry per request: {entries:#?}");
+    let seqs: Vec<i64> = entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    let summary: Vec<(&str, &str, u64)> = entries
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["outcome"].as_str().unwrap(), e["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("update", "success", 201),
+            ("read", "success", 200),
+            ("create", "success", 201),
+            ("history-instance", "success", 200),
+            ("vread", "success", 200),
+            ("read", "failed", 404),
+            ("read", "denied", 401),
+            ("read", "denied", 403),
+            ("delete", "success", 200),
+            ("read", "failed", 410),
+        ]
+    );
+    assert_eq!(entries[0]["subject"], "e2e-tester");
+    assert_eq!(entries[0]["resource_type"], "Patient");
+    assert_eq!(entries[0]["resource_id"], "aud-1");
+    assert_eq!(entries[0]["version"], 1);
+    assert_eq!(entries[2]["resource_type"], "Observation");
+    assert!(entries[2]["resource_id"].as_str().is_some_and(|id| !id.is_empty()), "creates record the assigned id");
+    assert_eq!(entries[0]["ip"], "127.0.0.1");
+    assert!(entries[0]["request_id"].as_str().is_some());
+    assert!(entries[6].get("subject").is_none(), "no principal behind a 401");
+    assert_eq!(entries[7]["decided_by"], "scope");
+    let all = serde_json::to_string(&entries).unwrap();
+    for phi in ["Vantablackwood", "1948-02-29"] {
+        assert!(!all.contains(phi), "audit entries hold no clinical content");
+    }
+    let (ok, text) = verify(&server);
+    assert!(ok && text.contains("intact: 10 entries"), "{text}");
+
+    // Under concurrency the chain stays one chain.
+    let reads = (0..40).map(|_| server.get("Patient/nobody"));
+    futures::future::join_all(reads).await;
+    let (ok, text) = verify(&server);
+    assert!(ok && text.contains("intact: 50 entries"), "{text}");
+}
+
+async fn verify_catches_each_kind_of_tampering(db: Db) {
+    let launch = Launch { extra_args: vec!["--audit-checkpoint-every".into(), "5".into()], ..Default::default() };
+    let server = Server::launch(db, launch).await;
+    for n in 0..23 {
+        server.get(&format!("Patient/p{n}")).await;
+    }
+    let (ok, text) = verify(&server);
+    assert!(ok && text.contains("intact: 23 entries") && text.contains("4 signed checkpoints"), "{text}");
+
+    let mut conn = server.raw_connection().await;
+    let set_entry =
+        |seq: i64, entry: String| sqlx::query("UPDATE audit_entry SET entry = $1 WHERE seq = $2").bind(entry).bind(seq);
+    // Altered: an entry's subject changed.
+    let e3 = original(&mut conn, 3).await;
+    set_entry(3, e3.replace("e2e-tester", "someone-else")).execute(&mut conn).await.unwrap();
+    let (ok, text) = verify(&server);
+    assert!(!ok && text.contains("entry 3 was altered"), "{text}");
+    set_entry(3, e3).execute(&mut conn).await.unwrap();
+    assert!(verify(&server).0, "restored");
+
+    // Removed: an entry deleted.
+    let row =
+        sqlx::query("SELECT entry, prev_hash, hash FROM audit_entry WHERE seq = 7").fetch_one(&mut conn).await.unwrap();
+    let (e7, p7, h7): (String, Vec<u8>, Vec<u8>) = (row.get(0), row.get(1), row.get(2));
+    sqlx::query("DELETE FROM audit_entry WHERE seq = 7").execute(&mut conn).await.unwrap();
+    let (ok, text) = verify(&server);
+    assert!(!ok && text.contains("entry 7 is missing"), "{text}");
+    sqlx::query("INSERT INTO audit_entry (seq, entry, prev_hash, hash) VALUES (7, $1, $2, $3)")
+        .bind(e7)
+        .bind(p7)
+        .bind(h7)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(verify(&server).0, "restored");
+
+    // Reordered: two entries' contents swapped.
+    let (e8, e9) = (original(&mut conn, 8).await, original(&mut conn, 9).await);
+    set_entry(8, e9.clone()).execute(&mut conn).await.unwrap();
+    set_entry(9, e8.clone()).execute(&mut conn).await.unwrap();
+    let (ok, text) = verify(&server);
+    assert!(!ok && text.contains("entry 8"), "{text}");
+    set_entry(8, e8).execute(&mut conn).await.unwrap();
+    set_entry(9, e9).execute(&mut conn).await.unwrap();
+    assert!(verify(&server).0, "restored");
+
+    // Rewritten: entry 2 altered and every later hash recomputed, so the chain is
+    // self-consistent; the signed checkpoint at 5 still catches it.
+    let rows = sqlx::query("SELECT seq, entry, prev_hash, hash FROM audit_entry ORDER BY seq")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    let saved: Vec<(i64, String, Vec<u8>, Vec<u8>)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    let mut prev = saved[0].3.clone();
+    for (seq, entry, _, _) in saved.iter().skip(1) {
+        let entry = if *seq == 2 { entry.replace("e2e-tester", "someone-else") } else { entry.clone() };
+        let hash = hearth::store::chain_hash(&prev, entry.as_bytes()).to_vec();
+        sqlx::query("UPDATE audit_entry SET entry = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+            .bind(entry)
+            .bind(&prev)
+            .bind(&hash)
+            .bind(seq)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1").bind(&prev).execute(&mut conn).await.unwrap();
+    let (ok, text) = verify(&server);
+    assert!(!ok && text.contains("checkpoint at entry 5 does not match"), "{text}");
+    for (seq, entry, prev_hash, hash) in &saved {
+        sqlx::query("UPDATE audit_entry SET entry = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
+            .bind(entry)
+            .bind(prev_hash)
+            .bind(hash)
+            .bind(seq)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1").bind(&saved.last().unwrap().3).execute(&mut conn).await.unwrap();
+    assert!(verify(&server).0, "restored");
+
+    // Truncated: the last entries removed.
+    sqlx::query("DELETE FROM audit_entry WHERE seq > 21").execute(&mut conn).await.unwrap();
+    let (ok, text) = verify(&server);
+    assert!(!ok && text.contains("ends at entry 21 but 23"), "{text}");
+}
