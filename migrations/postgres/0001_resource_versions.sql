@@ -33,7 +33,6 @@ CREATE TABLE data_key (
     created_us   BIGINT NOT NULL,
     destroyed_us BIGINT
 );
-CREATE INDEX data_key_by_kek ON data_key (kek_version);
 
 -- KEK versions seen by this database; a version is retired once no data key is wrapped by it.
 -- `check_value` is an empty message sealed under the KEK: it tells at start-up whether the

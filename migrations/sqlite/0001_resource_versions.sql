@@ -32,8 +32,7 @@ CREATE TABLE data_key (
     wrapped      BLOB,
     created_us   INTEGER NOT NULL,
     destroyed_us INTEGER
-);
-CREATE INDEX data_key_by_kek ON data_key (kek_version);
+) WITHOUT ROWID;
 
 -- KEK versions seen by this database; a version is retired once no data key is wrapped by it.
 -- `check_value` is an empty message sealed under the KEK: it tells at start-up whether the

@@ -2,7 +2,9 @@
 //! checked for signature, `iss`, `aud`, `exp`, `nbf` and a short lifetime; and the dev-mode
 //! issuer whose Ed25519 key `hearth token issue` signs with.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
@@ -101,15 +103,21 @@ struct Claims {
     aud: serde_json::Value,
 }
 
+/// How many verified tokens are remembered (a client reuses its token for many requests).
+const CACHE_CAPACITY: usize = 10_000;
+
 /// Checks bearer tokens against the configured issuers.
 pub struct TokenVerifier {
     issuers: Vec<Issuer>,
     max_lifetime: Duration,
+    /// Tokens already verified, with their expiry (seconds since the epoch): a signature check
+    /// costs tens of microseconds, a lookup well under one.
+    verified: Mutex<HashMap<String, (Principal, i64)>>,
 }
 
 impl TokenVerifier {
     pub fn new(issuers: Vec<Issuer>, max_lifetime: Duration) -> Self {
-        TokenVerifier { issuers, max_lifetime }
+        TokenVerifier { issuers, max_lifetime, verified: Mutex::new(HashMap::new()) }
     }
 
     pub fn issuers(&self) -> impl Iterator<Item = &Issuer> {
@@ -118,6 +126,26 @@ impl TokenVerifier {
 
     /// Verifies `token`; the error is a short reason safe to send back in `WWW-Authenticate`.
     pub fn verify(&self, token: &str) -> Result<Principal, &'static str> {
+        let now = crate::fhir::instant::now_us() / 1_000_000;
+        if let Some((principal, exp)) = self.verified.lock().expect("token cache lock").get(token) {
+            // The leeway applies as on a full check.
+            if now <= exp + i64::try_from(LEEWAY_SECONDS).unwrap_or(0) {
+                return Ok(principal.clone());
+            }
+        }
+        let (principal, exp) = self.verify_signature(token)?;
+        let mut cache = self.verified.lock().expect("token cache lock");
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, (_, exp)| *exp > now);
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_owned(), (principal.clone(), exp));
+        Ok(principal)
+    }
+
+    fn verify_signature(&self, token: &str) -> Result<(Principal, i64), &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "the token is not a well-formed JWT")?;
         let mut reason = "no trusted issuer signed this token";
         for issuer in &self.issuers {
@@ -150,19 +178,23 @@ impl TokenVerifier {
         Err(reason)
     }
 
-    fn principal(&self, claims: Claims) -> Result<Principal, &'static str> {
+    fn principal(&self, claims: Claims) -> Result<(Principal, i64), &'static str> {
         let now = crate::fhir::instant::now_us() / 1_000_000;
         let lifetime = claims.exp - claims.iat.unwrap_or(now).min(now);
         if lifetime > i64::try_from(self.max_lifetime.as_secs()).unwrap_or(i64::MAX) {
             return Err("the token lives longer than this server accepts; ask for a shorter-lived token");
         }
-        Ok(Principal {
-            subject: claims.sub,
-            issuer: claims.iss,
-            client_id: claims.client_id,
-            patient: claims.patient,
-            scopes: ScopeSet::parse(&claims.scope),
-        })
+        let exp = claims.exp;
+        Ok((
+            Principal {
+                subject: claims.sub,
+                issuer: claims.iss,
+                client_id: claims.client_id,
+                patient: claims.patient,
+                scopes: ScopeSet::parse(&claims.scope),
+            },
+            exp,
+        ))
     }
 }
 
@@ -242,6 +274,9 @@ mod tests {
         assert_eq!(principal.patient.as_deref(), Some("p1"));
         assert!(principal.scopes.has_admin("erasure"));
         assert_eq!(principal.scopes.clinical.len(), 1);
+        // The second check is answered from the cache, with the same result.
+        assert_eq!(verifier.verify(&token).unwrap().subject, "dr-who");
+        assert_eq!(verifier.verified.lock().unwrap().len(), 1);
     }
 
     #[test]

@@ -63,6 +63,7 @@ impl Store {
     /// under it in batches while the server keeps serving, and retires older versions once
     /// no data key uses them. `progress(done, total)` is called after each batch.
     pub async fn rotate_kek(&self, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<RotationReport, StoreError> {
+        let started_us = now_us();
         self.prepare_keys().await?;
         let newest: i64 =
             sqlx::query("SELECT MAX(version) FROM kek_version").fetch_one(&self.reader).await?.try_get(0)?;
@@ -91,47 +92,64 @@ impl Store {
         let mut total = u64::try_from(total).unwrap_or(0);
         let mut done = 0u64;
         progress(done, total);
+        // Passes over the keys in key order, a batch per transaction; a pass that re-wrapped
+        // anything is followed by another, which catches keys a server created behind the
+        // cursor under the old KEK while this one ran. Each pass is one walk of the table.
         loop {
-            let mut tx = self.begin_write().await?;
-            let rows = sqlx::query(
-                "SELECT key_id, kek_version, wrapped FROM data_key \
-                 WHERE wrapped IS NOT NULL AND kek_version < $1 ORDER BY key_id LIMIT $2",
-            )
-            .bind(target)
-            .bind(ROTATION_BATCH)
-            .fetch_all(&mut *tx)
-            .await?;
-            if rows.is_empty() {
+            let mut cursor = String::new();
+            let mut rewrapped_this_pass = 0u64;
+            loop {
+                let mut tx = self.begin_write().await?;
+                let rows = sqlx::query(
+                    "SELECT key_id, kek_version, wrapped FROM data_key \
+                     WHERE key_id > $1 AND wrapped IS NOT NULL AND kek_version < $2 ORDER BY key_id LIMIT $3",
+                )
+                .bind(&cursor)
+                .bind(target)
+                .bind(ROTATION_BATCH)
+                .fetch_all(&mut *tx)
+                .await?;
+                let Some(last) = rows.last() else {
+                    tx.commit().await?;
+                    break;
+                };
+                cursor = last.try_get(0)?;
+                for row in &rows {
+                    let key_id: String = row.try_get(0)?;
+                    let old_version: i64 = row.try_get(1)?;
+                    let wrapped: Vec<u8> = row.try_get(2)?;
+                    let old_kek = self.vault.kek(old_version)?;
+                    let data_key = unwrap_data_key(&old_kek, old_version, &key_id, &wrapped).map_err(|_| {
+                        tracing::error!(
+                            key_id,
+                            old_version,
+                            "INTEGRITY ALERT: a wrapped data key failed authentication"
+                        );
+                        StoreError::Integrity
+                    })?;
+                    let rewrapped = wrap_data_key(&new_kek, target, &key_id, &data_key);
+                    // Compare-and-set: a concurrent erasure or rotation wins, and we skip the key.
+                    sqlx::query(
+                        "UPDATE data_key SET kek_version = $1, wrapped = $2 \
+                         WHERE key_id = $3 AND kek_version = $4 AND wrapped IS NOT NULL",
+                    )
+                    .bind(target)
+                    .bind(&rewrapped)
+                    .bind(&key_id)
+                    .bind(old_version)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 tx.commit().await?;
+                rewrapped_this_pass += rows.len() as u64;
+                done += rows.len() as u64;
+                // Keys created by a server under the old KEK while we run join the count.
+                total = total.max(done);
+                progress(done, total);
+            }
+            if rewrapped_this_pass == 0 {
                 break;
             }
-            for row in &rows {
-                let key_id: String = row.try_get(0)?;
-                let old_version: i64 = row.try_get(1)?;
-                let wrapped: Vec<u8> = row.try_get(2)?;
-                let old_kek = self.vault.kek(old_version)?;
-                let data_key = unwrap_data_key(&old_kek, old_version, &key_id, &wrapped).map_err(|_| {
-                    tracing::error!(key_id, old_version, "INTEGRITY ALERT: a wrapped data key failed authentication");
-                    StoreError::Integrity
-                })?;
-                let rewrapped = wrap_data_key(&new_kek, target, &key_id, &data_key);
-                // Compare-and-set: a concurrent erasure or rotation wins, and we skip the key.
-                sqlx::query(
-                    "UPDATE data_key SET kek_version = $1, wrapped = $2 \
-                     WHERE key_id = $3 AND kek_version = $4 AND wrapped IS NOT NULL",
-                )
-                .bind(target)
-                .bind(&rewrapped)
-                .bind(&key_id)
-                .bind(old_version)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            done += rows.len() as u64;
-            // Keys created by the server under the old KEK while we ran join the count.
-            total = total.max(done);
-            progress(done, total);
         }
         let retired: Vec<i64> =
             sqlx::query("SELECT version FROM kek_version WHERE version < $1 AND retired_us IS NULL")
@@ -146,7 +164,7 @@ impl Store {
             .bind(target)
             .execute(&self.writer)
             .await?;
-        self.scrub_freed_space().await?;
+        self.scrub_freed_space(started_us).await?;
         Ok(RotationReport { target_version: target, resumed, rewrapped: done, retired })
     }
 
@@ -189,25 +207,59 @@ impl Store {
         }
         tx.commit().await?;
         self.vault.forget(key_id);
-        if destroyed {
-            self.scrub_freed_space().await?;
+        if destroyed && !self.scrub_freed_space(now).await? {
+            tracing::warn!(
+                key_id,
+                "erased, but an older open transaction still sees the old key row; the next rotation or erasure scrubs it"
+            );
         }
         Ok(destroyed)
     }
 
-    /// Makes sure no stale copy of a replaced or destroyed wrapped key lingers in the files:
-    /// SQLite (secure_delete zeroes freed pages) checkpoints and truncates its WAL;
-    /// PostgreSQL rewrites the small data_key table so dead tuples are not left on disk.
-    async fn scrub_freed_space(&self) -> Result<(), StoreError> {
+    /// Makes sure no stale copy of a replaced or destroyed wrapped key lingers in the files
+    /// (`changed_at_us`: when the key rows were changed). SQLite (secure_delete zeroes freed
+    /// pages) checkpoints and truncates its WAL. PostgreSQL rewrites the small data_key table,
+    /// after waiting (up to 30 s) for transactions that began before the change to end: their
+    /// snapshots could still see the old row, and VACUUM FULL would keep it for them. Returns
+    /// false if such a transaction (e.g. a long backup) was still running: the old row then
+    /// stays until a later scrub.
+    async fn scrub_freed_space(&self, changed_at_us: i64) -> Result<bool, StoreError> {
         match self.backend {
             Backend::Sqlite => {
                 sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await?;
+                Ok(true)
             }
             Backend::Postgres => {
+                // Snapshots are released a moment after their transaction ends (a client that
+                // disconnected, e.g. a finished pg_dump, leaves its backend exiting): settle first.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let mut clear = false;
+                for _ in 0..300 {
+                    let holders: i64 = sqlx::query(
+                        "SELECT COUNT(*) FROM pg_stat_activity \
+                         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                           AND backend_xmin IS NOT NULL \
+                           AND (xact_start IS NULL OR xact_start < to_timestamp($1::float8 / 1000000.0))",
+                    )
+                    .bind(changed_at_us as f64)
+                    .fetch_one(&self.writer)
+                    .await?
+                    .try_get(0)?;
+                    if holders == 0 {
+                        clear = true;
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                if !clear {
+                    tracing::warn!(
+                        "a transaction older than the key change is still open; its snapshot keeps the old key row until a later scrub"
+                    );
+                }
                 sqlx::query("VACUUM FULL data_key").execute(&self.writer).await?;
+                Ok(clear)
             }
         }
-        Ok(())
     }
 
     pub async fn key_status(&self) -> Result<KeyStatus, StoreError> {
