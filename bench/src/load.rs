@@ -28,6 +28,19 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// One measurement from several rounds of the same workload.
+    pub fn merge(rounds: Vec<Measurement>) -> Measurement {
+        let mut merged = Measurement { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
+        for round in rounds {
+            merged.requests += round.requests;
+            merged.errors += round.errors;
+            merged.elapsed += round.elapsed;
+            merged.latencies_us.extend(round.latencies_us);
+        }
+        merged.latencies_us.sort_unstable();
+        merged
+    }
+
     pub fn throughput(&self) -> f64 {
         (self.requests - self.errors) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -120,9 +133,43 @@ where
     futures::future::join_all(workers).await
 }
 
+/// Measures two workloads in alternating rounds (A B A B ...), so drift in a shared, noisy
+/// machine (other tenants, disk flush latency) falls on both alike. The warm-up runs before
+/// the first round of each.
+pub async fn alternating<FA, FB, A, B>(spec: LoadSpec, rounds: u32, mut a: A, mut b: B) -> (Measurement, Measurement)
+where
+    A: FnMut(LoadSpec) -> FA,
+    B: FnMut(LoadSpec) -> FB,
+    FA: Future<Output = Measurement>,
+    FB: Future<Output = Measurement>,
+{
+    let rounds = rounds.max(1);
+    let round =
+        LoadSpec { duration: spec.duration / rounds, max_requests: spec.max_requests / u64::from(rounds), ..spec };
+    let (mut a_rounds, mut b_rounds) = (Vec::new(), Vec::new());
+    for index in 0..rounds {
+        let this = if index == 0 { round } else { LoadSpec { warmup: Duration::ZERO, ..round } };
+        a_rounds.push(a(this).await);
+        b_rounds.push(b(this).await);
+    }
+    (Measurement::merge(a_rounds), Measurement::merge(b_rounds))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn alternating_rounds_merge() {
+        let spec =
+            LoadSpec { concurrency: 2, warmup: Duration::ZERO, duration: Duration::from_secs(30), max_requests: 40 };
+        let (a, b) =
+            alternating(spec, 4, |s| run(s, |_, _| async { true }), |s| run(s, |_, n| async move { n % 2 == 0 })).await;
+        assert_eq!(a.requests, 40);
+        assert_eq!(a.errors, 0);
+        assert_eq!(b.requests, 40);
+        assert!(b.errors > 0);
+    }
 
     #[test]
     fn percentiles_and_throughput() {

@@ -65,6 +65,9 @@ fn main() {
     }
 }
 
+/// Alternating rounds per comparison (see `load::alternating`).
+const ROUNDS: u32 = 4;
+
 const FLOOR_BODY: &str = r#"{"resourceType":"Patient","id":"floor","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00.000000Z"},"active":true,"gender":"female","birthDate":"1970-01-01","name":[{"family":"Floor","given":["Baseline"]}]}"#;
 
 async fn floor(cert: &Path, key: &Path) {
@@ -166,10 +169,27 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
         tls.join("server-key.pem").display().to_string(),
     ];
     let floor = ServerProcess::start("floor", &bench_bin, &floor_args, &[], &scratch.path("floor.log"));
-    let floor_read = get_loop(spec, &client, &floor, Arc::new(vec!["fixed".to_owned()])).await;
-    drop(floor);
+    let fixed = Arc::new(vec!["fixed".to_owned()]);
     let reads: Arc<Vec<String>> = Arc::new(patient_ids.iter().map(|id| format!("Patient/{id}")).collect());
-    let hearth_read = get_loop(spec, &client, &hearth, reads.clone()).await;
+    let (hearth_read, floor_read) = load::alternating(
+        spec,
+        ROUNDS,
+        |s| get_loop(s, &client, &hearth, reads.clone()),
+        |s| get_loop(s, &client, &floor, fixed.clone()),
+    )
+    .await;
+    // The same at four times the connections: durable audit entries are group-committed, so
+    // more concurrent requests share each fsync.
+    let wide = LoadSpec { concurrency: concurrency * 4, ..spec };
+    let wide_client = client_for(&scratch, "hearth-sqlite", wide.concurrency);
+    let (hearth_read_wide, floor_read_wide) = load::alternating(
+        wide,
+        ROUNDS,
+        |s| get_loop(s, &wide_client, &hearth, reads.clone()),
+        |s| get_loop(s, &wide_client, &floor, fixed.clone()),
+    )
+    .await;
+    drop(floor);
     comparisons.push(Comparison::new(
         "1 TLS floor",
         ("Hearth read (SQLite)", &hearth_read),
@@ -177,22 +197,39 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
         ">= 0.40",
         Some(0.40),
     ));
+    comparisons.push(Comparison::new(
+        "1 TLS floor",
+        (&format!("Hearth read (SQLite), {} conns", wide.concurrency), &hearth_read_wide),
+        (&format!("fixed JSON, {} conns", wide.concurrency), &floor_read_wide),
+        ">= 0.40",
+        Some(0.40),
+    ));
     if let Some(rss) = hearth.rss_mib() {
         memory.push((format!("hearth (SQLite) after seeding {seed_patients} patients and the read load"), rss));
     }
 
-    // Case 4: single creates, SQLite vs PostgreSQL.
-    eprintln!("case 4: creates, PostgreSQL vs SQLite");
-    let sqlite_create = create_loop(spec, &client, &hearth).await;
-    drop(hearth);
+    // Case 4: single creates and reads, PostgreSQL vs SQLite, alternating.
+    eprintln!("case 4: creates and reads, PostgreSQL vs SQLite");
     match ScratchPg::create(postgres_url).await {
         Ok(pg) => {
             let server = start_hearth("hearth-postgres", &hearth_bin, &scratch, Some(&pg.url), &[]);
             let pg_client = client_for(&scratch, "hearth-postgres", concurrency);
-            let pg_create = create_loop(spec, &pg_client, &server).await;
-            let ids = seed(&pg_client, &server, seed_patients / 3).await;
+            let ids = seed(&pg_client, &server, seed_patients).await;
             let pg_reads: Arc<Vec<String>> = Arc::new(ids.iter().map(|id| format!("Patient/{id}")).collect());
-            let pg_read = get_loop(spec, &pg_client, &server, pg_reads).await;
+            let (pg_read, sqlite_read) = load::alternating(
+                spec,
+                ROUNDS,
+                |s| get_loop(s, &pg_client, &server, pg_reads.clone()),
+                |s| get_loop(s, &client, &hearth, reads.clone()),
+            )
+            .await;
+            let (pg_create, sqlite_create) = load::alternating(
+                spec,
+                ROUNDS,
+                |s| create_loop(s, &pg_client, &server),
+                |s| create_loop(s, &client, &hearth),
+            )
+            .await;
             drop(server);
             pg.drop_database().await;
             comparisons.push(Comparison::new(
@@ -205,13 +242,14 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
             comparisons.push(Comparison::new(
                 "4 reads",
                 ("read Patient (PostgreSQL)", &pg_read),
-                ("Hearth read (SQLite)", &hearth_read),
+                ("read Patient (SQLite)", &sqlite_read),
                 "report",
                 None,
             ));
         }
         Err(error) => notes.push(format!("PostgreSQL cases skipped: {error}")),
     }
+    drop(hearth);
 
     // Case 2: encryption on vs the same build storing plaintext, SQLite, alternating.
     eprintln!("case 2: encrypted vs plaintext store");
@@ -219,18 +257,22 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
     let plaintext = start_hearth("bench-plaintext", &bench_bin, &scratch, None, &[("HEARTH_BENCH_PLAINTEXT", "1")]);
     let enc_client = client_for(&scratch, "bench-encrypted", concurrency);
     let plain_client = client_for(&scratch, "bench-plaintext", concurrency);
-    let enc_create = create_loop(spec, &enc_client, &encrypted).await;
-    let plain_create = create_loop(spec, &plain_client, &plaintext).await;
+    let (enc_create, plain_create) = load::alternating(
+        spec,
+        ROUNDS,
+        |s| create_loop(s, &enc_client, &encrypted),
+        |s| create_loop(s, &plain_client, &plaintext),
+    )
+    .await;
     let enc_ids = seed(&enc_client, &encrypted, seed_patients).await;
     let plain_ids = seed(&plain_client, &plaintext, seed_patients).await;
-    let enc_read =
-        get_loop(spec, &enc_client, &encrypted, Arc::new(enc_ids.iter().map(|id| format!("Patient/{id}")).collect()))
-            .await;
-    let plain_read = get_loop(
+    let enc_paths: Arc<Vec<String>> = Arc::new(enc_ids.iter().map(|id| format!("Patient/{id}")).collect());
+    let plain_paths: Arc<Vec<String>> = Arc::new(plain_ids.iter().map(|id| format!("Patient/{id}")).collect());
+    let (enc_read, plain_read) = load::alternating(
         spec,
-        &plain_client,
-        &plaintext,
-        Arc::new(plain_ids.iter().map(|id| format!("Patient/{id}")).collect()),
+        ROUNDS,
+        |s| get_loop(s, &enc_client, &encrypted, enc_paths.clone()),
+        |s| get_loop(s, &plain_client, &plaintext, plain_paths.clone()),
     )
     .await;
     comparisons.push(Comparison::new(
@@ -247,8 +289,13 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
         ">= 0.90",
         Some(0.90),
     ));
-    let enc_obs = observation_loop(spec, &enc_client, &encrypted, Arc::new(enc_ids.clone())).await;
-    let plain_obs = observation_loop(spec, &plain_client, &plaintext, Arc::new(plain_ids.clone())).await;
+    let (enc_obs, plain_obs) = load::alternating(
+        spec,
+        ROUNDS,
+        |s| observation_loop(s, &enc_client, &encrypted, Arc::new(enc_ids.clone())),
+        |s| observation_loop(s, &plain_client, &plaintext, Arc::new(plain_ids.clone())),
+    )
+    .await;
     comparisons.push(Comparison::new(
         "2 encryption",
         ("create Observation, encrypted", &enc_obs),
