@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod fhir;
+pub mod secret_file;
 pub mod serve;
 pub mod server;
 pub mod store;

@@ -238,20 +238,8 @@ impl DevSigningKey {
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), TokenError> {
-    use std::io::Write;
-    let err = |source| TokenError::Write { path: path.to_owned(), source };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(err)?;
-    file.write_all(contents).and_then(|()| file.sync_all()).map_err(err)
+    crate::secret_file::create_private(path, contents)
+        .map_err(|source| TokenError::Write { path: path.to_owned(), source })
 }
 
 #[cfg(test)]

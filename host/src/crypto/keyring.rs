@@ -3,7 +3,6 @@
 //! one shipped; the environment provider suits containers; a KMS can implement the trait.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -129,21 +128,12 @@ impl KeyProvider for FileKeyProvider {
         let path = self.path_of(version);
         let key = SecretKey::generate();
         let text = Zeroizing::new(STANDARD.encode(key.expose()));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut file = options.open(&path).map_err(|source| match source.kind() {
+        let mut contents = zeroize::Zeroizing::new(text.as_bytes().to_vec());
+        contents.push(b'\n');
+        crate::secret_file::create_private(&path, &contents).map_err(|source| match source.kind() {
             std::io::ErrorKind::AlreadyExists => KeyError::VersionExists(version),
             _ => KeyError::Write { path: path.clone(), source },
-        })?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.write_all(b"\n"))
-            .and_then(|()| file.sync_all())
-            .map_err(|source| KeyError::Write { path: path.clone(), source })
+        })
     }
 
     fn describe(&self) -> String {
