@@ -195,3 +195,32 @@ async fn postgres_from_config_file_and_environment_and_wrong_keys_refused() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("not the key this database was encrypted with"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_structured_and_free_of_phi() {
+    let launch = Launch { extra_args: vec!["--log-format".into(), "json".into()], ..Default::default() };
+    let server = Server::launch(Db::Sqlite, launch).await;
+    let patient = json!({"resourceType": "Patient", "id": "log-1", "name": [{"family": "Quasimodova"}],
+        "identifier": [{"value": "SSN-078-05-1120"}], "birthDate": "1933-07-04"});
+    server.put("Patient/log-1", &patient).await.expect(201);
+    server.get("Patient/log-1").await.expect(200);
+    server.get("Patient/log-1/_history?_since=1933-07-04T00:00:00Z").await.expect(200);
+    server.put("Patient/log-2", &json!({"resourceType": "Observation"})).await.expect_outcome(400, "invalid");
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let completed: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["fields"]["message"] == "request completed").collect();
+    assert_eq!(completed.len(), 4, "one line per request");
+    for line in &completed {
+        assert!(line["span"]["request_id"].is_string() && line["span"]["route"].is_string(), "{line}");
+        assert_eq!(line["span"]["principal"], "e2e-tester");
+        assert!(line["fields"]["status"].is_u64() && line["fields"]["latency_ms"].is_f64());
+    }
+    for phi in ["Quasimodova", "078-05-1120", "1933-07-04"] {
+        assert!(!log.contains(phi), "'{phi}' reached the log");
+    }
+}
