@@ -71,7 +71,7 @@ const ROUNDS: u32 = 4;
 const FLOOR_BODY: &str = r#"{"resourceType":"Patient","id":"floor","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00.000000Z"},"active":true,"gender":"female","birthDate":"1970-01-01","name":[{"family":"Floor","given":["Baseline"]}]}"#;
 
 async fn floor(cert: &Path, key: &Path) {
-    let tls = hearth::tls::server_config(cert, key).expect("TLS files");
+    let tls = hearth::tls::server_config(cert, key, None).expect("TLS files");
     let app = axum::Router::new().route(
         "/fixed",
         axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/fhir+json")], FLOOR_BODY) }),

@@ -82,6 +82,14 @@ pub struct ServeArgs {
     /// JWKS file with the issuer's public keys (RS256, ES256 or EdDSA).
     #[arg(long, env = "HEARTH_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// PEM CA that client certificates must chain to (enables mutual TLS; clients without a
+    /// certificate still use bearer tokens).
+    #[arg(long, env = "HEARTH_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// A client certificate name (subject CN or DNS SAN) and the scopes it grants, as
+    /// `NAME=SCOPES` (repeatable), e.g. `lab-system=system/Observation.cru`.
+    #[arg(long = "client-cert", env = "HEARTH_CLIENT_CERTS", value_delimiter = ';')]
+    pub client_certs: Vec<String>,
     /// Sign an audit checkpoint every this many entries.
     #[arg(long, env = "HEARTH_AUDIT_CHECKPOINT_EVERY")]
     pub audit_checkpoint_every: Option<i64>,
@@ -113,6 +121,17 @@ struct FileConfig {
     max_token_lifetime: Option<u64>,
     #[serde(default)]
     issuers: Vec<IssuerConfig>,
+    client_ca: Option<PathBuf>,
+    #[serde(default)]
+    client_certs: Vec<ClientCertConfig>,
+}
+
+/// A client certificate name and the scopes it grants.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCertConfig {
+    pub name: String,
+    pub scope: String,
 }
 
 /// A trusted token issuer.
@@ -170,6 +189,8 @@ pub struct ServeSettings {
     pub issuers: Vec<IssuerConfig>,
     pub max_token_lifetime: std::time::Duration,
     pub audit_checkpoint_every: i64,
+    pub client_ca: Option<PathBuf>,
+    pub client_certs: Vec<ClientCertConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +216,10 @@ pub enum ConfigError {
          [[issuers]] in the config file), or start with --dev to use `hearth token issue`"
     )]
     NoIssuer,
+    #[error("--client-cert takes NAME=SCOPES (got {0:?})")]
+    BadClientCert(String),
+    #[error("client certificates are mapped to scopes but no --client-ca says which CA to trust")]
+    ClientCertsWithoutCa,
     #[error("max_body_bytes must be at least 1024")]
     BodyLimitTooSmall,
     #[error("base_url must start with https:// or http:// (got a value that does not)")]
@@ -269,6 +294,18 @@ impl ServeArgs {
         if issuers.is_empty() && !storage.dev {
             return Err(ConfigError::NoIssuer);
         }
+        let mut client_certs = file.client_certs.clone();
+        for mapping in &self.client_certs {
+            let (name, scope) = mapping.split_once('=').ok_or_else(|| ConfigError::BadClientCert(mapping.clone()))?;
+            if name.trim().is_empty() || scope.trim().is_empty() {
+                return Err(ConfigError::BadClientCert(mapping.clone()));
+            }
+            client_certs.push(ClientCertConfig { name: name.trim().to_owned(), scope: scope.trim().to_owned() });
+        }
+        let client_ca = self.client_ca.or(file.client_ca);
+        if client_ca.is_none() && !client_certs.is_empty() {
+            return Err(ConfigError::ClientCertsWithoutCa);
+        }
         let max_token_lifetime = std::time::Duration::from_secs(
             self.max_token_lifetime.or(file.max_token_lifetime).unwrap_or(DEFAULT_MAX_TOKEN_LIFETIME_SECONDS),
         );
@@ -286,6 +323,8 @@ impl ServeArgs {
                 .or(file.audit_checkpoint_every)
                 .unwrap_or(DEFAULT_AUDIT_CHECKPOINT_EVERY)
                 .max(1),
+            client_ca,
+            client_certs,
         })
     }
 }

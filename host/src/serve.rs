@@ -71,13 +71,13 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         warn_dev_mode(&settings.storage);
     }
     let tls = match &settings.tls {
-        TlsSource::Files { cert, key } => crate::tls::server_config(cert, key)?,
+        TlsSource::Files { cert, key } => crate::tls::server_config(cert, key, settings.client_ca.as_deref())?,
         TlsSource::DevGenerated => {
             let files = DevTlsFiles::in_dir(&settings.storage.data_dir);
             if files.ensure()? {
                 tracing::warn!(ca = %files.ca_cert.display(), "generated a development CA and TLS certificate");
             }
-            crate::tls::server_config(&files.server_cert, &files.server_key)?
+            crate::tls::server_config(&files.server_cert, &files.server_key, settings.client_ca.as_deref())?
         }
     };
 
@@ -121,7 +121,8 @@ fn token_verifier(settings: &ServeSettings) -> Result<TokenVerifier, StartError>
     if settings.storage.dev {
         issuers.push(Issuer::development(&dev_token_key_path(&settings.storage.data_dir))?);
     }
-    Ok(TokenVerifier::new(issuers, settings.max_token_lifetime))
+    let client_certs = settings.client_certs.iter().map(|c| (c.name.clone(), c.scope.clone())).collect();
+    Ok(TokenVerifier::new(issuers, settings.max_token_lifetime).with_client_certificates(client_certs))
 }
 
 /// Where dev mode keeps the key `hearth token issue` signs with.

@@ -47,13 +47,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, s
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(tower::util::MapRequest::new(
-            app.clone(),
-            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(PeerAddr(peer));
-                request
-            },
-        ));
+        let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -68,6 +62,23 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, s
                     return;
                 }
             };
+            let client_certificate = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|der| crate::tls::certificate_name(der))
+                .map(ClientCertificate);
+            let service = TowerToHyperService::new(tower::util::MapRequest::new(
+                app,
+                move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(PeerAddr(peer));
+                    if let Some(certificate) = &client_certificate {
+                        request.extensions_mut().insert(certificate.clone());
+                    }
+                    request
+                },
+            ));
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
@@ -85,6 +96,10 @@ pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, app: Router, s
 /// The client's address, in every request's extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The name in the client certificate the TLS layer verified (mutual TLS), if any.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate(pub String);
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {

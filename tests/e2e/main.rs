@@ -10,4 +10,5 @@ mod encryption;
 mod errors;
 mod lifecycle;
 mod metadata;
+mod mtls;
 mod store;

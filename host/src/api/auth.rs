@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::SharedState;
 use crate::fhir::outcome::{FhirError, IssueType};
+use crate::server::ClientCertificate;
 
 /// Requires a valid bearer token; puts the [`crate::auth::Principal`] in the request
 /// extensions and its subject in the request's log span. 401 with `WWW-Authenticate` otherwise.
@@ -19,10 +20,16 @@ pub async fn authenticate(State(state): State<SharedState>, mut request: Request
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim);
-    let Some(token) = token else {
-        return unauthorized("this endpoint needs a bearer token (Authorization: Bearer ...)", None);
+    let verified = match (token, request.extensions().get::<ClientCertificate>()) {
+        (Some(token), _) => state.tokens.verify(token),
+        // Mutual TLS: the certificate was verified in the handshake; it stands for a
+        // configured principal when no token is sent.
+        (None, Some(certificate)) => state.tokens.certificate_principal(&certificate.0),
+        (None, None) => {
+            return unauthorized("this endpoint needs a bearer token (Authorization: Bearer ...)", None);
+        }
     };
-    match state.tokens.verify(token) {
+    match verified {
         Ok(principal) => {
             tracing::Span::current().record("principal", principal.subject.as_str());
             request.extensions_mut().insert(principal.clone());

@@ -113,11 +113,40 @@ pub struct TokenVerifier {
     /// Tokens already verified, with their expiry (seconds since the epoch): a signature check
     /// costs tens of microseconds, a lookup well under one.
     verified: Mutex<HashMap<String, (Principal, i64)>>,
+    /// Client certificate names (mutual TLS) and the scopes each grants.
+    client_certificates: HashMap<String, String>,
 }
 
 impl TokenVerifier {
     pub fn new(issuers: Vec<Issuer>, max_lifetime: Duration) -> Self {
-        TokenVerifier { issuers, max_lifetime, verified: Mutex::new(HashMap::new()) }
+        TokenVerifier {
+            issuers,
+            max_lifetime,
+            verified: Mutex::new(HashMap::new()),
+            client_certificates: HashMap::new(),
+        }
+    }
+
+    /// Maps verified client certificate names to the scopes they grant.
+    pub fn with_client_certificates(mut self, mapping: HashMap<String, String>) -> Self {
+        self.client_certificates = mapping;
+        self
+    }
+
+    /// The principal of a client that presented a verified certificate named `name` and no
+    /// bearer token; the error says why it cannot be used.
+    pub fn certificate_principal(&self, name: &str) -> Result<Principal, &'static str> {
+        let scope = self
+            .client_certificates
+            .get(name)
+            .ok_or("the client certificate is valid but not mapped to any scopes on this server")?;
+        Ok(Principal {
+            subject: format!("cert:{name}"),
+            issuer: "mtls".to_owned(),
+            client_id: Some(name.to_owned()),
+            patient: None,
+            scopes: ScopeSet::parse(scope),
+        })
     }
 
     pub fn issuers(&self) -> impl Iterator<Item = &Issuer> {

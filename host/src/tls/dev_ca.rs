@@ -116,7 +116,7 @@ mod tests {
             }
         }
         // The pair loads into rustls.
-        crate::tls::server_config(&files.server_cert, &files.server_key).unwrap();
+        crate::tls::server_config(&files.server_cert, &files.server_key, None).unwrap();
     }
 
     #[test]

@@ -23,20 +23,56 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     #[error("cannot generate the development certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("the client CA file {path} is not usable: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
 }
 
 /// Builds the server's TLS configuration (TLS 1.2 and 1.3 only; HTTP/2 and HTTP/1.1 via ALPN)
-/// from a PEM certificate chain and a PEM private key.
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+/// from a PEM certificate chain and a PEM private key. With `client_ca`, clients may present
+/// a certificate, which must chain to that CA (mutual TLS); clients without one still connect
+/// and authenticate with bearer tokens.
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = load_certs(cert_path)?;
     let key = load_key(key_path)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let bad = |reason: String| TlsError::ClientCa { path: path.to_owned(), reason };
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in load_certs(path)? {
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| bad(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The name a verified client certificate identifies: its subject common name, or else its
+/// first DNS subject alternative name.
+pub fn certificate_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    if let Some(cn) = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
+        return Some(cn.to_owned());
+    }
+    let san = cert.subject_alternative_name().ok().flatten()?;
+    san.value.general_names.iter().find_map(|name| match name {
+        x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+        _ => None,
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
