@@ -173,6 +173,11 @@ async fn patient_scopes_confine_to_the_compartment(db: Db) {
         let reply = get_with(&server, Some(&alice), path).await;
         assert_eq!(reply.status, status, "{path}: {}", String::from_utf8_lossy(&reply.bytes));
     }
+    // A restricted reader's history Bundle does not reveal how many versions exist in all.
+    let history = get_with(&server, Some(&alice), "Observation/obs-alice/_history").await.expect(200);
+    assert!(history.get("total").is_none(), "{history}");
+    assert_eq!(server.get("Observation/obs-alice/_history").await.expect(200)["total"], 1);
+
     // Writes stay inside the compartment too.
     let for_bob = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/bob"}});
     post_with_token(&server, &alice, "Observation", &for_bob).await.expect_outcome(403, "forbidden");
@@ -217,4 +222,16 @@ async fn admin_scopes_are_separate_from_clinical_ones(db: Db) {
     server.get("Patient/gone").await.expect_outcome(410, "deleted");
     server.get("Patient/stays").await.expect(200);
     erase(server.token("admin/*", None), request).await.expect_outcome(404, "not-found");
+
+    // Metrics are an admin area too, and carry route templates, never ids.
+    get_with(&server, Some(&server.token("user/*.cruds", None)), "metrics").await.expect_outcome(403, "forbidden");
+    let metrics = get_with(&server, Some(&server.token("admin/metrics", None)), "metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8(metrics.bytes).unwrap();
+    assert!(
+        text.contains(r#"hearth_http_request_duration_seconds_count{route="/{type}/{id}",method="GET",status="2xx"}"#),
+        "{text}"
+    );
+    assert!(text.contains("hearth_audit_chain_length "), "{text}");
+    assert!(!text.contains("stays") && !text.contains("gone"), "no resource ids in metrics");
 }

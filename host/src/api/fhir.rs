@@ -287,7 +287,9 @@ async fn history(
             links.push(Link { relation: "next", url: page_url(Some(oldest.version)) });
         }
     }
-    let bundle = history_bundle(base, &page.versions, page.total, links).map_err(|error| {
+    // A restricted reader sees only some versions; the count of all would tell it more.
+    let total = access.is_unrestricted().then_some(page.total);
+    let bundle = history_bundle(base, &page.versions, total, links).map_err(|error| {
         tracing::error!(%error, res_type, id, "a stored version is not valid JSON");
         FhirError::internal()
     })?;

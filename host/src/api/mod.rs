@@ -21,6 +21,7 @@ mod auth;
 mod extract;
 mod fhir;
 mod health;
+mod metrics;
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -37,6 +38,7 @@ pub struct AppState {
     pub store: Store,
     pub tokens: Arc<TokenVerifier>,
     pub audit: crate::audit::AuditLog,
+    pub metrics: metrics::Metrics,
     pub settings: ApiSettings,
     /// The CapabilityStatement, rendered once at start-up.
     capability: Vec<u8>,
@@ -61,12 +63,14 @@ pub fn router(
         store,
         tokens,
         audit,
+        metrics: metrics::Metrics::default(),
         settings,
         capability: serde_json::to_vec(&capability).expect("serialising a JSON value cannot fail"),
     });
     // Everything but discovery and health needs a bearer token.
     let protected = fhir::routes()
         .merge(admin::routes())
+        .route("/metrics", axum::routing::get(metrics::metrics))
         .route_layer(middleware::from_fn(extract::negotiate_format))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
@@ -79,7 +83,7 @@ pub fn router(
         .merge(protected)
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(request_log))
+        .layer(middleware::from_fn_with_state(state.clone(), request_log))
         .with_state(state)
 }
 
@@ -107,7 +111,7 @@ pub struct RequestId(pub String);
 
 /// Gives each request an id and logs one line when it completes: method, route template (never
 /// the concrete URL, whose query may hold search values that are PHI), status and latency.
-async fn request_log(mut request: Request, next: Next) -> Response {
+async fn request_log(State(state): State<SharedState>, mut request: Request, next: Next) -> Response {
     let request_id = uuid::Uuid::new_v4().simple().to_string();
     let method = request.method().clone();
     let route =
@@ -122,8 +126,10 @@ async fn request_log(mut request: Request, next: Next) -> Response {
     );
     let started = Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed().as_secs_f64();
+    let latency_ms = elapsed * 1000.0;
     let status = response.status().as_u16();
+    state.metrics.observe(&route, method.as_str(), status, elapsed);
     span.in_scope(|| {
         if response.status().is_server_error() {
             tracing::warn!(status, latency_ms, "request failed");

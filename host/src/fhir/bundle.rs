@@ -15,7 +15,8 @@ struct Bundle<'a> {
     meta: Meta,
     #[serde(rename = "type")]
     bundle_type: &'static str,
-    total: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    total: Option<i64>,
     link: Vec<Link>,
     entry: Vec<Entry<'a>>,
 }
@@ -60,11 +61,11 @@ struct EntryResponse {
 /// Builds a `history` Bundle from versions (newest first), embedding each stored body as is.
 ///
 /// Fails only if a stored body is not JSON, which means the database was altered outside
-/// the server.
+/// the server. `total` is left out when the reader may not know it (some versions hidden).
 pub fn history_bundle(
     base_url: &str,
     versions: &[VersionRecord],
-    total: i64,
+    total: Option<i64>,
     link: Vec<Link>,
 ) -> Result<Vec<u8>, serde_json::Error> {
     let bodies: Vec<Option<&RawValue>> = versions

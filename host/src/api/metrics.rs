@@ -1,0 +1,123 @@
+//! Prometheus metrics at `/metrics` (scope `admin/metrics`): request counts and latency
+//! histograms per interaction (route template and method) and status class, and the audit
+//! chain length. Labels carry route templates only, never ids or query values.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::SharedState;
+use crate::auth::Principal;
+use crate::fhir::outcome::FhirError;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, String, &'static str), Series>>,
+}
+
+#[derive(Default)]
+struct Series {
+    /// Cumulative counts per bucket, then +Inf.
+    buckets: Vec<u64>,
+    count: u64,
+    sum_seconds: f64,
+}
+
+impl Metrics {
+    /// Records one finished request.
+    pub fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let mut requests = self.requests.lock().expect("metrics lock");
+        let series = requests.entry((route.to_owned(), method.to_owned(), class)).or_default();
+        if series.buckets.is_empty() {
+            series.buckets = vec![0; BUCKETS.len() + 1];
+        }
+        for (index, bound) in BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                series.buckets[index] += 1;
+            }
+        }
+        series.buckets[BUCKETS.len()] += 1;
+        series.count += 1;
+        series.sum_seconds += seconds;
+    }
+
+    fn render(&self, out: &mut String) {
+        let requests = self.requests.lock().expect("metrics lock");
+        out.push_str("# HELP hearth_http_request_duration_seconds Time to answer a request, by route template, method and status class.\n");
+        out.push_str("# TYPE hearth_http_request_duration_seconds histogram\n");
+        for ((route, method, class), series) in requests.iter() {
+            let labels = format!("route=\"{}\",method=\"{method}\",status=\"{class}\"", escape(route));
+            for (index, bound) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "hearth_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {}",
+                    series.buckets[index]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "hearth_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                series.buckets[BUCKETS.len()]
+            );
+            let _ = writeln!(out, "hearth_http_request_duration_seconds_sum{{{labels}}} {}", series.sum_seconds);
+            let _ = writeln!(out, "hearth_http_request_duration_seconds_count{{{labels}}} {}", series.count);
+        }
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// `GET /metrics`.
+pub async fn metrics(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, FhirError> {
+    principal.require_admin("metrics")?;
+    let mut out = String::new();
+    state.metrics.render(&mut out);
+    let (chain_length, _) = state.store.audit_head().await.map_err(super::fhir::store_error)?;
+    out.push_str(
+        "# HELP hearth_audit_chain_length Entries in the audit hash chain.\n# TYPE hearth_audit_chain_length gauge\n",
+    );
+    let _ = writeln!(out, "hearth_audit_chain_length {chain_length}");
+    let mut response = out.into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let metrics = Metrics::default();
+        metrics.observe("/{type}/{id}", "GET", 200, 0.003);
+        metrics.observe("/{type}/{id}", "GET", 200, 0.3);
+        metrics.observe("/{type}/{id}", "GET", 404, 0.001);
+        let mut out = String::new();
+        metrics.render(&mut out);
+        let ok = "route=\"/{type}/{id}\",method=\"GET\",status=\"2xx\"";
+        assert!(out.contains(&format!("hearth_http_request_duration_seconds_bucket{{{ok},le=\"0.005\"}} 1")), "{out}");
+        assert!(out.contains(&format!("hearth_http_request_duration_seconds_bucket{{{ok},le=\"0.5\"}} 2")), "{out}");
+        assert!(out.contains(&format!("hearth_http_request_duration_seconds_count{{{ok}}} 2")), "{out}");
+        assert!(out.contains("status=\"4xx\"} 1"), "{out}");
+    }
+}
