@@ -155,6 +155,16 @@ pub async fn audit_export(settings: &StorageSettings) -> Result<(), CommandError
     Ok(())
 }
 
+/// `hearth migrate`: applies pending schema migrations (forward-only; back up first).
+pub async fn migrate(settings: &StorageSettings) -> Result<(), CommandError> {
+    let settings = StorageSettings { migrate: true, ..settings.clone() };
+    let store = open_store(&settings).await?;
+    let status = store.schema_status().await?;
+    store.close().await;
+    println!("schema is current: migrations {:?} applied", status.applied);
+    Ok(())
+}
+
 /// `hearth keys init`: creates the first key-encryption key in a keyring directory.
 pub fn keys_init(keyring: &Path) -> Result<(), CommandError> {
     let provider = FileKeyProvider::new(keyring);

@@ -46,6 +46,10 @@ pub struct StorageArgs {
     /// Largest number of database connections.
     #[arg(long, env = "HEARTH_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
+    /// Apply pending schema migrations on start (otherwise run `hearth migrate` first; dev
+    /// mode always applies them).
+    #[arg(long, env = "HEARTH_MIGRATE", num_args = 0..=1, default_missing_value = "true")]
+    pub migrate: Option<bool>,
     /// Ed25519 key (PKCS#8) signing audit checkpoints. Default: audit-signing-key.p8 in the
     /// keyring directory (created on first start).
     #[arg(long, env = "HEARTH_AUDIT_KEY")]
@@ -111,6 +115,7 @@ struct FileConfig {
     database_url: Option<String>,
     keyring: Option<PathBuf>,
     audit_key: Option<PathBuf>,
+    migrate: Option<bool>,
     audit_checkpoint_every: Option<i64>,
     base_url: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -174,6 +179,8 @@ pub struct StorageSettings {
     pub db_max_connections: u32,
     /// The audit checkpoint signing key file.
     pub audit_key: PathBuf,
+    /// Apply pending migrations when opening the database.
+    pub migrate: bool,
 }
 
 /// Fully resolved settings for `hearth serve`.
@@ -260,7 +267,8 @@ impl StorageArgs {
             KeySource::Directory(dir) => crate::audit::AuditSigner::path_in(dir),
             KeySource::Environment => crate::audit::AuditSigner::path_in(&data_dir.join("keys")),
         });
-        Ok(StorageSettings { dev, data_dir, database_url, keys, db_max_connections, audit_key })
+        let migrate = self.migrate.or(file.migrate).unwrap_or(dev);
+        Ok(StorageSettings { dev, data_dir, database_url, keys, db_max_connections, audit_key, migrate })
     }
 }
 

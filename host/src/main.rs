@@ -22,6 +22,8 @@ enum Command {
     /// Manage key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Apply pending database schema migrations (forward-only; back up first).
+    Migrate(StorageArgs),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -118,6 +120,9 @@ fn main() -> ExitCode {
         }
         Command::Keys(KeysCommand::Status(storage)) => {
             with_storage(&runtime, &storage, |settings| async move { hearth::commands::keys_status(&settings).await })
+        }
+        Command::Migrate(storage) => {
+            with_storage(&runtime, &storage, |settings| async move { hearth::commands::migrate(&settings).await })
         }
         Command::Audit(AuditCommand::Verify(storage)) => {
             with_storage(&runtime, &storage, |settings| async move { hearth::commands::audit_verify(&settings).await })

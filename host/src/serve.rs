@@ -29,6 +29,16 @@ pub enum StartError {
     AuditKey(#[from] crate::audit::SignerError),
     #[error("{0}. Check --database-url / HEARTH_DATABASE_URL and that the database server is running")]
     Store(#[from] crate::store::StoreError),
+    #[error(
+        "the database has schema migration {version}, which this Hearth does not know: it was upgraded by a \
+         newer version. Run that version (or newer)"
+    )]
+    SchemaNewer { version: i64 },
+    #[error(
+        "the database needs schema migrations {pending:?}. Back it up, then run `hearth migrate` (or start \
+         with --migrate)"
+    )]
+    MigrationsPending { pending: Vec<i64> },
     #[error("cannot listen on {addr}: {source}. Choose another address with --listen")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -59,7 +69,18 @@ pub async fn open_store(settings: &StorageSettings) -> Result<Store, StartError>
         tracing::warn!("BENCHMARK BUILD: resource bodies are stored WITHOUT encryption");
         store.store_plaintext_for_benchmarks();
     }
-    store.migrate().await?;
+    let schema = store.schema_status().await?;
+    if let Some(newer) = schema.newer() {
+        return Err(StartError::SchemaNewer { version: newer });
+    }
+    let pending = schema.pending();
+    if !pending.is_empty() {
+        if !settings.migrate {
+            return Err(StartError::MigrationsPending { pending });
+        }
+        tracing::info!(?pending, "applying schema migrations");
+        store.migrate().await?;
+    }
     store.prepare_keys().await?;
     Ok(store)
 }

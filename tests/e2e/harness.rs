@@ -116,6 +116,10 @@ pub struct Launch {
     pub ca: Option<PathBuf>,
     /// The bearer token the client sends; default (dev mode): a `user/*.cruds` dev token.
     pub token: Option<String>,
+    /// Use this data directory (default: a new temporary one).
+    pub data_dir: Option<PathBuf>,
+    /// Use this PostgreSQL database (default: a new one, for `Db::Postgres`).
+    pub pg: Option<PgDatabase>,
 }
 
 /// The scopes of the token test clients carry unless a test asks for others.
@@ -126,10 +130,10 @@ impl Server {
         Server::launch(db, Launch::default()).await
     }
 
-    pub async fn launch(db: Db, launch: Launch) -> Server {
+    pub async fn launch(db: Db, mut launch: Launch) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
-        let data_dir = dir.path().join("data");
-        let pg = (db == Db::Postgres).then(PgDatabase::create);
+        let data_dir = launch.data_dir.take().unwrap_or_else(|| dir.path().join("data"));
+        let pg = launch.pg.take().or_else(|| (db == Db::Postgres).then(PgDatabase::create));
         Server::spawn(db, data_dir, Some(dir), pg, launch)
     }
 

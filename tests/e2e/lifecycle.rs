@@ -105,8 +105,15 @@ async fn production_mode_needs_keys_certificate_and_issuer_and_uses_the_given_on
 
     // With an issuer (a JWKS file) it starts without --dev and accepts that issuer's tokens.
     let issuer = TestIssuer::create(dir.path(), "https://idp.example.test", "https://fhir.example.test");
-    let mut extra_args =
-        vec!["--keyring".to_owned(), keyring_arg.into(), "--tls-cert".into(), cert, "--tls-key".into(), key];
+    let mut extra_args = vec![
+        "--migrate".to_owned(),
+        "--keyring".into(),
+        keyring_arg.into(),
+        "--tls-cert".into(),
+        cert,
+        "--tls-key".into(),
+        key,
+    ];
     extra_args.extend(issuer.args());
     let launch = Launch {
         no_dev_flag: true,

@@ -12,3 +12,4 @@ mod lifecycle;
 mod metadata;
 mod mtls;
 mod store;
+mod upgrade;

@@ -26,6 +26,7 @@ fn settings(db: Db) -> Opened {
     };
     let settings = StorageSettings {
         dev: true,
+        migrate: true,
         audit_key: data_dir.join("keys/audit-signing-key.p8"),
         keys: KeySource::Directory(data_dir.join("keys")),
         data_dir,

@@ -17,9 +17,17 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready when the database answers and its schema is the one this build knows (another host
+/// may have migrated it further).
 async fn readyz(State(state): State<SharedState>) -> (StatusCode, &'static str) {
-    match state.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
+    match state.store.schema_status().await {
+        Ok(schema) if schema.newer().is_some() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "database schema is newer than this server")
+        }
+        Ok(schema) if !schema.pending().is_empty() => {
+            (StatusCode::SERVICE_UNAVAILABLE, "database schema migrations pending")
+        }
+        Ok(_) => (StatusCode::OK, "ready"),
         Err(error) => {
             tracing::warn!(%error, "readiness check failed");
             (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")

@@ -109,6 +109,26 @@ pub struct HistoryPage {
     pub total: i64,
 }
 
+/// The database's schema migrations against this build's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaStatus {
+    pub applied: Vec<i64>,
+    pub known: Vec<i64>,
+}
+
+impl SchemaStatus {
+    /// Known migrations the database does not have yet.
+    pub fn pending(&self) -> Vec<i64> {
+        self.known.iter().copied().filter(|v| !self.applied.contains(v)).collect()
+    }
+
+    /// A migration the database has that this build does not know (it was upgraded by a
+    /// newer Hearth), if any.
+    pub fn newer(&self) -> Option<i64> {
+        self.applied.iter().copied().find(|v| !self.known.contains(v))
+    }
+}
+
 /// Connection settings a caller may tune.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -216,6 +236,29 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Which schema migrations the database has and which this build knows.
+    pub async fn schema_status(&self) -> Result<SchemaStatus, StoreError> {
+        let exists_sql = match self.backend {
+            Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM pg_tables WHERE tablename = '_sqlx_migrations' AND schemaname = current_schema()"
+            }
+        };
+        let exists: i64 = sqlx::query(exists_sql).fetch_one(&self.reader).await?.try_get(0)?;
+        let applied = if exists == 0 {
+            Vec::new()
+        } else {
+            sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.reader)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?
+        };
+        let known = migrations::migrator(self.backend).iter().map(|m| m.version).collect();
+        Ok(SchemaStatus { applied, known })
     }
 
     /// Applies pending schema migrations from `migrations/<backend>/`.
@@ -517,12 +560,6 @@ impl Store {
         let (local_version, _) = self.vault.keyring().current();
         let version = newest_in_db.map_or(local_version, |v| v.max(local_version));
         Ok((version, self.vault.kek(version)?))
-    }
-
-    /// A cheap round trip to the database, for readiness checks.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").fetch_one(&self.reader).await?;
-        Ok(())
     }
 }
 
