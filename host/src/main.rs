@@ -22,6 +22,9 @@ enum Command {
     /// Manage key-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Check a configuration without starting the server.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Apply pending database schema migrations (forward-only; back up first).
     Migrate(StorageArgs),
     /// The audit log.
@@ -41,6 +44,12 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load keys, certificates and issuers the configuration names; report what is wrong.
+    Check(ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +130,7 @@ fn main() -> ExitCode {
         Command::Keys(KeysCommand::Status(storage)) => {
             with_storage(&runtime, &storage, |settings| async move { hearth::commands::keys_status(&settings).await })
         }
+        Command::Config(ConfigCommand::Check(args)) => hearth::commands::config_check(args).map_err(|e| e.to_string()),
         Command::Migrate(storage) => {
             with_storage(&runtime, &storage, |settings| async move { hearth::commands::migrate(&settings).await })
         }

@@ -49,17 +49,13 @@ pub enum StartError {
 pub async fn open_store(settings: &StorageSettings) -> Result<Store, StartError> {
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|source| StartError::DataDir { path: settings.data_dir.clone(), source })?;
-    let provider: Box<dyn KeyProvider> = match &settings.keys {
-        KeySource::Directory(dir) => {
-            let provider = FileKeyProvider::new(dir);
-            if settings.dev && matches!(provider.load(), Err(crate::crypto::KeyError::NoKeys(_))) {
-                provider.create_version(1)?;
-                tracing::warn!(keyring = %dir.display(), "generated a development key-encryption key");
-            }
-            Box::new(provider)
+    let provider = key_provider(settings);
+    if let KeySource::Directory(dir) = &settings.keys {
+        if settings.dev && matches!(provider.load(), Err(crate::crypto::KeyError::NoKeys(_))) {
+            provider.create_version(1)?;
+            tracing::warn!(keyring = %dir.display(), "generated a development key-encryption key");
         }
-        KeySource::Environment => Box::new(EnvKeyProvider::new(KEKS_ENV, std::env::var(KEKS_ENV).unwrap_or_default())),
-    };
+    }
     let vault = Arc::new(KeyVault::new(provider)?);
     let store_options = StoreOptions { max_connections: settings.db_max_connections, ..StoreOptions::default() };
     #[allow(unused_mut)]
@@ -83,6 +79,14 @@ pub async fn open_store(settings: &StorageSettings) -> Result<Store, StartError>
     }
     store.prepare_keys().await?;
     Ok(store)
+}
+
+/// The key provider the settings name.
+pub fn key_provider(settings: &StorageSettings) -> Box<dyn KeyProvider> {
+    match &settings.keys {
+        KeySource::Directory(dir) => Box::new(FileKeyProvider::new(dir)),
+        KeySource::Environment => Box::new(EnvKeyProvider::new(KEKS_ENV, std::env::var(KEKS_ENV).unwrap_or_default())),
+    }
 }
 
 pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
@@ -134,7 +138,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
 
 /// The issuers whose tokens this server accepts: configured ones, plus the development issuer
 /// (whose key `hearth token issue` uses) in dev mode.
-fn token_verifier(settings: &ServeSettings) -> Result<TokenVerifier, StartError> {
+pub fn token_verifier(settings: &ServeSettings) -> Result<TokenVerifier, StartError> {
     let mut issuers = Vec::new();
     for config in &settings.issuers {
         issuers.push(Issuer::from_jwks_file(&config.iss, &config.audience, &config.jwks_file)?);

@@ -231,3 +231,55 @@ async fn json_logs_are_structured_and_free_of_phi() {
         assert!(!log.contains(phi), "'{phi}' reached the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_says_exactly_what_is_wrong() {
+    // Two dev servers give two certificate/key pairs to mix up.
+    let a = Server::start(Db::Sqlite).await;
+    let b = Server::start(Db::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::create(dir.path(), "https://idp.example.test", "https://fhir.example.test");
+    let config = dir.path().join("hearth.toml");
+    let write = |cert: &std::path::Path, key: &std::path::Path, extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\nkeyring = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n{extra}\n[[issuers]]\niss = \"{}\"\naudience = \"{}\"\njwks_file = \"{}\"\n",
+                a.data_dir.display(),
+                a.keyring().display(),
+                cert.display(),
+                key.display(),
+                issuer.iss,
+                issuer.audience,
+                issuer.jwks_file.display()
+            ),
+        )
+        .unwrap();
+    };
+    let check = || hearth_command(&["config", "check", "--config", config.to_str().unwrap()]);
+
+    write(&a.data_dir.join("tls/server.pem"), &a.data_dir.join("tls/server-key.pem"), "");
+    let good = check();
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{out}{}", String::from_utf8_lossy(&good.stderr));
+    assert!(
+        out.contains("configuration is usable") && out.contains("versions [1]") && out.contains("valid until"),
+        "{out}"
+    );
+
+    write(&a.data_dir.join("tls/server.pem"), &b.data_dir.join("tls/server-key.pem"), "");
+    let mismatch = check();
+    let out = String::from_utf8_lossy(&mismatch.stdout);
+    assert!(!mismatch.status.success() && out.contains("FAIL TLS certificate and key"), "{out}");
+
+    write(&a.data_dir.join("tls/server.pem"), &a.data_dir.join("tls/server-key.pem"), "listen_adress = \"x\"");
+    let unknown = check();
+    let out = String::from_utf8_lossy(&unknown.stdout);
+    assert!(!unknown.status.success() && out.contains("listen_adress"), "{out}");
+
+    std::fs::remove_file(a.keyring().join("kek-v1.key")).unwrap();
+    write(&a.data_dir.join("tls/server.pem"), &a.data_dir.join("tls/server-key.pem"), "");
+    let no_keys = check();
+    let out = String::from_utf8_lossy(&no_keys.stdout);
+    assert!(!no_keys.status.success() && out.contains("FAIL key-encryption keys"), "{out}");
+}

@@ -23,6 +23,8 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
     #[error("cannot generate the development certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{path} holds a certificate that cannot be parsed: {reason}")]
+    BadCertificate { path: PathBuf, reason: String },
     #[error("the client CA file {path} is not usable: {reason}")]
     ClientCa { path: PathBuf, reason: String },
 }
@@ -73,6 +75,15 @@ pub fn certificate_name(der: &[u8]) -> Option<String> {
         x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
         _ => None,
     })
+}
+
+/// Whether the first certificate in a PEM file is valid now, and its expiry (RFC 2822 text).
+pub fn certificate_validity(cert_path: &Path) -> Result<(bool, String), TlsError> {
+    let certs = load_certs(cert_path)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&certs[0])
+        .map_err(|e| TlsError::BadCertificate { path: cert_path.to_owned(), reason: e.to_string() })?;
+    let validity = cert.validity();
+    Ok((validity.is_valid(), validity.not_after.to_string()))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
