@@ -25,6 +25,28 @@ enum Command {
     /// Check a configuration without starting the server.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Take an online, consistent backup into a new directory (with a checksummed manifest).
+    Backup {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// The new directory to write.
+        dest: PathBuf,
+    },
+    /// Restore a backup onto an empty database (then run `hearth verify --manifest`).
+    Restore {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// The backup directory.
+        src: PathBuf,
+    },
+    /// Check that every version decrypts, the audit chain verifies and counts match a manifest.
+    Verify {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// The manifest.json of the backup this database was restored from.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
     /// Apply pending database schema migrations (forward-only; back up first).
     Migrate(StorageArgs),
     /// The audit log.
@@ -131,6 +153,15 @@ fn main() -> ExitCode {
             with_storage(&runtime, &storage, |settings| async move { hearth::commands::keys_status(&settings).await })
         }
         Command::Config(ConfigCommand::Check(args)) => hearth::commands::config_check(args).map_err(|e| e.to_string()),
+        Command::Backup { storage, dest } => {
+            with_storage(&runtime, &storage, |settings| async move { hearth::backup::backup(&settings, &dest).await })
+        }
+        Command::Restore { storage, src } => {
+            with_storage(&runtime, &storage, |settings| async move { hearth::backup::restore(&settings, &src).await })
+        }
+        Command::Verify { storage, manifest } => with_storage(&runtime, &storage, |settings| async move {
+            hearth::backup::verify(&settings, manifest.as_deref()).await
+        }),
         Command::Migrate(storage) => {
             with_storage(&runtime, &storage, |settings| async move { hearth::commands::migrate(&settings).await })
         }

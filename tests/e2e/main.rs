@@ -4,6 +4,7 @@ mod harness;
 
 mod audit;
 mod auth;
+mod backup;
 mod concurrency;
 mod crud;
 mod encryption;

@@ -36,6 +36,8 @@ pub enum StoreError {
     /// The data key was destroyed (crypto-shredded): the records are gone for good.
     #[error("these records were erased")]
     Erased,
+    #[error("backup failed: {0}")]
+    BackupFailed(String),
     /// The database is unreachable, overloaded or shutting down: worth retrying later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),

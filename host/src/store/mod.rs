@@ -28,11 +28,13 @@ use crate::crypto::{SecretKey, resource_aad, unwrap_data_key, wrap_data_key};
 use crate::crypto::{open_with, seal_with};
 
 mod audit;
+mod backup;
 mod error;
 mod keys;
 mod migrations;
 mod vault;
 pub use audit::{StoredAuditEntry, StoredCheckpoint, chain_hash};
+pub use backup::Counts;
 pub use error::StoreError;
 pub use keys::{KeyStatus, RotationReport};
 pub use vault::KeyVault;
