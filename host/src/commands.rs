@@ -200,6 +200,13 @@ pub fn config_check(args: crate::config::ServeArgs) -> Result<(), CommandError> 
                 Ok(_) => report(true, "TLS certificate and key", "load and match".into()),
                 Err(error) => report(false, "TLS certificate and key", error.to_string()),
             }
+            match crate::tls::issued_by_dev_ca(cert) {
+                Ok(true) if !settings.storage.dev && !settings.allow_dev_certificate => {
+                    report(false, "TLS certificate issuer", "a Hearth development CA; refused outside dev mode".into())
+                }
+                Ok(_) => {}
+                Err(error) => report(false, "TLS certificate issuer", error.to_string()),
+            }
             match crate::tls::certificate_validity(cert) {
                 Ok((true, until)) => report(true, "TLS certificate validity", format!("valid until {until}")),
                 Ok((false, until)) => report(

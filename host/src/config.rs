@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// PEM private key for HTTPS (production).
     #[arg(long, env = "HEARTH_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Outside dev mode, accept a certificate issued by a Hearth development CA (refused by
+    /// default: its CA key sits in some data directory).
+    #[arg(long, env = "HEARTH_ALLOW_DEV_CERTIFICATE", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_dev_certificate: Option<bool>,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HEARTH_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -129,6 +133,7 @@ struct FileConfig {
     client_ca: Option<PathBuf>,
     #[serde(default)]
     client_certs: Vec<ClientCertConfig>,
+    allow_dev_certificate: Option<bool>,
 }
 
 /// A client certificate name and the scopes it grants.
@@ -198,6 +203,7 @@ pub struct ServeSettings {
     pub audit_checkpoint_every: i64,
     pub client_ca: Option<PathBuf>,
     pub client_certs: Vec<ClientCertConfig>,
+    pub allow_dev_certificate: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -333,6 +339,7 @@ impl ServeArgs {
                 .max(1),
             client_ca,
             client_certs,
+            allow_dev_certificate: self.allow_dev_certificate.or(file.allow_dev_certificate).unwrap_or(false),
         })
     }
 }

@@ -30,6 +30,11 @@ pub enum StartError {
     #[error("{0}. Check --database-url / HEARTH_DATABASE_URL and that the database server is running")]
     Store(#[from] crate::store::StoreError),
     #[error(
+        "{path} was issued by a Hearth development CA, whose key sits in a data directory. Use a real \
+         certificate, or pass --allow-dev-certificate for a test deployment"
+    )]
+    DevCertificate { path: std::path::PathBuf },
+    #[error(
         "the database has schema migration {version}, which this Hearth does not know: it was upgraded by a \
          newer version. Run that version (or newer)"
     )]
@@ -96,7 +101,12 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         warn_dev_mode(&settings.storage);
     }
     let tls = match &settings.tls {
-        TlsSource::Files { cert, key } => crate::tls::server_config(cert, key, settings.client_ca.as_deref())?,
+        TlsSource::Files { cert, key } => {
+            if !settings.storage.dev && !settings.allow_dev_certificate && crate::tls::issued_by_dev_ca(cert)? {
+                return Err(StartError::DevCertificate { path: cert.clone() });
+            }
+            crate::tls::server_config(cert, key, settings.client_ca.as_deref())?
+        }
         TlsSource::DevGenerated => {
             let files = DevTlsFiles::in_dir(&settings.storage.data_dir);
             if files.ensure()? {

@@ -115,6 +115,14 @@ async fn production_mode_needs_keys_certificate_and_issuer_and_uses_the_given_on
         key,
     ];
     extra_args.extend(issuer.args());
+    // A certificate from a development CA is refused outside dev mode unless allowed.
+    let mut args: Vec<String> =
+        vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into(), "--data-dir".into(), data_arg.into()];
+    args.extend(extra_args.iter().cloned());
+    let refused = hearth_command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("development CA"), "{stderr}");
+    extra_args.push("--allow-dev-certificate".into());
     let launch = Launch {
         no_dev_flag: true,
         ca: Some(tls.join("ca.pem")),
@@ -259,6 +267,11 @@ async fn config_check_says_exactly_what_is_wrong() {
     let check = || hearth_command(&["config", "check", "--config", config.to_str().unwrap()]);
 
     write(&a.data_dir.join("tls/server.pem"), &a.data_dir.join("tls/server-key.pem"), "");
+    let dev_cert = check();
+    let out = String::from_utf8_lossy(&dev_cert.stdout);
+    assert!(!dev_cert.status.success() && out.contains("FAIL TLS certificate issuer"), "{out}");
+
+    write(&a.data_dir.join("tls/server.pem"), &a.data_dir.join("tls/server-key.pem"), "allow_dev_certificate = true");
     let good = check();
     let out = String::from_utf8_lossy(&good.stdout);
     assert!(good.status.success(), "{out}{}", String::from_utf8_lossy(&good.stderr));
@@ -278,7 +291,7 @@ async fn config_check_says_exactly_what_is_wrong() {
     assert!(!unknown.status.success() && out.contains("listen_adress"), "{out}");
 
     std::fs::remove_file(a.keyring().join("kek-v1.key")).unwrap();
-    write(&a.data_dir.join("tls/server.pem"), &a.data_dir.join("tls/server-key.pem"), "");
+    write(&a.data_dir.join("tls/server.pem"), &a.data_dir.join("tls/server-key.pem"), "allow_dev_certificate = true");
     let no_keys = check();
     let out = String::from_utf8_lossy(&no_keys.stdout);
     assert!(!no_keys.status.success() && out.contains("FAIL key-encryption keys"), "{out}");

@@ -15,6 +15,9 @@ use time::{Duration, OffsetDateTime};
 
 use super::TlsError;
 
+/// The common name of every development CA; production refuses certificates it issued.
+pub const DEV_CA_NAME: &str = "Hearth development CA (not for production)";
+
 /// Where the development TLS files live inside the data directory.
 pub struct DevTlsFiles {
     pub ca_cert: PathBuf,
@@ -48,7 +51,7 @@ impl DevTlsFiles {
             Issuer::from_ca_cert_pem(&read_string(&self.ca_cert)?, ca_key)?
         } else {
             let mut params = CertificateParams::new(Vec::<String>::new())?;
-            params.distinguished_name.push(DnType::CommonName, "Hearth development CA (not for production)");
+            params.distinguished_name.push(DnType::CommonName, DEV_CA_NAME);
             params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
             params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
             params.not_before = now - Duration::days(1);
