@@ -392,6 +392,13 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_example_configuration_is_valid() {
+        let file: FileConfig = toml::from_str(include_str!("../packaging/hearth.toml")).expect("example parses");
+        assert_eq!(file.issuers.len(), 1);
+        assert_eq!(file.keyring.as_deref(), Some(std::path::Path::new("/etc/hearth/keys")));
+    }
+
+    #[test]
     fn half_a_tls_pair_is_an_error() {
         let args = ServeArgs { storage: dev(), tls_cert: Some("c.pem".into()), ..Default::default() };
         assert!(matches!(args.resolve(), Err(ConfigError::HalfTls)));

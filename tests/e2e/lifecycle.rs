@@ -296,3 +296,37 @@ async fn config_check_says_exactly_what_is_wrong() {
     let out = String::from_utf8_lossy(&no_keys.stdout);
     assert!(!no_keys.status.success() && out.contains("FAIL key-encryption keys"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systemd_unit_is_hardened_and_verifies() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/hearth.service")).unwrap();
+    for directive in [
+        "User=hearth",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/hearth",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=",
+    ] {
+        assert!(unit.lines().any(|l| l.trim() == directive), "the unit lacks {directive}");
+    }
+    // systemd-analyze checks the unit offline; it needs the binary it starts to exist, so it
+    // gets a copy pointing at the one this build made.
+    let Ok(status) = std::process::Command::new("systemd-analyze").arg("--version").output() else {
+        panic!("systemd-analyze is needed to verify the unit (Debian package: systemd)");
+    };
+    assert!(status.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("hearth.service");
+    std::fs::write(&copy, unit.replace("/usr/bin/hearth", env!("CARGO_BIN_EXE_hearth"))).unwrap();
+    let verify = std::process::Command::new("systemd-analyze").arg("verify").arg(&copy).output().unwrap();
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    let problems: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("hearth.service"))
+        // The account exists only once the package's postinst has run.
+        .filter(|l| !l.contains("User=") && !l.contains("Group=") && !l.contains("user hearth"))
+        .collect();
+    assert!(verify.status.success() || problems.is_empty(), "systemd-analyze verify: {stderr}");
+    assert!(problems.is_empty(), "systemd-analyze verify: {stderr}");
+}
