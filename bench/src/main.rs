@@ -47,7 +47,7 @@ enum Command {
     },
     /// Hearth's server, built with the benchmark-only plaintext switch
     /// (HEARTH_BENCH_PLAINTEXT=1 stores bodies unsealed).
-    Serve(hearth::config::ServeArgs),
+    Serve(Box<hearth::config::ServeArgs>),
 }
 
 fn main() {
@@ -56,7 +56,7 @@ fn main() {
     match cli.command {
         Command::Floor { cert, key } => runtime.block_on(floor(&cert, &key)),
         Command::Serve(args) => {
-            let settings = args.resolve().unwrap_or_else(|e| panic!("{e}"));
+            let settings = (*args).resolve().unwrap_or_else(|e| panic!("{e}"));
             runtime.block_on(hearth::serve::run(settings)).unwrap_or_else(|e| panic!("{e}"));
         }
         Command::All { quick, concurrency, postgres_url, output } => {

@@ -87,8 +87,8 @@ impl Report {
             self.concurrency, self.seconds_per_measurement
         );
         println!(
-            "{:<34} {:>10} {:>8} {:>8} {:>8}   {:<30} {:>10} {:>8}   {:>6}  {}",
-            "subject", "req/s", "p50 ms", "p95 ms", "p99 ms", "baseline", "req/s", "p50 ms", "ratio", "target"
+            "{:<34} {:>10} {:>8} {:>8} {:>8}   {:<30} {:>10} {:>8}   {:>6}  target",
+            "subject", "req/s", "p50 ms", "p95 ms", "p99 ms", "baseline", "req/s", "p50 ms", "ratio"
         );
         for c in &self.comparisons {
             let verdict = match c.met {

@@ -28,11 +28,9 @@ impl ServerProcess {
             let mut line = String::new();
             let mut sent = false;
             while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                if !sent {
-                    if let Some(url) = line.split_whitespace().find(|w| w.starts_with("https://")) {
-                        let _ = tx.send(url.trim_end_matches(')').to_owned());
-                        sent = true;
-                    }
+                if !sent && let Some(url) = line.split_whitespace().find(|w| w.starts_with("https://")) {
+                    let _ = tx.send(url.trim_end_matches(')').to_owned());
+                    sent = true;
                 }
                 line.clear();
             }

@@ -58,10 +58,10 @@ pub fn token_issue(
         .ok_or_else(|| CommandError::Usage(format!("--ttl must look like 900s, 15m or 1h (got {ttl:?})")))?;
     let key = crate::auth::token::DevSigningKey::load_or_create(&crate::serve::dev_token_key_path(data_dir))
         .map_err(|e| CommandError::Usage(e.to_string()))?;
-    if let Some(patient) = patient {
-        if !is_valid_id(patient) {
-            return Err(CommandError::Usage("--patient must be a Patient resource id".into()));
-        }
+    if let Some(patient) = patient
+        && !is_valid_id(patient)
+    {
+        return Err(CommandError::Usage("--patient must be a Patient resource id".into()));
     }
     Ok(key.issue(subject, scope, ttl, patient))
 }

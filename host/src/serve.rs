@@ -55,11 +55,12 @@ pub async fn open_store(settings: &StorageSettings) -> Result<Store, StartError>
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|source| StartError::DataDir { path: settings.data_dir.clone(), source })?;
     let provider = key_provider(settings);
-    if let KeySource::Directory(dir) = &settings.keys {
-        if settings.dev && matches!(provider.load(), Err(crate::crypto::KeyError::NoKeys(_))) {
-            provider.create_version(1)?;
-            tracing::warn!(keyring = %dir.display(), "generated a development key-encryption key");
-        }
+    if let KeySource::Directory(dir) = &settings.keys
+        && settings.dev
+        && matches!(provider.load(), Err(crate::crypto::KeyError::NoKeys(_)))
+    {
+        provider.create_version(1)?;
+        tracing::warn!(keyring = %dir.display(), "generated a development key-encryption key");
     }
     let vault = Arc::new(KeyVault::new(provider)?);
     let store_options = StoreOptions { max_connections: settings.db_max_connections, ..StoreOptions::default() };

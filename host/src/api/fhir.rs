@@ -168,11 +168,11 @@ async fn delete(
     check_id(&id)?;
     let access = principal.access(Interaction::Delete, &res_type)?;
     let mut expected = if_match(&headers)?;
-    if !access.is_unrestricted() {
-        if let Some((version, current)) = live_version(&state, &res_type, &id).await? {
-            require(&access, &res_type, &id, &current)?;
-            expected = expected.or(Some(version));
-        }
+    if !access.is_unrestricted()
+        && let Some((version, current)) = live_version(&state, &res_type, &id).await?
+    {
+        require(&access, &res_type, &id, &current)?;
+        expected = expected.or(Some(version));
     }
     let result = state.store.delete(&res_type, &id, expected).await.map_err(store_error)?;
     let (message, version) = match result {
@@ -282,10 +282,10 @@ async fn history(
         format!("{base}/{res_type}/{id}/_history?{}", query.finish())
     };
     let mut links = vec![Link { relation: "self", url: page_url(cursor) }];
-    if page.versions.len() as i64 == count {
-        if let Some(oldest) = page.versions.last().filter(|v| v.version > 1) {
-            links.push(Link { relation: "next", url: page_url(Some(oldest.version)) });
-        }
+    if page.versions.len() as i64 == count
+        && let Some(oldest) = page.versions.last().filter(|v| v.version > 1)
+    {
+        links.push(Link { relation: "next", url: page_url(Some(oldest.version)) });
     }
     // A restricted reader sees only some versions; the count of all would tell it more.
     let total = access.is_unrestricted().then_some(page.total);

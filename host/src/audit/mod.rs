@@ -133,10 +133,10 @@ async fn appender(store: Store, signer: AuditSigner, checkpoint_every: i64, mut 
         }
         // The batch took sequence numbers seq-count+1 ..= seq in one transaction; a
         // checkpoint is due when that range crossed a multiple of `checkpoint_every`.
-        if let Some((seq, hash)) = head {
-            if (seq - count) / checkpoint_every != seq / checkpoint_every {
-                checkpoint(&store, &signer, seq, &hash).await;
-            }
+        if let Some((seq, hash)) = head
+            && (seq - count) / checkpoint_every != seq / checkpoint_every
+        {
+            checkpoint(&store, &signer, seq, &hash).await;
         }
     }
 }

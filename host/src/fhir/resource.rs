@@ -79,11 +79,11 @@ impl IncomingResource {
                 );
             }
         }
-        if let Some(meta) = fields.get("meta") {
-            if !meta.is_object() {
-                return Err(FhirError::bad_request(IssueType::Structure, "meta must be a JSON object")
-                    .at(format!("{expected_type}.meta")));
-            }
+        if let Some(meta) = fields.get("meta")
+            && !meta.is_object()
+        {
+            return Err(FhirError::bad_request(IssueType::Structure, "meta must be a JSON object")
+                .at(format!("{expected_type}.meta")));
         }
         Ok(IncomingResource { fields })
     }

@@ -40,10 +40,10 @@ impl Store {
         for row in sqlx::query("SELECT version, check_value FROM kek_version").fetch_all(&self.reader).await? {
             let version: i64 = row.try_get(0)?;
             let check_value: Vec<u8> = row.try_get(1)?;
-            if let Some(kek) = keyring.get(version) {
-                if !kek_matches(kek, version, &check_value) {
-                    return Err(StoreError::KekMismatch { version, provider: self.vault.provider().describe() });
-                }
+            if let Some(kek) = keyring.get(version)
+                && !kek_matches(kek, version, &check_value)
+            {
+                return Err(StoreError::KekMismatch { version, provider: self.vault.provider().describe() });
             }
         }
         let rows = sqlx::query("SELECT DISTINCT kek_version FROM data_key WHERE wrapped IS NOT NULL")

@@ -289,7 +289,7 @@ impl Store {
     ) -> Result<WriteResult, StoreError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let mut tx = self.begin_write().await?;
-            let head = read_head(&mut *tx, self.backend, res_type, id).await?;
+            let head = read_head(&mut tx, self.backend, res_type, id).await?;
             let live = head.as_ref().filter(|h| !h.deleted);
             match (precondition, live) {
                 (Precondition::MustNotExist, Some(_)) => {
@@ -309,12 +309,12 @@ impl Store {
                 let body = stamp(version, last_updated_us);
                 (body.clone(), body)
             } else {
-                let cipher = self.data_key_for_write(&mut *tx, key_id).await?;
+                let cipher = self.data_key_for_write(&mut tx, key_id).await?;
                 let body = stamp(version, last_updated_us);
                 let sealed = seal_with(&cipher, &resource_aad(res_type, id, version, key_id), &body);
                 (body, sealed)
             };
-            if !move_head(&mut *tx, res_type, id, head.as_ref(), version, last_updated_us, false).await? {
+            if !move_head(&mut tx, res_type, id, head.as_ref(), version, last_updated_us, false).await? {
                 // Another writer moved the head between our read and our write.
                 tx.rollback().await?;
                 match precondition {
@@ -324,7 +324,7 @@ impl Store {
                     }
                 }
             }
-            insert_version(&mut *tx, res_type, id, version, last_updated_us, Some((key_id, &sealed))).await?;
+            insert_version(&mut tx, res_type, id, version, last_updated_us, Some((key_id, &sealed))).await?;
             tx.commit().await?;
             return Ok(WriteResult { version, last_updated_us, body, created: live.is_none() });
         }
@@ -335,30 +335,30 @@ impl Store {
     pub async fn delete(&self, res_type: &str, id: &str, if_match: Option<i64>) -> Result<DeleteResult, StoreError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let mut tx = self.begin_write().await?;
-            let Some(head) = read_head(&mut *tx, self.backend, res_type, id).await? else {
+            let Some(head) = read_head(&mut tx, self.backend, res_type, id).await? else {
                 return match if_match {
                     Some(_) => Err(StoreError::VersionConflict { current: None }),
                     None => Ok(DeleteResult::NotFound),
                 };
             };
-            if let Some(expected) = if_match {
-                if head.deleted || head.version != expected {
-                    return Err(StoreError::VersionConflict { current: (!head.deleted).then_some(head.version) });
-                }
+            if let Some(expected) = if_match
+                && (head.deleted || head.version != expected)
+            {
+                return Err(StoreError::VersionConflict { current: (!head.deleted).then_some(head.version) });
             }
             if head.deleted {
                 return Ok(DeleteResult::AlreadyDeleted);
             }
             let version = head.version + 1;
             let last_updated_us = next_timestamp(Some(&head));
-            if !move_head(&mut *tx, res_type, id, Some(&head), version, last_updated_us, true).await? {
+            if !move_head(&mut tx, res_type, id, Some(&head), version, last_updated_us, true).await? {
                 tx.rollback().await?;
                 if if_match.is_some() {
                     return Err(StoreError::VersionConflict { current: None });
                 }
                 continue;
             }
-            insert_version(&mut *tx, res_type, id, version, last_updated_us, None).await?;
+            insert_version(&mut tx, res_type, id, version, last_updated_us, None).await?;
             tx.commit().await?;
             return Ok(DeleteResult::Deleted { version });
         }
@@ -501,7 +501,7 @@ impl Store {
             .blind_index
             .get_or_try_init(|| async {
                 let mut tx = self.begin_write().await?;
-                let key = match self.find_or_create_key(&mut *tx, BLIND_INDEX_KEY_ID).await? {
+                let key = match self.find_or_create_key(&mut tx, BLIND_INDEX_KEY_ID).await? {
                     StoredKey::Created(key) => key,
                     StoredKey::Wrapped { kek_version, wrapped } => {
                         unwrap_data_key(&self.vault.kek(kek_version)?, kek_version, BLIND_INDEX_KEY_ID, &wrapped)
