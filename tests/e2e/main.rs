@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod backup;
 mod concurrency;
+mod crash;
 mod crud;
 mod encryption;
 mod errors;
