@@ -26,6 +26,28 @@ async fn bad_requests_get_operation_outcomes(db: Db) {
             "structure",
         ),
         ("not an object", fhir(c.post(server.url("Patient"))).body("[1,2]"), 400, "structure"),
+        (
+            "duplicate keys",
+            fhir(c.put(server.url("Patient/p1"))).body(r#"{"resourceType":"Patient","id":"p1","id":"p2"}"#),
+            400,
+            "structure",
+        ),
+        (
+            "deep nesting",
+            fhir(c.post(server.url("Patient"))).body(format!(
+                "{{\"resourceType\":\"Patient\",\"x\":{}{}}}",
+                "[".repeat(500),
+                "]".repeat(500)
+            )),
+            400,
+            "structure",
+        ),
+        (
+            "number out of range",
+            fhir(c.post(server.url("Patient"))).body(r#"{"resourceType":"Patient","multipleBirthInteger":1e400}"#),
+            400,
+            "structure",
+        ),
         ("invalid UTF-8", fhir(c.post(server.url("Patient"))).body(vec![b'{', 0xff, 0xfe, b'}']), 400, "structure"),
         ("no resourceType", fhir(c.post(server.url("Patient"))).body("{\"active\":true}"), 400, "required"),
         (

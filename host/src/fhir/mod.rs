@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod capability;
 pub mod compartment;
 pub mod instant;
+pub mod json;
 pub mod outcome;
 pub mod resource;
 pub mod resource_types;

@@ -49,7 +49,7 @@ pub struct IncomingResource {
 impl IncomingResource {
     /// Parses a request body as a JSON object whose `resourceType` is `expected_type`.
     pub fn parse(body: &[u8], expected_type: &str) -> Result<Self, FhirError> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let value: Value = super::json::parse_strict(body).map_err(|e| {
             // serde_json's message names a line and column, never the content.
             FhirError::bad_request(IssueType::Structure, format!("the body is not valid JSON: {e}"))
         })?;
