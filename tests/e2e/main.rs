@@ -14,4 +14,5 @@ mod lifecycle;
 mod metadata;
 mod mtls;
 mod store;
+mod transport;
 mod upgrade;
