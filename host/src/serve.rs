@@ -96,8 +96,6 @@ pub fn key_provider(settings: &StorageSettings) -> Box<dyn KeyProvider> {
 }
 
 pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
-    std::fs::create_dir_all(&settings.storage.data_dir)
-        .map_err(|source| StartError::DataDir { path: settings.storage.data_dir.clone(), source })?;
     if settings.storage.dev {
         warn_dev_mode(&settings.storage);
     }

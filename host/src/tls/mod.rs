@@ -79,19 +79,28 @@ pub fn certificate_name(der: &[u8]) -> Option<String> {
 
 /// Whether the first certificate in a PEM file was issued by a Hearth development CA.
 pub fn issued_by_dev_ca(cert_path: &Path) -> Result<bool, TlsError> {
-    let certs = load_certs(cert_path)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&certs[0])
-        .map_err(|e| TlsError::BadCertificate { path: cert_path.to_owned(), reason: e.to_string() })?;
-    Ok(cert.issuer().iter_common_name().any(|cn| cn.as_str().ok() == Some(dev_ca::DEV_CA_NAME)))
+    with_leaf_certificate(cert_path, |cert| {
+        cert.issuer().iter_common_name().any(|cn| cn.as_str().ok() == Some(dev_ca::DEV_CA_NAME))
+    })
 }
 
 /// Whether the first certificate in a PEM file is valid now, and its expiry (RFC 2822 text).
 pub fn certificate_validity(cert_path: &Path) -> Result<(bool, String), TlsError> {
+    with_leaf_certificate(cert_path, |cert| {
+        let validity = cert.validity();
+        (validity.is_valid(), validity.not_after.to_string())
+    })
+}
+
+/// Parses the first certificate of a PEM file and hands it to `inspect`.
+fn with_leaf_certificate<T>(
+    cert_path: &Path,
+    inspect: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> T,
+) -> Result<T, TlsError> {
     let certs = load_certs(cert_path)?;
     let (_, cert) = x509_parser::parse_x509_certificate(&certs[0])
         .map_err(|e| TlsError::BadCertificate { path: cert_path.to_owned(), reason: e.to_string() })?;
-    let validity = cert.validity();
-    Ok((validity.is_valid(), validity.not_after.to_string()))
+    Ok(inspect(&cert))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
