@@ -1,0 +1,83 @@
+//! A deliberately misbehaving policy, for tests of the sandbox. The binding config chooses
+//! the misbehaviour: `{"mode": "loop" | "memory" | "recursion" | "trap" | "file" | "socket" |
+//! "environment" | "huge-output" | "wrong-count" | "none"}`.
+//!
+//! For `file`, `socket` and `environment` the plugin tries to escape and reports the outcome:
+//! a `deny` whose reason starts with `sandbox held` when the host refused, an `allow` when the
+//! escape worked (which the tests treat as a failure).
+
+use serde_json::Value;
+
+wit_bindgen::generate!({ path: "../../wit", world: "policy" });
+
+use hearth::plugin::types::Obligations;
+
+struct Hostile;
+
+#[inline(never)]
+fn recurse(depth: u64, trail: &mut [u8; 256]) -> u64 {
+    trail[(depth % 256) as usize] = depth as u8;
+    if depth == u64::MAX { 0 } else { recurse(depth + 1, trail) + u64::from(trail[0]) }
+}
+
+fn held(outcome: Result<String, String>) -> Decision {
+    match outcome {
+        Ok(found) => {
+            let message = format!("escaped the sandbox: {} bytes", found.len());
+            hearth::plugin::log::write(hearth::plugin::log::Level::Error, &message);
+            Decision::Allow
+        }
+        Err(why) => Decision::Deny(format!("sandbox held: {why}")),
+    }
+}
+
+impl Guest for Hostile {
+    fn authorize(request: Request, resources: Vec<SubjectResource>) -> Vec<Decision> {
+        let config: Value = serde_json::from_str(&request.config).unwrap_or(Value::Null);
+        let mode = config.get("mode").and_then(Value::as_str).unwrap_or("none");
+        let decision = match mode {
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![0xA5; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            "recursion" => {
+                let mut trail = [0u8; 256];
+                let n = recurse(0, &mut trail);
+                Decision::Deny(format!("recursion returned {n}"))
+            }
+            "trap" => panic!("a plugin bug"),
+            "file" => held(std::fs::read_to_string("/etc/passwd").map_err(|e| e.to_string())),
+            "socket" => held(
+                std::net::TcpStream::connect("127.0.0.1:5432")
+                    .map(|_| "connected".to_owned())
+                    .map_err(|e| e.to_string()),
+            ),
+            "environment" => {
+                let vars: Vec<(String, String)> = std::env::vars().collect();
+                if vars.is_empty() { held(Err("no environment".into())) } else { held(Ok(format!("{vars:?}"))) }
+            }
+            "huge-output" => {
+                let redact = (0..2_000_000).map(|i| format!("element{i}.with.a.long.path")).collect();
+                Decision::AllowWith(Obligations { redact, labels: Vec::new() })
+            }
+            "wrong-count" => return Vec::new(),
+            _ => Decision::Allow,
+        };
+        resources.iter().map(|_| decision.clone()).collect()
+    }
+
+    fn validate(_request: Request, _resource: SubjectResource) -> Vec<Issue> {
+        Vec::new()
+    }
+}
+
+export!(Hostile);
