@@ -121,7 +121,7 @@ fn client_for(scratch: &Scratch, name: &str, concurrency: usize) -> reqwest::Cli
     let data = scratch.path(name);
     let key = hearth::auth::token::DevSigningKey::load_or_create(&hearth::serve::dev_token_key_path(&data))
         .expect("dev signing key");
-    let token = key.issue("hearth-bench", "user/*.cruds", Duration::from_secs(3600), None);
+    let token = key.issue("hearth-bench", "user/*.cruds", Duration::from_secs(3600), None, &[]);
     load::client(&data.join("tls/ca.pem"), concurrency, Some(&token))
 }
 

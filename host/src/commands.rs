@@ -53,6 +53,7 @@ pub fn token_issue(
     scope: &str,
     ttl: &str,
     patient: Option<&str>,
+    roles: &[String],
 ) -> Result<String, CommandError> {
     let ttl = parse_duration(ttl)
         .ok_or_else(|| CommandError::Usage(format!("--ttl must look like 900s, 15m or 1h (got {ttl:?})")))?;
@@ -63,7 +64,7 @@ pub fn token_issue(
     {
         return Err(CommandError::Usage("--patient must be a Patient resource id".into()));
     }
-    Ok(key.issue(subject, scope, ttl, patient))
+    Ok(key.issue(subject, scope, ttl, patient, roles))
 }
 
 /// Parses `900s`, `15m`, `1h` or plain seconds.

@@ -107,6 +107,14 @@ pub struct ServeArgs {
     /// Log format on standard error.
     #[arg(long, env = "HEARTH_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// Folder of `*.toml` policy bindings (which plugins apply to which resources). Reload
+    /// with `POST /admin/policies/reload` or SIGHUP.
+    #[arg(long, env = "HEARTH_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// An Ed25519 public key (PEM or base64) plugin signatures may come from (repeatable).
+    /// When any is given, unsigned plugins are refused.
+    #[arg(long = "plugin-trust-key", env = "HEARTH_PLUGIN_TRUST_KEYS", value_delimiter = ';')]
+    pub plugin_trust_keys: Vec<PathBuf>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -134,6 +142,9 @@ struct FileConfig {
     #[serde(default)]
     client_certs: Vec<ClientCertConfig>,
     allow_dev_certificate: Option<bool>,
+    policies: Option<PathBuf>,
+    #[serde(default)]
+    plugin_trust_keys: Vec<PathBuf>,
 }
 
 /// A client certificate name and the scopes it grants.
@@ -204,6 +215,8 @@ pub struct ServeSettings {
     pub client_ca: Option<PathBuf>,
     pub client_certs: Vec<ClientCertConfig>,
     pub allow_dev_certificate: bool,
+    pub policies: Option<PathBuf>,
+    pub plugin_trust_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -340,6 +353,12 @@ impl ServeArgs {
             client_ca,
             client_certs,
             allow_dev_certificate: self.allow_dev_certificate.or(file.allow_dev_certificate).unwrap_or(false),
+            policies: self.policies.or(file.policies),
+            plugin_trust_keys: if self.plugin_trust_keys.is_empty() {
+                file.plugin_trust_keys
+            } else {
+                self.plugin_trust_keys
+            },
         })
     }
 }

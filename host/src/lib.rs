@@ -8,6 +8,8 @@ pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod fhir;
+pub mod plugins;
+pub mod policy;
 pub mod secret_file;
 pub mod serve;
 pub mod server;

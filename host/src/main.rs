@@ -100,6 +100,9 @@ enum TokenCommand {
         /// The patient in context, for patient/ scopes.
         #[arg(long)]
         patient: Option<String>,
+        /// A role the token carries (repeatable), e.g. `break-glass`, `privacy-officer`.
+        #[arg(long)]
+        role: Vec<String>,
     },
 }
 
@@ -137,8 +140,8 @@ fn main() -> ExitCode {
                 error.to_string()
             })
         }
-        Command::Token(TokenCommand::Issue { data_dir, sub, scope, ttl, patient }) => {
-            hearth::commands::token_issue(&data_dir, &sub, &scope, &ttl, patient.as_deref())
+        Command::Token(TokenCommand::Issue { data_dir, sub, scope, ttl, patient, role }) => {
+            hearth::commands::token_issue(&data_dir, &sub, &scope, &ttl, patient.as_deref(), &role)
                 .map(|token| println!("{token}"))
                 .map_err(|e| e.to_string())
         }

@@ -7,10 +7,14 @@ use tokio::net::TcpListener;
 
 use std::sync::Arc;
 
-use crate::api::{ApiSettings, router};
+use crate::api::{ApiSettings, PluginServices, router};
 use crate::auth::token::{Issuer, TokenVerifier};
 use crate::config::{KEKS_ENV, KeySource, ServeSettings, StorageSettings, TlsSource};
 use crate::crypto::{EnvKeyProvider, FileKeyProvider, KeyProvider};
+use crate::plugins::delivery::Delivery;
+use crate::plugins::signing::TrustKey;
+use crate::plugins::{HostServices, PluginRegistry, PluginRuntime};
+use crate::policy::PolicyEngine;
 use crate::store::{KeyVault, Store, StoreOptions};
 use crate::tls::dev_ca::DevTlsFiles;
 
@@ -44,6 +48,12 @@ pub enum StartError {
          with --migrate)"
     )]
     MigrationsPending { pending: Vec<i64> },
+    #[error("plugin runtime: {0}")]
+    Plugins(String),
+    #[error("policy bindings: {0}. Fix the file or point --policies elsewhere")]
+    Policies(#[from] crate::policy::BindingError),
+    #[error("plugin trust key: {0}")]
+    TrustKey(#[from] crate::plugins::signing::SigningError),
     #[error("cannot listen on {addr}: {source}. Choose another address with --listen")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -131,7 +141,8 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         format!("https://{host}:{}", bound.port())
     });
     let api_settings = ApiSettings { base_url: base_url.clone(), max_body_bytes: settings.max_body_bytes };
-    let app = router(store.clone(), tokens, audit, api_settings);
+    let plugins = start_plugins(&settings, &store).await?;
+    let app = router(store.clone(), tokens, audit, api_settings, plugins);
 
     tracing::info!(%bound, %base_url, "listening");
     // One machine-readable line on stdout, for scripts and tests that started us on port 0.
@@ -143,6 +154,47 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Starts the plugin runtime: loads every stored plugin (before serving, so the first request
+/// is already gated), reads the policy bindings, and starts the outbox worker, the registry
+/// refresher (changes made through other hosts) and the SIGHUP policy reload.
+pub async fn start_plugins(settings: &ServeSettings, store: &Store) -> Result<PluginServices, StartError> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| StartError::Plugins(format!("cannot build the HTTP client: {e}")))?;
+    let services = HostServices { store: store.clone(), tokio: tokio::runtime::Handle::current(), http };
+    let cache = settings.storage.data_dir.join("plugin-cache");
+    let runtime = Arc::new(PluginRuntime::new(services, Some(cache)).map_err(StartError::Plugins)?);
+    let registry = Arc::new(PluginRegistry::new(runtime, store.clone()));
+    registry.refresh().await?;
+    registry.spawn_refresher(std::time::Duration::from_secs(2));
+    let policies = Arc::new(PolicyEngine::new(registry.clone(), settings.policies.clone())?);
+    tracing::info!(
+        plugins = registry.all().len(),
+        bindings = policies.bindings().bindings.len(),
+        "plugins loaded and policies bound"
+    );
+    let delivery = Arc::new(Delivery::new(store.clone(), registry.clone(), policies.clone()));
+    let delivery_wake = delivery.wake.clone();
+    delivery.spawn();
+    let trust_keys = settings.plugin_trust_keys.iter().map(|p| TrustKey::load(p)).collect::<Result<Vec<_>, _>>()?;
+    #[cfg(unix)]
+    {
+        let policies = Arc::downgrade(&policies);
+        if let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    let Some(policies) = policies.upgrade() else { return };
+                    if let Err(error) = policies.reload() {
+                        tracing::error!(%error, "policy reload failed; the bindings in force are unchanged");
+                    }
+                }
+            });
+        }
+    }
+    Ok(PluginServices { registry, policies, delivery_wake, trust_keys: Arc::new(trust_keys) })
 }
 
 /// The issuers whose tokens this server accepts: configured ones, plus the development issuer

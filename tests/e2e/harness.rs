@@ -419,10 +419,18 @@ fn read_listening_line(child: &mut Child, log_path: &Path) -> String {
 
 /// Mints a dev token with `hearth token issue` for the server on `data_dir`.
 pub fn dev_token(data_dir: &Path, scope: &str, patient: Option<&str>) -> String {
+    dev_token_with_roles(data_dir, scope, patient, &[])
+}
+
+/// [`dev_token`] with roles (`--role`).
+pub fn dev_token_with_roles(data_dir: &Path, scope: &str, patient: Option<&str>, roles: &[&str]) -> String {
     let data = data_dir.to_str().unwrap();
     let mut args = vec!["token", "issue", "--data-dir", data, "--sub", "e2e-tester", "--scope", scope, "--ttl", "1h"];
     if let Some(patient) = patient {
         args.extend(["--patient", patient]);
+    }
+    for role in roles {
+        args.extend(["--role", role]);
     }
     let output = hearth_command(&args);
     assert!(output.status.success(), "token issue: {}", String::from_utf8_lossy(&output.stderr));

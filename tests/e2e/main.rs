@@ -13,6 +13,7 @@ mod errors;
 mod lifecycle;
 mod metadata;
 mod mtls;
+mod plugins;
 mod store;
 mod transport;
 mod upgrade;

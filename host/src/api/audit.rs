@@ -19,6 +19,12 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
     let path = request.uri().path().to_owned();
     let request_id = request.extensions().get::<RequestId>().map(|r| r.0.clone());
     let ip = request.extensions().get::<PeerAddr>().map(|p| p.0.ip().to_string());
+    let break_glass = request
+        .headers()
+        .get(super::gate::BREAK_GLASS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|reason| reason.trim().chars().take(500).collect::<String>())
+        .filter(|reason| !reason.is_empty());
     let response = next.run(request).await;
 
     let status = response.status().as_u16();
@@ -48,8 +54,10 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
         resource_type,
         resource_id,
         version,
-        decided_by: matches!(status, 401 | 403)
-            .then(|| if status == 401 { "authentication" } else { "scope" }.to_owned()),
+        decided_by: response.extensions().get::<super::gate::DecidedBy>().map(|d| d.0.clone()).or_else(|| {
+            matches!(status, 401 | 403).then(|| if status == 401 { "authentication" } else { "scope" }.to_owned())
+        }),
+        break_glass,
     };
     match state.audit.record(event).await {
         Ok(()) => response,
@@ -71,6 +79,16 @@ fn describe(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
     let owned = |s: &&str| Some((*s).to_owned());
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["admin", operation]) => (format!("admin-{operation}"), None, None, None),
+        ("PUT", ["admin", "plugins", name]) => ("admin-plugin-load".into(), Some("plugin".into()), owned(name), None),
+        ("DELETE", ["admin", "plugins", name]) => {
+            ("admin-plugin-remove".into(), Some("plugin".into()), owned(name), None)
+        }
+        ("POST", ["admin", "plugins", name, op]) => {
+            (format!("admin-plugin-{op}"), Some("plugin".into()), owned(name), None)
+        }
+        ("POST", ["admin", "policies", op]) => (format!("admin-policies-{op}"), None, None, None),
+        ("POST", ["admin", "outbox", id, op]) => (format!("admin-outbox-{op}"), Some("outbox".into()), owned(id), None),
+        ("GET", ["admin", area, ..]) => (format!("admin-read-{area}"), None, None, None),
         ("POST", [t]) => ("create".into(), owned(t), None, None),
         ("GET", [t, id]) => ("read".into(), owned(t), owned(id), None),
         ("PUT", [t, id]) => ("update".into(), owned(t), owned(id), None),
@@ -97,6 +115,12 @@ mod tests {
         assert_eq!(describe(&Method::POST, "/Observation").0, "create");
         assert_eq!(describe(&Method::POST, "/admin/erasure").0, "admin-erasure");
         assert_eq!(describe(&Method::DELETE, "/Patient/a").0, "delete");
+        assert_eq!(
+            describe(&Method::PUT, "/admin/plugins/consent"),
+            ("admin-plugin-load".into(), Some("plugin".into()), Some("consent".into()), None)
+        );
+        assert_eq!(describe(&Method::POST, "/admin/plugins/consent/rollback").0, "admin-plugin-rollback");
+        assert_eq!(describe(&Method::DELETE, "/admin/plugins/consent").0, "admin-plugin-remove");
         assert_eq!(describe(&Method::PATCH, "/Patient/a").0, "patch Patient");
     }
 }

@@ -10,13 +10,15 @@ use serde_json::{Map, Value};
 
 use super::SharedState;
 use super::extract::{FhirBody, ReturnPreference, if_match, if_none_match_matches, return_preference};
+use super::gate::{authorize_records, authorize_write, caller, denied};
 use crate::auth::{Access, Interaction, Principal, forbidden};
 use crate::fhir::bundle::{Link, history_bundle};
 use crate::fhir::instant::{parse_instant, to_http_date};
 use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
 use crate::fhir::resource::{IncomingResource, check_id, check_type_name};
 use crate::fhir::{FHIR_JSON, etag};
-use crate::store::{DeleteResult, Precondition, StoreError, VersionRecord, WriteResult};
+use crate::policy::PolicyInteraction;
+use crate::store::{DeleteResult, EventTargets, Precondition, StoreError, VersionRecord, WriteResult};
 
 /// Type- and instance-level interactions served for every resource type. The
 /// CapabilityStatement is generated from this list; keep it in step with [`routes`].
@@ -56,12 +58,25 @@ async fn create(
     // The spec says a server SHALL ignore an id sent with a create and assign its own.
     let id = uuid::Uuid::new_v4().to_string();
     require(&access, &res_type, &id, resource.fields())?;
+    let caller = caller(&principal, &headers)?;
+    if let Err(response) =
+        authorize_write(&state, &caller, PolicyInteraction::Create, &res_type, Some(&id), Some(resource.fields())).await
+    {
+        return Ok(response);
+    }
     let key_id = resource.data_key_id(&id);
+    let events = EventTargets {
+        created: state.plugins.policies.integrations_for(&res_type, PolicyInteraction::Create),
+        updated: Vec::new(),
+    };
     let written = state
         .store
-        .put(&res_type, &id, &key_id, Precondition::MustNotExist, &|version, at| resource.stamped(&id, version, at))
+        .put(&res_type, &id, &key_id, Precondition::MustNotExist, &events, &|version, at| {
+            resource.stamped(&id, version, at)
+        })
         .await
         .map_err(store_error)?;
+    wake_delivery(&state, !events.is_empty());
     tracing::info!(res_type, id, version = written.version, "created");
     Ok(write_response(&state, &res_type, &id, written, &headers))
 }
@@ -96,12 +111,23 @@ async fn update(
             precondition = Precondition::MustNotExist;
         }
     }
+    let caller = caller(&principal, &headers)?;
+    if let Err(response) =
+        authorize_write(&state, &caller, PolicyInteraction::Update, &res_type, Some(&id), Some(resource.fields())).await
+    {
+        return Ok(response);
+    }
     let key_id = resource.data_key_id(&id);
+    let events = EventTargets {
+        created: state.plugins.policies.integrations_for(&res_type, PolicyInteraction::Create),
+        updated: state.plugins.policies.integrations_for(&res_type, PolicyInteraction::Update),
+    };
     let written = state
         .store
-        .put(&res_type, &id, &key_id, precondition, &|version, at| resource.stamped(&id, version, at))
+        .put(&res_type, &id, &key_id, precondition, &events, &|version, at| resource.stamped(&id, version, at))
         .await
         .map_err(store_error)?;
+    wake_delivery(&state, !events.is_empty());
     tracing::info!(res_type, id, version = written.version, created = written.created, "updated");
     Ok(write_response(&state, &res_type, &id, written, &headers))
 }
@@ -125,6 +151,11 @@ async fn read(
         return Err(gone(&record));
     }
     require_record(&access, &record)?;
+    let caller = caller(&principal, &headers)?;
+    let record = match authorize_one(&state, &caller, PolicyInteraction::Read, record).await? {
+        Ok(record) => record,
+        Err(response) => return Ok(response),
+    };
     if if_none_match_matches(&headers, record.version) {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
         set_version_headers(&mut response, record.version, record.last_updated_us);
@@ -137,6 +168,7 @@ async fn vread(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
     Path((res_type, id, vid)): Path<(String, String, String)>,
+    headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
@@ -155,7 +187,11 @@ async fn vread(
         return Err(gone(&record));
     }
     require_record(&access, &record)?;
-    Ok(record_response(record))
+    let caller = caller(&principal, &headers)?;
+    match authorize_one(&state, &caller, PolicyInteraction::Vread, record).await? {
+        Ok(record) => Ok(record_response(record)),
+        Err(response) => Ok(response),
+    }
 }
 
 async fn delete(
@@ -168,13 +204,23 @@ async fn delete(
     check_id(&id)?;
     let access = principal.access(Interaction::Delete, &res_type)?;
     let mut expected = if_match(&headers)?;
-    if !access.is_unrestricted()
+    let caller = caller(&principal, &headers)?;
+    let gated = state.plugins.policies.gates(&res_type, PolicyInteraction::Delete);
+    if (!access.is_unrestricted() || gated)
         && let Some((version, current)) = live_version(&state, &res_type, &id).await?
     {
         require(&access, &res_type, &id, &current)?;
+        // The policy judged this version; pin the delete to it.
         expected = expected.or(Some(version));
+        if let Err(response) =
+            authorize_write(&state, &caller, PolicyInteraction::Delete, &res_type, Some(&id), Some(&current)).await
+        {
+            return Ok(response);
+        }
     }
-    let result = state.store.delete(&res_type, &id, expected).await.map_err(store_error)?;
+    let events = state.plugins.policies.integrations_for(&res_type, PolicyInteraction::Delete);
+    let result = state.store.delete(&res_type, &id, expected, &events).await.map_err(store_error)?;
+    wake_delivery(&state, !events.is_empty());
     let (message, version) = match result {
         DeleteResult::Deleted { version } => {
             tracing::info!(res_type, id, version, "deleted");
@@ -224,6 +270,7 @@ async fn history(
     Extension(principal): Extension<Principal>,
     Path((res_type, id)): Path<(String, String)>,
     RawQuery(query): RawQuery,
+    headers: HeaderMap,
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
@@ -259,6 +306,9 @@ async fn history(
         return Err(not_found(&res_type, &id));
     }
     let mut page = state.store.history(&res_type, &id, since, cursor, count).await.map_err(store_error)?;
+    // Paging follows the stored versions, whatever filtering hides from this reader.
+    let next_cursor =
+        page.versions.last().filter(|v| page.versions.len() as i64 == count && v.version > 1).map(|v| v.version);
     if !access.is_unrestricted() {
         // Only versions within reach; deletion markers carry no content to judge, so a
         // restricted principal does not see them.
@@ -266,6 +316,34 @@ async fn history(
             .retain(|v| v.body.as_deref().and_then(parse_object).is_some_and(|r| access.permits(&res_type, &id, &r)));
         if page.versions.is_empty() {
             return Err(forbidden(format!("no version of {res_type}/{id} is within this token's reach")));
+        }
+    }
+    let caller = caller(&principal, &headers)?;
+    let gated = state.plugins.policies.gates(&res_type, PolicyInteraction::History);
+    if gated {
+        let before = page.versions.len();
+        let judged = authorize_records(
+            &state,
+            &caller,
+            PolicyInteraction::History,
+            &res_type,
+            std::mem::take(&mut page.versions),
+        )
+        .await?;
+        let mut first_denial = None;
+        for outcome in judged {
+            match outcome {
+                Ok(version) => page.versions.push(version),
+                Err(denial) => {
+                    first_denial.get_or_insert(denial);
+                }
+            }
+        }
+        if page.versions.is_empty()
+            && before > 0
+            && let Some((plugin, reason)) = first_denial
+        {
+            return Ok(denied(&plugin, &reason));
         }
     }
 
@@ -282,18 +360,39 @@ async fn history(
         format!("{base}/{res_type}/{id}/_history?{}", query.finish())
     };
     let mut links = vec![Link { relation: "self", url: page_url(cursor) }];
-    if page.versions.len() as i64 == count
-        && let Some(oldest) = page.versions.last().filter(|v| v.version > 1)
-    {
-        links.push(Link { relation: "next", url: page_url(Some(oldest.version)) });
+    if let Some(oldest) = next_cursor {
+        links.push(Link { relation: "next", url: page_url(Some(oldest)) });
     }
     // A restricted reader sees only some versions; the count of all would tell it more.
-    let total = access.is_unrestricted().then_some(page.total);
+    let total = (access.is_unrestricted() && !gated).then_some(page.total);
     let bundle = history_bundle(base, &page.versions, total, links).map_err(|error| {
         tracing::error!(%error, res_type, id, "a stored version is not valid JSON");
         FhirError::internal()
     })?;
     Ok(fhir_json(StatusCode::OK, bundle))
+}
+
+/// Runs the read policies on one record: the (possibly redacted) record, or the denial.
+async fn authorize_one(
+    state: &SharedState,
+    caller: &crate::policy::Caller,
+    interaction: PolicyInteraction,
+    record: VersionRecord,
+) -> Result<Result<VersionRecord, Response>, FhirError> {
+    let res_type = record.res_type.clone();
+    let mut judged = authorize_records(state, caller, interaction, &res_type, vec![record]).await?;
+    match judged.pop() {
+        Some(Ok(record)) => Ok(Ok(record)),
+        Some(Err((plugin, reason))) => Ok(Err(denied(&plugin, &reason))),
+        None => Err(FhirError::internal()),
+    }
+}
+
+/// Lets the outbox worker know there is work, when a write queued events.
+fn wake_delivery(state: &SharedState, queued: bool) {
+    if queued {
+        state.plugins.delivery_wake.notify_one();
+    }
 }
 
 /// 403 unless `access` reaches this resource content.

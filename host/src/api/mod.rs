@@ -20,8 +20,10 @@ mod audit;
 mod auth;
 mod extract;
 mod fhir;
+mod gate;
 mod health;
 mod metrics;
+mod plugins;
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -33,6 +35,16 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
 }
 
+/// The plugin side of the server: loaded plugins, policy bindings, the outbox worker's
+/// wake-up signal and the keys plugin signatures must come from.
+#[derive(Clone)]
+pub struct PluginServices {
+    pub registry: Arc<crate::plugins::PluginRegistry>,
+    pub policies: Arc<crate::policy::PolicyEngine>,
+    pub delivery_wake: Arc<tokio::sync::Notify>,
+    pub trust_keys: Arc<Vec<crate::plugins::signing::TrustKey>>,
+}
+
 /// State shared by every handler.
 pub struct AppState {
     pub store: Store,
@@ -40,6 +52,7 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     pub metrics: metrics::Metrics,
     pub settings: ApiSettings,
+    pub plugins: PluginServices,
     /// The CapabilityStatement, rendered once at start-up.
     capability: Vec<u8>,
 }
@@ -52,6 +65,7 @@ pub fn router(
     tokens: Arc<TokenVerifier>,
     audit: crate::audit::AuditLog,
     settings: ApiSettings,
+    plugins: PluginServices,
 ) -> Router {
     let capability = capability_statement(&Implemented {
         base_url: &settings.base_url,
@@ -65,11 +79,13 @@ pub fn router(
         audit,
         metrics: metrics::Metrics::default(),
         settings,
+        plugins,
         capability: serde_json::to_vec(&capability).expect("serialising a JSON value cannot fail"),
     });
     // Everything but discovery and health needs a bearer token.
     let protected = fhir::routes()
         .merge(admin::routes())
+        .merge(plugins::routes())
         .route("/metrics", axum::routing::get(metrics::metrics))
         .route_layer(middleware::from_fn(extract::negotiate_format))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))

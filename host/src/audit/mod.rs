@@ -47,6 +47,9 @@ pub struct AuditEvent {
     /// Which rule decided (e.g. `scope`; later, policy plugin names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_by: Option<String>,
+    /// The stated reason of an emergency (break-glass) access.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,7 +20,13 @@ pub struct Principal {
     /// The patient in context (`patient` claim), which `patient/` scopes confine to.
     pub patient: Option<String>,
     pub scopes: ScopeSet,
+    /// Roles from the token's `roles` claim (e.g. `break-glass`, `privacy-officer`), which
+    /// policy plugins see.
+    pub roles: Vec<String>,
 }
+
+/// The role that lets a principal override consent denials, with a stated reason.
+pub const BREAK_GLASS_ROLE: &str = "break-glass";
 
 /// A FHIR interaction, as far as permissions go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +147,7 @@ mod tests {
             client_id: None,
             patient: patient.map(str::to_owned),
             scopes: ScopeSet::parse(scope),
+            roles: Vec::new(),
         }
     }
 

@@ -66,12 +66,15 @@ pub struct ScopeSet {
     /// Administrative areas granted (`erasure`, `keys`, `audit`, `plugins`, or `*`).
     pub admin: Vec<String>,
     pub other: Vec<String>,
+    /// Every scope as granted, in order (what policy plugins see).
+    pub granted: Vec<String>,
 }
 
 impl ScopeSet {
     pub fn parse(scopes: &str) -> ScopeSet {
         let mut set = ScopeSet::default();
         for scope in scopes.split_whitespace() {
+            set.granted.push(scope.to_owned());
             if let Some(area) = scope.strip_prefix("admin/").filter(|area| !area.is_empty()) {
                 set.admin.push(area.to_owned());
             } else if let Some(clinical) = parse_clinical(scope) {

@@ -100,6 +100,8 @@ struct Claims {
     patient: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    roles: Vec<String>,
     aud: serde_json::Value,
 }
 
@@ -146,6 +148,7 @@ impl TokenVerifier {
             client_id: Some(name.to_owned()),
             patient: None,
             scopes: ScopeSet::parse(scope),
+            roles: Vec::new(),
         })
     }
 
@@ -221,6 +224,7 @@ impl TokenVerifier {
                 client_id: claims.client_id,
                 patient: claims.patient,
                 scopes: ScopeSet::parse(&claims.scope),
+                roles: claims.roles,
             },
             exp,
         ))
@@ -249,7 +253,7 @@ impl DevSigningKey {
     }
 
     /// Mints a dev token.
-    pub fn issue(&self, subject: &str, scope: &str, ttl: Duration, patient: Option<&str>) -> String {
+    pub fn issue(&self, subject: &str, scope: &str, ttl: Duration, patient: Option<&str>, roles: &[String]) -> String {
         let now = crate::fhir::instant::now_us() / 1_000_000;
         let claims = Claims {
             iss: DEV_ISSUER.to_owned(),
@@ -260,6 +264,7 @@ impl DevSigningKey {
             scope: scope.to_owned(),
             patient: patient.map(str::to_owned),
             client_id: Some("hearth-cli".to_owned()),
+            roles: roles.to_vec(),
             aud: serde_json::Value::String(DEV_AUDIENCE.to_owned()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding).expect("signing with a valid key")
@@ -285,7 +290,7 @@ mod tests {
     fn dev_tokens_verify_and_carry_scopes() {
         let dir = tempfile::tempdir().unwrap();
         let (key, verifier) = verifier(dir.path());
-        let token = key.issue("dr-who", "user/*.cruds admin/erasure", Duration::from_secs(900), Some("p1"));
+        let token = key.issue("dr-who", "user/*.cruds admin/erasure", Duration::from_secs(900), Some("p1"), &[]);
         let principal = verifier.verify(&token).unwrap();
         assert_eq!(principal.subject, "dr-who");
         assert_eq!(principal.patient.as_deref(), Some("p1"));
@@ -301,16 +306,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (key, verifier) = verifier(dir.path());
         assert!(verifier.verify("not-a-token").is_err());
-        let token = key.issue("a", "user/*.r", Duration::from_secs(900), None);
+        let token = key.issue("a", "user/*.r", Duration::from_secs(900), None, &[]);
         let mut tampered = token.clone();
         tampered.replace_range(tampered.len() - 5.., "AAAAA");
         assert!(verifier.verify(&tampered).is_err(), "signature");
-        let long = key.issue("a", "user/*.r", Duration::from_secs(48 * 3600), None);
+        let long = key.issue("a", "user/*.r", Duration::from_secs(48 * 3600), None, &[]);
         assert!(verifier.verify(&long).unwrap_err().contains("longer"));
         // A token from another dev key is not trusted.
         let other = tempfile::tempdir().unwrap();
         let (other_key, _) = self::verifier(other.path());
-        assert!(verifier.verify(&other_key.issue("a", "user/*.r", Duration::from_secs(60), None)).is_err());
+        assert!(verifier.verify(&other_key.issue("a", "user/*.r", Duration::from_secs(60), None, &[])).is_err());
         // alg=none is never accepted.
         let none = format!(
             "{}.{}.",

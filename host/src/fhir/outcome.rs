@@ -16,6 +16,7 @@ pub enum IssueType {
     Structure,
     Login,
     Forbidden,
+    Security,
     Required,
     Value,
     NotFound,
@@ -32,6 +33,7 @@ impl IssueType {
     pub fn code(self) -> &'static str {
         match self {
             IssueType::Invalid => "invalid",
+            IssueType::Security => "security",
             IssueType::Structure => "structure",
             IssueType::Login => "login",
             IssueType::Forbidden => "forbidden",

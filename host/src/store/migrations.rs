@@ -23,6 +23,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0002_audit_chain.sql"),
         include_str!("../../../migrations/postgres/0002_audit_chain.sql"),
     ),
+    (
+        3,
+        "plugins and outbox",
+        include_str!("../../../migrations/sqlite/0003_plugins_and_outbox.sql"),
+        include_str!("../../../migrations/postgres/0003_plugins_and_outbox.sql"),
+    ),
 ];
 
 pub fn migrator(backend: Backend) -> Migrator {

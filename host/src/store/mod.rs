@@ -32,11 +32,14 @@ mod backup;
 mod error;
 mod keys;
 mod migrations;
+mod plugins;
 mod vault;
+
 pub use audit::{StoredAuditEntry, StoredCheckpoint, chain_hash};
 pub use backup::Counts;
 pub use error::StoreError;
 pub use keys::{KeyStatus, RotationReport};
+pub use plugins::{NewPluginVersion, OutboxEvent, PluginRow, PluginVersionRow};
 pub use vault::KeyVault;
 
 /// How many times a write is retried after losing a race it did not ask to detect
@@ -164,6 +167,20 @@ enum StoredKey {
     Created(SecretKey),
 }
 
+/// The integration plugins to notify of a write, by what the write turns out to be (an
+/// update of a resource that does not exist, or was deleted, creates it).
+#[derive(Debug, Clone, Default)]
+pub struct EventTargets {
+    pub created: Vec<String>,
+    pub updated: Vec<String>,
+}
+
+impl EventTargets {
+    pub fn is_empty(&self) -> bool {
+        self.created.is_empty() && self.updated.is_empty()
+    }
+}
+
 /// The current state of a resource as seen by a writer inside its transaction.
 struct Head {
     version: i64,
@@ -275,7 +292,8 @@ impl Store {
     }
 
     /// Writes a new version of `res_type/id`, sealed under the data key `key_id` (created on
-    /// first use).
+    /// first use), and queues the change for the integration plugins in `events` in the same
+    /// transaction.
     ///
     /// `stamp(version, last_updated_us)` renders the body to store for the version the store
     /// assigns; it may be called more than once if the write is retried.
@@ -285,6 +303,7 @@ impl Store {
         id: &str,
         key_id: &str,
         precondition: Precondition,
+        events: &EventTargets,
         stamp: &(dyn Fn(i64, i64) -> Vec<u8> + Sync),
     ) -> Result<WriteResult, StoreError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
@@ -325,6 +344,9 @@ impl Store {
                 }
             }
             insert_version(&mut tx, res_type, id, version, last_updated_us, Some((key_id, &sealed))).await?;
+            let (kind, targets) =
+                if live.is_none() { ("created", &events.created) } else { ("updated", &events.updated) };
+            plugins::enqueue_events(&mut tx, targets, res_type, id, version, kind, last_updated_us).await?;
             tx.commit().await?;
             return Ok(WriteResult { version, last_updated_us, body, created: live.is_none() });
         }
@@ -332,7 +354,13 @@ impl Store {
     }
 
     /// Logically deletes `res_type/id` by writing a deletion version.
-    pub async fn delete(&self, res_type: &str, id: &str, if_match: Option<i64>) -> Result<DeleteResult, StoreError> {
+    pub async fn delete(
+        &self,
+        res_type: &str,
+        id: &str,
+        if_match: Option<i64>,
+        events: &[String],
+    ) -> Result<DeleteResult, StoreError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let mut tx = self.begin_write().await?;
             let Some(head) = read_head(&mut tx, self.backend, res_type, id).await? else {
@@ -359,6 +387,7 @@ impl Store {
                 continue;
             }
             insert_version(&mut tx, res_type, id, version, last_updated_us, None).await?;
+            plugins::enqueue_events(&mut tx, events, res_type, id, version, "deleted", last_updated_us).await?;
             tx.commit().await?;
             return Ok(DeleteResult::Deleted { version });
         }
@@ -443,17 +472,28 @@ impl Store {
     /// Decodes a version row (columns: version, last_updated_us, deleted, body, key_id,
     /// kek_version, wrapped) and opens its body.
     fn version_record(&self, res_type: &str, id: &str, row: &sqlx::any::AnyRow) -> Result<VersionRecord, StoreError> {
-        let version: i64 = row.try_get(0)?;
-        let deleted = row.try_get::<i64, _>(2)? != 0;
+        self.version_record_at(res_type, id, row, 0)
+    }
+
+    /// [`Store::version_record`] for rows whose version columns start at column `at`.
+    fn version_record_at(
+        &self,
+        res_type: &str,
+        id: &str,
+        row: &sqlx::any::AnyRow,
+        at: usize,
+    ) -> Result<VersionRecord, StoreError> {
+        let version: i64 = row.try_get(at)?;
+        let deleted = row.try_get::<i64, _>(at + 2)? != 0;
         let body = if deleted {
             None
         } else if self.plaintext {
-            Some(row.try_get(3)?)
+            Some(row.try_get(at + 3)?)
         } else {
-            let sealed: Vec<u8> = row.try_get(3)?;
-            let key_id: String = row.try_get(4)?;
-            let kek_version: Option<i64> = row.try_get(5)?;
-            let wrapped: Option<Vec<u8>> = row.try_get(6)?;
+            let sealed: Vec<u8> = row.try_get(at + 3)?;
+            let key_id: String = row.try_get(at + 4)?;
+            let kek_version: Option<i64> = row.try_get(at + 5)?;
+            let wrapped: Option<Vec<u8>> = row.try_get(at + 6)?;
             let (Some(kek_version), Some(wrapped)) = (kek_version, wrapped) else {
                 self.vault.forget(&key_id);
                 return Err(StoreError::Erased);
@@ -475,7 +515,7 @@ impl Store {
             res_type: res_type.to_owned(),
             id: id.to_owned(),
             version,
-            last_updated_us: row.try_get(1)?,
+            last_updated_us: row.try_get(at + 1)?,
             deleted,
             body,
         })

@@ -1,0 +1,132 @@
+//! The outbox worker: delivers committed changes to integration plugins, at least once.
+//! Events are claimed with a lease (PostgreSQL skips rows other hosts hold), retried with
+//! exponential backoff when a plugin fails or asks for a retry, and moved to the dead-letter
+//! list after the manifest's `max_attempts`. Delivery order is the commit order per worker
+//! pass; a retried event can arrive after later ones, so receivers should use `versionId`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use super::bindings::types::{ChangeEvent, ChangeKind};
+use super::registry::PluginRegistry;
+use crate::fhir::instant::{now_us, to_fhir_instant};
+use crate::policy::{PolicyEngine, PolicyInteraction};
+use crate::store::{OutboxEvent, Store, StoreError};
+
+/// Events claimed per pass.
+const BATCH: i64 = 32;
+/// Longest wait between passes when nobody signals new work.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Backoff cap.
+const MAX_BACKOFF_US: i64 = 300_000_000;
+/// How long an event waits while its plugin is disabled or not loaded (no attempt counted).
+const PARKED_US: i64 = 5_000_000;
+
+pub struct Delivery {
+    store: Store,
+    registry: Arc<PluginRegistry>,
+    policies: Arc<PolicyEngine>,
+    /// Signalled after a write that queued events, so delivery does not wait for the poll.
+    pub wake: Arc<Notify>,
+}
+
+impl Delivery {
+    pub fn new(store: Store, registry: Arc<PluginRegistry>, policies: Arc<PolicyEngine>) -> Self {
+        Delivery { store, registry, policies, wake: Arc::new(Notify::new()) }
+    }
+
+    pub fn spawn(self: Arc<Self>) {
+        tokio::spawn(async move {
+            loop {
+                match self.pass().await {
+                    Ok(0) => {
+                        let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox delivery pass failed; retrying");
+                        tokio::time::sleep(IDLE_POLL).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// One pass: claims due events and delivers them. Returns how many were claimed.
+    pub async fn pass(&self) -> Result<usize, StoreError> {
+        let events = self.store.claim_outbox(BATCH).await?;
+        for event in &events {
+            self.deliver(event).await?;
+        }
+        Ok(events.len())
+    }
+
+    async fn deliver(&self, event: &OutboxEvent) -> Result<(), StoreError> {
+        let plugin = self.registry.get(&event.plugin).filter(|p| p.enabled.load(Ordering::Acquire));
+        let Some(plugin) = plugin else {
+            return self.store.outbox_postpone(event.id, now_us() + PARKED_US).await;
+        };
+        let (kind, interaction) = match event.kind.as_str() {
+            "created" => (ChangeKind::Created, PolicyInteraction::Create),
+            "updated" => (ChangeKind::Updated, PolicyInteraction::Update),
+            _ => (ChangeKind::Deleted, PolicyInteraction::Delete),
+        };
+        let config = self
+            .policies
+            .bindings()
+            .matching(&event.res_type, interaction)
+            .find(|b| b.plugin == event.plugin)
+            .map_or_else(|| "{}".to_owned(), |b| b.config.clone());
+        let json = match self.store.read_version(&event.res_type, &event.res_id, event.version).await {
+            Ok(Some(record)) => record.body.map(|b| String::from_utf8_lossy(&b).into_owned()),
+            Ok(None) | Err(StoreError::Erased) => None,
+            Err(error) => return Err(error),
+        };
+        let change = ChangeEvent {
+            event_id: event.id as u64,
+            kind,
+            resource_type: event.res_type.clone(),
+            id: event.res_id.clone(),
+            version_id: event.version as u64,
+            last_updated: to_fhir_instant(event.created_us),
+            json,
+        };
+        let runtime = self.registry.runtime.clone();
+        let (call_plugin, started) = (plugin.clone(), std::time::Instant::now());
+        let outcome = tokio::task::spawn_blocking(move || runtime.on_change(&call_plugin.compiled, &change, &config))
+            .await
+            .unwrap_or_else(|e| Err(crate::plugins::CallFailure::Trap(e.to_string())));
+        plugin.stats.record(started.elapsed().as_micros() as u64);
+        let error = match outcome {
+            Ok(Ok(())) => return self.store.outbox_delivered(event.id).await,
+            Ok(Err(reason)) => reason,
+            Err(failure) => {
+                plugin.stats.failures.fetch_add(1, Ordering::Relaxed);
+                format!("the plugin {failure}")
+            }
+        };
+        let attempts = event.attempts + 1;
+        let max = i64::from(plugin.compiled.manifest.max_attempts());
+        let retry_at = (attempts < max).then(|| {
+            let backoff = 1_000_000_i64.saturating_mul(1 << attempts.min(20)).min(MAX_BACKOFF_US);
+            now_us() + backoff
+        });
+        tracing::warn!(
+            plugin = event.plugin,
+            event = event.id,
+            attempts,
+            dead_lettered = retry_at.is_none(),
+            error = %truncate(&error),
+            "integration delivery failed"
+        );
+        self.store.outbox_failed(event.id, &truncate(&error), retry_at).await
+    }
+}
+
+/// Errors are kept short in the database and log (a plugin chooses their text).
+fn truncate(text: &str) -> String {
+    text.chars().take(500).collect()
+}

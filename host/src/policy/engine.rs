@@ -1,0 +1,377 @@
+//! Runs the bound policy plugins for a request: each `enforce` binding in order, deny
+//! overriding allow, obligations merged; `shadow` bindings are evaluated off the request path
+//! and only logged and counted. Any failure of an enforcing plugin (trap, deadline, memory,
+//! malformed answer, plugin missing or disabled) denies: the engine fails closed.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use super::redact::Label;
+use super::{Binding, BindingError, BindingSet, Mode, PolicyInteraction};
+use crate::plugins::bindings::types::{self, Decision, Issue, Request, SubjectResource};
+use crate::plugins::{ActivePlugin, PluginRegistry, World};
+
+/// Who is asking, as plugins see it.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub roles: Vec<String>,
+    pub purpose_of_use: Option<String>,
+    pub break_glass_reason: Option<String>,
+    pub patient: Option<String>,
+}
+
+/// The combined decision for one resource.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Allow,
+    Deny { plugin: String, reason: String },
+    AllowWith { redact: Vec<String>, labels: Vec<Label> },
+}
+
+impl Verdict {
+    fn kind(&self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny { .. } => "deny",
+            Verdict::AllowWith { .. } => "allow-with-obligations",
+        }
+    }
+
+    /// Deny overrides; obligations accumulate.
+    fn combine(&mut self, plugin: &str, decision: Decision) {
+        match (&mut *self, decision) {
+            (Verdict::Deny { .. }, _) | (_, Decision::Allow) => {}
+            (_, Decision::Deny(reason)) => *self = Verdict::Deny { plugin: plugin.to_owned(), reason },
+            (Verdict::Allow, Decision::AllowWith(o)) => {
+                *self = Verdict::AllowWith { redact: o.redact, labels: labels(o.labels) };
+            }
+            (Verdict::AllowWith { redact, labels: l }, Decision::AllowWith(o)) => {
+                redact.extend(o.redact);
+                l.extend(labels(o.labels));
+            }
+        }
+    }
+}
+
+fn labels(codings: Vec<types::Coding>) -> Vec<Label> {
+    codings.into_iter().map(|c| (c.system, c.code, c.display)).collect()
+}
+
+/// Shadow-mode counts per plugin: how often it was asked and how often it disagreed with
+/// what was enforced.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ShadowCounts {
+    pub evaluated: u64,
+    pub differed: u64,
+    pub failed: u64,
+}
+
+pub struct PolicyEngine {
+    pub registry: Arc<PluginRegistry>,
+    bindings: RwLock<Arc<BindingSet>>,
+    dir: Option<PathBuf>,
+    shadow: Arc<Mutex<HashMap<String, ShadowCounts>>>,
+    pub denials: AtomicU64,
+}
+
+/// The message a client sees when an enforcing plugin could not decide.
+const FAILED_CLOSED: &str =
+    "could not reach a decision, so access is denied; the failure is logged for the administrator";
+
+impl PolicyEngine {
+    /// Reads the bindings in `dir` (none when `dir` is `None`).
+    pub fn new(registry: Arc<PluginRegistry>, dir: Option<PathBuf>) -> Result<Self, BindingError> {
+        let bindings = match &dir {
+            Some(dir) => BindingSet::load_dir(dir)?,
+            None => BindingSet::default(),
+        };
+        Ok(PolicyEngine {
+            registry,
+            bindings: RwLock::new(Arc::new(bindings)),
+            dir,
+            shadow: Arc::default(),
+            denials: AtomicU64::new(0),
+        })
+    }
+
+    pub fn bindings(&self) -> Arc<BindingSet> {
+        self.bindings.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the policies folder; on any error the bindings in force stay as they were.
+    pub fn reload(&self) -> Result<Arc<BindingSet>, BindingError> {
+        let Some(dir) = &self.dir else { return Ok(self.bindings()) };
+        let fresh = Arc::new(BindingSet::load_dir(dir)?);
+        *self.bindings.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        tracing::info!(bindings = fresh.bindings.len(), "policy bindings reloaded");
+        Ok(fresh)
+    }
+
+    pub fn shadow_counts(&self) -> Vec<(String, u64, u64, u64)> {
+        let counts = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = counts.iter().map(|(k, c)| (k.clone(), c.evaluated, c.differed, c.failed)).collect();
+        rows.sort();
+        rows
+    }
+
+    /// Whether a binding is an integration (its plugin is a loaded integration plugin);
+    /// anything else, including a plugin that is not loaded, is treated as a policy.
+    fn is_integration(&self, binding: &Binding) -> bool {
+        self.registry.get(&binding.plugin).is_some_and(|p| p.compiled.manifest.world == World::Integration)
+    }
+
+    /// Policy bindings for a type and interaction, split into enforcing and shadow.
+    fn policy_bindings(&self, res_type: &str, interaction: PolicyInteraction) -> (Vec<Binding>, Vec<Binding>) {
+        let bindings = self.bindings();
+        bindings
+            .matching(res_type, interaction)
+            .filter(|b| !self.is_integration(b))
+            .cloned()
+            .partition(|b| b.mode == Mode::Enforce)
+    }
+
+    /// Integration plugins to notify of a committed change.
+    pub fn integrations_for(&self, res_type: &str, interaction: PolicyInteraction) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .bindings()
+            .matching(res_type, interaction)
+            .filter(|b| self.is_integration(b))
+            .map(|b| b.plugin.clone())
+            .collect();
+        names.dedup();
+        names
+    }
+
+    /// Whether any policy gates this type and interaction (callers can skip work if not).
+    pub fn gates(&self, res_type: &str, interaction: PolicyInteraction) -> bool {
+        let (enforce, shadow) = self.policy_bindings(res_type, interaction);
+        !enforce.is_empty() || !shadow.is_empty()
+    }
+
+    /// One verdict per resource (all of `res_type`).
+    pub async fn authorize(
+        &self,
+        caller: &Caller,
+        res_type: &str,
+        interaction: PolicyInteraction,
+        resources: Vec<SubjectResource>,
+    ) -> Vec<Verdict> {
+        let (enforce, shadow) = self.policy_bindings(res_type, interaction);
+        if enforce.is_empty() && shadow.is_empty() {
+            return vec![Verdict::Allow; resources.len()];
+        }
+        let plugins: Vec<(Binding, Option<Arc<ActivePlugin>>)> =
+            enforce.into_iter().map(|b| (b.clone(), self.registry.get(&b.plugin))).collect();
+        let principal = principal(caller);
+        let resources = Arc::new(resources);
+        let verdicts = if plugins.is_empty() {
+            vec![Verdict::Allow; resources.len()]
+        } else {
+            let registry = self.registry.clone();
+            let (principal, resources) = (principal.clone(), resources.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut verdicts = vec![Verdict::Allow; resources.len()];
+                for (binding, plugin) in &plugins {
+                    match evaluate(&registry, plugin.as_deref(), binding, &principal, interaction, &resources) {
+                        Ok(decisions) => {
+                            for (verdict, decision) in verdicts.iter_mut().zip(decisions) {
+                                verdict.combine(&binding.plugin, decision);
+                            }
+                        }
+                        Err(()) => {
+                            let reason = format!("policy '{}' {FAILED_CLOSED}", binding.plugin);
+                            verdicts.fill(Verdict::Deny { plugin: binding.plugin.clone(), reason });
+                            break;
+                        }
+                    }
+                    if verdicts.iter().all(|v| matches!(v, Verdict::Deny { .. })) {
+                        break;
+                    }
+                }
+                verdicts
+            })
+            .await
+            .unwrap_or_else(|_| vec![Verdict::Deny { plugin: "engine".into(), reason: FAILED_CLOSED.into() }])
+        };
+        let denied = verdicts.iter().filter(|v| matches!(v, Verdict::Deny { .. })).count();
+        self.denials.fetch_add(denied as u64, Ordering::Relaxed);
+        if !shadow.is_empty() {
+            self.run_shadow(shadow, principal, res_type.to_owned(), interaction, resources, verdicts.clone());
+        }
+        verdicts
+    }
+
+    /// Shadow bindings run after the answer is decided, off the request's path.
+    fn run_shadow(
+        &self,
+        shadow: Vec<Binding>,
+        principal: types::Principal,
+        res_type: String,
+        interaction: PolicyInteraction,
+        resources: Arc<Vec<SubjectResource>>,
+        enforced: Vec<Verdict>,
+    ) {
+        let registry = self.registry.clone();
+        let counts = self.shadow.clone();
+        tokio::task::spawn_blocking(move || {
+            for binding in &shadow {
+                let plugin = registry.get(&binding.plugin);
+                let outcome = evaluate(&registry, plugin.as_deref(), binding, &principal, interaction, &resources);
+                let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = counts.entry(binding.plugin.clone()).or_default();
+                entry.evaluated += 1;
+                let Ok(decisions) = outcome else {
+                    entry.failed += 1;
+                    continue;
+                };
+                for ((decision, enforced), resource) in decisions.into_iter().zip(&enforced).zip(resources.iter()) {
+                    let mut would = Verdict::Allow;
+                    would.combine(&binding.plugin, decision);
+                    let differs = std::mem::discriminant(&would) != std::mem::discriminant(enforced);
+                    if differs {
+                        entry.differed += 1;
+                    }
+                    tracing::info!(
+                        target: "hearth::shadow",
+                        plugin = binding.plugin,
+                        binding = binding.source,
+                        res_type,
+                        id = resource.id.as_deref().unwrap_or(""),
+                        interaction = interaction.as_str(),
+                        would = would.kind(),
+                        enforced = enforced.kind(),
+                        differs,
+                        "shadow policy decision"
+                    );
+                }
+            }
+        });
+    }
+
+    /// Runs `validate` of every enforcing policy bound to this write. `Err` when a plugin
+    /// failed (the write is refused, fail closed).
+    pub async fn validate(
+        &self,
+        caller: &Caller,
+        interaction: PolicyInteraction,
+        resource: SubjectResource,
+    ) -> Result<Vec<(String, Issue)>, Verdict> {
+        let (enforce, _) = self.policy_bindings(&resource.resource_type, interaction);
+        if enforce.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plugins: Vec<(Binding, Option<Arc<ActivePlugin>>)> =
+            enforce.into_iter().map(|b| (b.clone(), self.registry.get(&b.plugin))).collect();
+        let principal = principal(caller);
+        let registry = self.registry.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut issues = Vec::new();
+            for (binding, plugin) in &plugins {
+                let fail = || Verdict::Deny {
+                    plugin: binding.plugin.clone(),
+                    reason: format!("policy '{}' {FAILED_CLOSED}", binding.plugin),
+                };
+                let Some(plugin) = usable(plugin.as_deref(), binding) else { return Err(fail()) };
+                let request = Request {
+                    principal: principal.clone(),
+                    interaction: wit_interaction(interaction),
+                    config: binding.config.clone(),
+                };
+                let started = Instant::now();
+                let outcome = registry.runtime.validate(&plugin.compiled, &request, &resource);
+                plugin.stats.record(started.elapsed().as_micros() as u64);
+                match outcome {
+                    Ok(found) => issues.extend(found.into_iter().map(|i| (binding.plugin.clone(), i))),
+                    Err(failure) => {
+                        note_failure(plugin, &failure);
+                        return Err(fail());
+                    }
+                }
+            }
+            Ok(issues)
+        })
+        .await
+        .unwrap_or_else(|_| Err(Verdict::Deny { plugin: "engine".into(), reason: FAILED_CLOSED.into() }))
+    }
+}
+
+/// A plugin that may be called for this binding: loaded, enabled and a policy.
+fn usable<'p>(plugin: Option<&'p ActivePlugin>, binding: &Binding) -> Option<&'p ActivePlugin> {
+    match plugin {
+        Some(p) if p.enabled.load(Ordering::Acquire) && p.compiled.manifest.world == World::Policy => Some(p),
+        Some(_) => {
+            tracing::error!(plugin = binding.plugin, binding = binding.source, "bound policy plugin is disabled");
+            None
+        }
+        None => {
+            tracing::error!(plugin = binding.plugin, binding = binding.source, "bound policy plugin is not loaded");
+            None
+        }
+    }
+}
+
+fn note_failure(plugin: &ActivePlugin, failure: &crate::plugins::CallFailure) {
+    plugin.stats.failures.fetch_add(1, Ordering::Relaxed);
+    if matches!(failure, crate::plugins::CallFailure::Timeout(_)) {
+        plugin.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::error!(plugin = plugin.name, seq = plugin.seq, kind = failure.kind(), %failure, "policy plugin failed; denying");
+}
+
+fn evaluate(
+    registry: &PluginRegistry,
+    plugin: Option<&ActivePlugin>,
+    binding: &Binding,
+    principal: &types::Principal,
+    interaction: PolicyInteraction,
+    resources: &[SubjectResource],
+) -> Result<Vec<Decision>, ()> {
+    let plugin = usable(plugin, binding).ok_or(())?;
+    let request = Request {
+        principal: principal.clone(),
+        interaction: wit_interaction(interaction),
+        config: binding.config.clone(),
+    };
+    let started = Instant::now();
+    let outcome = registry.runtime.authorize(&plugin.compiled, &request, resources);
+    plugin.stats.record(started.elapsed().as_micros() as u64);
+    match outcome {
+        Ok(decisions) => {
+            let denied = decisions.iter().filter(|d| matches!(d, Decision::Deny(_))).count();
+            plugin.stats.denials.fetch_add(denied as u64, Ordering::Relaxed);
+            Ok(decisions)
+        }
+        Err(failure) => {
+            note_failure(plugin, &failure);
+            Err(())
+        }
+    }
+}
+
+fn principal(caller: &Caller) -> types::Principal {
+    types::Principal {
+        subject: caller.subject.clone(),
+        scopes: caller.scopes.clone(),
+        roles: caller.roles.clone(),
+        purpose_of_use: caller.purpose_of_use.clone(),
+        break_glass_reason: caller.break_glass_reason.clone(),
+        patient: caller.patient.clone(),
+    }
+}
+
+fn wit_interaction(interaction: PolicyInteraction) -> types::Interaction {
+    match interaction {
+        PolicyInteraction::Read => types::Interaction::Read,
+        PolicyInteraction::Vread => types::Interaction::Vread,
+        PolicyInteraction::History => types::Interaction::History,
+        PolicyInteraction::Search => types::Interaction::Search,
+        PolicyInteraction::Create => types::Interaction::Create,
+        PolicyInteraction::Update => types::Interaction::Update,
+        PolicyInteraction::Delete => types::Interaction::Delete,
+    }
+}

@@ -1,0 +1,541 @@
+//! WebAssembly plugins end to end: the reference plugins in `plugins/` are built from source
+//! (once per test run), uploaded through the admin API into a running server, bound with a
+//! `policies/*.toml` folder, and shown changing real responses; misbehaving plugins are
+//! contained; a plugin is swapped under load without a failed request; integration events
+//! reach a real HTTP receiver through the outbox.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::harness::{Db, Launch, Reply, Server, dev_token_with_roles};
+use crate::on_both_databases;
+
+/// Builds the reference plugins (release, wasm32-wasip2) once per test process and returns
+/// the folder holding the `.wasm` components.
+pub fn plugin_dir() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_owned();
+        let target = root.join("target").join("plugins");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = Command::new(cargo)
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("plugins").join("Cargo.toml"))
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .expect("run cargo to build the plugins");
+        assert!(
+            output.status.success(),
+            "building plugins/ failed (is the wasm32-wasip2 target installed? `rustup target add wasm32-wasip2`):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        target.join("wasm32-wasip2").join("release")
+    })
+}
+
+/// The bytes of reference plugin `crate_name` (e.g. `consent`).
+pub fn component(crate_name: &str) -> Vec<u8> {
+    std::fs::read(plugin_dir().join(format!("hearth_plugin_{crate_name}.wasm"))).expect("plugin component")
+}
+
+fn admin(server: &Server) -> reqwest::Client {
+    server.client_with(Some(&server.token("admin/plugins", None)))
+}
+
+/// `PUT /admin/plugins/{name}` with a component and manifest.
+pub async fn upload(server: &Server, name: &str, bytes: &[u8], manifest: Value) -> Reply {
+    let body = json!({
+        "manifest": manifest,
+        "component": base64::engine::general_purpose::STANDARD.encode(bytes),
+    });
+    server.send(admin(server).put(server.url(&format!("admin/plugins/{name}"))).json(&body)).await
+}
+
+/// Uploads reference plugin `crate_name` as `name` and expects it to load.
+pub async fn load(server: &Server, name: &str, crate_name: &str, world: &str, extra: Value) -> Value {
+    let mut manifest = json!({"name": name, "version": "1.0.0", "world": world, "language": "rust"});
+    if let (Some(manifest), Some(extra)) = (manifest.as_object_mut(), extra.as_object()) {
+        manifest.extend(extra.clone());
+    }
+    let reply = upload(server, name, &component(crate_name), manifest).await;
+    assert!(
+        matches!(reply.status, 200 | 201),
+        "loading {name}: {} {}",
+        reply.status,
+        String::from_utf8_lossy(&reply.bytes)
+    );
+    reply.json()
+}
+
+/// A policies folder holding `text` as its one bindings file.
+pub fn policies(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("policies dir");
+    std::fs::write(dir.path().join("bindings.toml"), text).expect("write bindings");
+    dir
+}
+
+fn with_policies(dir: &Path) -> Launch {
+    Launch { extra_args: vec!["--policies".into(), dir.to_str().unwrap().into()], ..Launch::default() }
+}
+
+async fn reload(server: &Server) -> Reply {
+    server.send(admin(server).post(server.url("admin/policies/reload"))).await
+}
+
+fn id_from_location(reply: &Reply) -> String {
+    let location = reply.header("location").expect("Location header");
+    location.split('/').rev().nth(2).expect("id in Location").to_owned()
+}
+
+const MRN: &str = "urn:oid:1.2.36.146.595.217.0.1";
+const SSN: &str = "http://hl7.org/fhir/sid/us-ssn";
+
+const CLINICAL_BINDINGS: &str = r#"
+[[binding]]
+plugin = "consent"
+interactions = ["read", "vread", "history"]
+order = 10
+
+[[binding]]
+plugin = "redact"
+interactions = ["read", "vread", "history"]
+order = 20
+
+[[binding]]
+plugin = "validate"
+resource_types = ["Patient", "Observation"]
+interactions = ["create", "update"]
+order = 30
+config = { patient_identifier_system = "urn:oid:1.2.36.146.595.217.0.1" }
+"#;
+
+on_both_databases!(policy_plugins_change_real_responses, integration_events_reach_a_real_receiver);
+
+async fn policy_plugins_change_real_responses(db: Db) {
+    let folder = policies(CLINICAL_BINDINGS);
+    let server = Server::launch(db, with_policies(folder.path())).await;
+    let patient = json!({
+        "resourceType": "Patient",
+        "identifier": [{"system": MRN, "value": "MRN-77"}, {"system": SSN, "value": "999-12-3456"}],
+        "name": [{"family": "Quokka", "given": ["Wilhelmina"]}],
+    });
+
+    // Bound but not loaded: fail closed.
+    let refused = server.post("Patient", &patient).await;
+    let message = refused.expect_outcome(403, "forbidden");
+    assert!(message.contains("policy 'validate' could not reach a decision"), "{message}");
+
+    load(&server, "consent", "consent", "policy", json!({})).await;
+    load(&server, "redact", "redact", "policy", json!({})).await;
+    load(&server, "validate", "validate", "policy", json!({})).await;
+
+    // validate: a Patient without an identifier of the configured system is refused.
+    let no_mrn = json!({"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "1"}]});
+    let outcome = server.post("Patient", &no_mrn).await.expect(422);
+    assert_eq!(outcome["issue"][0]["expression"][0], "Patient.identifier", "{outcome}");
+    let created = server.post("Patient", &patient).await;
+    created.expect(201);
+    let patient_id = id_from_location(&created);
+
+    // redact: the SSN is gone and the record is labelled, for an ordinary clinician.
+    let read = server.get(&format!("Patient/{patient_id}")).await.expect(200);
+    assert_eq!(read["identifier"], json!([{"system": MRN, "value": "MRN-77"}]), "{read}");
+    assert!(read["meta"]["security"].as_array().unwrap().iter().any(|c| c["code"] == "REDACTED"), "{read}");
+    assert!(!read.to_string().contains("999-12-3456"));
+    // ... but not for a privacy officer.
+    let officer =
+        server.client_with(Some(&dev_token_with_roles(&server.data_dir, "user/*.rs", None, &["privacy-officer"])));
+    let full = server.send(officer.get(server.url(&format!("Patient/{patient_id}")))).await.expect(200);
+    assert!(full.to_string().contains("999-12-3456"), "{full}");
+
+    // validate: an Observation without an effective time is refused, with the rule named.
+    let mut observation = json!({
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{patient_id}")},
+    });
+    let outcome = server.post("Observation", &observation).await.expect(422);
+    assert!(outcome.to_string().contains("effective[x]"), "{outcome}");
+    observation["effectiveDateTime"] = json!("2026-11-01T09:30:00Z");
+    let created = server.post("Observation", &observation).await;
+    created.expect(201);
+    let observation_id = id_from_location(&created);
+    server.get(&format!("Observation/{observation_id}")).await.expect(200);
+
+    // consent: an active Consent denying access closes the patient's records ...
+    let consent = json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient_id}")},
+        "provision": {"type": "deny", "provision": [{"type": "permit", "purpose": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": "PUBHLTH"}]}]},
+    });
+    server.post("Consent", &consent).await.expect(201);
+    let denied = server.get(&format!("Observation/{observation_id}")).await;
+    let message = denied.expect_outcome(403, "forbidden");
+    assert!(message.contains("denied by policy 'consent'"), "{message}");
+    server.get(&format!("Observation/{observation_id}/_history")).await.expect_outcome(403, "forbidden");
+    server.get(&format!("Observation/{observation_id}/_history/1")).await.expect_outcome(403, "forbidden");
+    // ... except for the purpose of use it permits ...
+    let public_health = server.client.get(server.url(&format!("Observation/{observation_id}")));
+    server.send(public_health.header("x-purpose-of-use", "PUBHLTH")).await.expect(200);
+    // ... and for a break-glass access with a stated reason, which is labelled and audited.
+    let emergency =
+        server.client_with(Some(&dev_token_with_roles(&server.data_dir, "user/*.rs", None, &["break-glass"])));
+    let request = emergency
+        .get(server.url(&format!("Observation/{observation_id}")))
+        .header("x-break-glass-reason", "unconscious patient in the emergency department");
+    let body = server.send(request).await.expect(200);
+    assert!(body["meta"]["security"].as_array().unwrap().iter().any(|c| c["code"] == "ETREAT"), "{body}");
+    // Without the role, stating a reason is refused.
+    let request =
+        server.client.get(server.url(&format!("Observation/{observation_id}"))).header("x-break-glass-reason", "x");
+    let message = server.send(request).await.expect_outcome(403, "forbidden");
+    assert!(message.contains("break-glass role"), "{message}");
+
+    let export = server.hearth(&["audit", "export"]);
+    assert!(export.status.success(), "{}", String::from_utf8_lossy(&export.stderr));
+    let entries: Vec<Value> =
+        String::from_utf8_lossy(&export.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(
+        entries.iter().any(|e| e["decided_by"] == "policy:consent" && e["status"] == 403),
+        "a consent denial is audited with the policy that decided it"
+    );
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["break_glass"] == "unconscious patient in the emergency department" && e["status"] == 200),
+        "the emergency access is audited with its reason"
+    );
+    assert!(entries.iter().any(|e| e["decided_by"] == "validation:validate" && e["status"] == 422));
+    assert!(entries.iter().any(|e| e["action"] == "admin-plugin-load" && e["resource_id"] == "consent"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_plugins_are_contained() {
+    let folder = policies("");
+    let server = Server::launch(Db::Sqlite, with_policies(folder.path())).await;
+    let patient = server.post("Patient", &json!({"resourceType": "Patient"})).await;
+    patient.expect(201);
+    let id = id_from_location(&patient);
+    load(&server, "hostile", "hostile", "policy", json!({"limits": {"timeout_ms": 100, "memory_mib": 16}})).await;
+
+    let cases = [
+        ("loop", "could not reach a decision"),
+        ("memory", "could not reach a decision"),
+        ("recursion", "could not reach a decision"),
+        ("trap", "could not reach a decision"),
+        ("huge-output", "could not reach a decision"),
+        ("wrong-count", "could not reach a decision"),
+        ("file", "sandbox held"),
+        ("socket", "sandbox held"),
+        ("environment", "sandbox held"),
+    ];
+    for (mode, expected) in cases {
+        let bindings = format!(
+            "[[binding]]\nplugin = \"hostile\"\nresource_types = [\"Patient\"]\ninteractions = [\"read\"]\nconfig = {{ mode = \"{mode}\" }}\n"
+        );
+        std::fs::write(folder.path().join("bindings.toml"), bindings).unwrap();
+        reload(&server).await.expect(200);
+        let message = server.get(&format!("Patient/{id}")).await.expect_outcome(403, "forbidden");
+        assert!(message.contains(expected), "{mode}: {message}");
+        assert!(!message.contains("wasm") && !message.contains("trap"), "{mode}: internals leak: {message}");
+        // The server keeps serving: health, and an ungated type.
+        server.get("Observation/none").await.expect(404);
+        let health = server.send(server.client.get(server.url("healthz"))).await;
+        assert_eq!(health.status, 200, "{mode}");
+    }
+    let log = server.log();
+    assert!(log.contains("kind=\"timeout\"") || log.contains("\"kind\":\"timeout\""), "a timeout is logged");
+    let listed = server.send(admin(&server).get(server.url("admin/plugins/hostile"))).await.expect(200);
+    assert!(listed["stats"]["failures"].as_u64().unwrap() >= 6, "{listed}");
+    assert!(listed["stats"]["timeouts"].as_u64().unwrap() >= 1, "{listed}");
+
+    // A harmless mode afterwards works: nothing was left broken.
+    std::fs::write(
+        folder.path().join("bindings.toml"),
+        "[[binding]]\nplugin = \"hostile\"\ninteractions = [\"read\"]\nconfig = { mode = \"none\" }\n",
+    )
+    .unwrap();
+    reload(&server).await.expect(200);
+    server.get(&format!("Patient/{id}")).await.expect(200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_is_replaced_under_load_without_failed_requests() {
+    let folder = policies("[[binding]]\nplugin = \"redact\"\ninteractions = [\"read\"]\n");
+    let server = Arc::new(Server::launch(Db::Sqlite, with_policies(folder.path())).await);
+    load(&server, "redact", "redact", "policy", json!({})).await;
+    let patient = json!({"resourceType": "Patient", "identifier": [{"system": SSN, "value": "123-45-6789"}]});
+    let created = server.post("Patient", &patient).await;
+    created.expect(201);
+    let id = id_from_location(&created);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (server, stop, ok, failed, id) = (server.clone(), stop.clone(), ok.clone(), failed.clone(), id.clone());
+        readers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let reply = server.get(&format!("Patient/{id}")).await;
+                let redacted = reply.status == 200 && !String::from_utf8_lossy(&reply.bytes).contains("123-45-6789");
+                if redacted {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed)
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for version in ["2.0.0", "3.0.0"] {
+        let manifest = json!({"name": "redact", "version": version, "world": "policy"});
+        upload(&server, "redact", &component("redact"), manifest).await.expect(200);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    server.send(admin(&server).post(server.url("admin/plugins/redact/rollback"))).await.expect(200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed or escaped redaction during the swaps");
+    assert!(ok.load(Ordering::Relaxed) > 20, "the load generator ran ({} requests)", ok.load(Ordering::Relaxed));
+    let inspected = server.send(admin(&server).get(server.url("admin/plugins/redact"))).await.expect(200);
+    assert_eq!(inspected["seq"], 2, "rolled back from 3 to 2: {inspected}");
+    assert_eq!(inspected["versions"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_administration_is_validated_audited_and_survives_restarts() {
+    let folder = policies("[[binding]]\nplugin = \"redact\"\ninteractions = [\"read\"]\n");
+    let server = Server::launch(Db::Sqlite, with_policies(folder.path())).await;
+    // Clinical tokens never reach the admin API.
+    server.get("admin/plugins").await.expect_outcome(403, "forbidden");
+    let manifest = json!({"name": "redact", "version": "1", "world": "policy"});
+    // Not a component; the wrong world; a name that does not match; capabilities a policy cannot have.
+    upload(&server, "redact", b"\0asm\x01\0\0\0garbage", manifest.clone()).await.expect_outcome(422, "invalid");
+    let wrong_world = json!({"name": "redact", "version": "1", "world": "integration"});
+    let message = upload(&server, "redact", &component("redact"), wrong_world).await.expect_outcome(422, "invalid");
+    assert!(message.contains("integration world"), "{message}");
+    upload(&server, "other", &component("redact"), manifest.clone()).await.expect_outcome(400, "value");
+    let greedy = json!({"name": "redact", "version": "1", "world": "policy", "allowed_hosts": ["example.org:443"]});
+    upload(&server, "redact", &component("redact"), greedy).await.expect_outcome(400, "value");
+
+    upload(&server, "redact", &component("redact"), manifest).await.expect(201);
+    let created = server
+        .post("Patient", &json!({"resourceType": "Patient", "identifier": [{"system": SSN, "value": "111-22-3333"}]}))
+        .await;
+    let id = id_from_location(&created);
+    let read = server.get(&format!("Patient/{id}")).await.expect(200);
+    assert!(read.get("identifier").is_none(), "{read}");
+
+    // Disabled: what it gates is denied (fail closed); enabled again: back.
+    server.send(admin(&server).post(server.url("admin/plugins/redact/disable"))).await.expect(200);
+    server.get(&format!("Patient/{id}")).await.expect_outcome(403, "forbidden");
+    server.send(admin(&server).post(server.url("admin/plugins/redact/enable"))).await.expect(200);
+    server.get(&format!("Patient/{id}")).await.expect(200);
+
+    // Stored in the database: a restart loads it before serving the first request.
+    let server = server.restart(with_policies(folder.path())).await;
+    let read = server.get(&format!("Patient/{id}")).await.expect(200);
+    assert!(read.get("identifier").is_none(), "still redacted after a restart: {read}");
+    let listed = server.send(admin(&server).get(server.url("admin/plugins"))).await.expect(200);
+    assert_eq!(listed["plugins"][0]["name"], "redact");
+    assert_eq!(listed["plugins"][0]["world"], "policy");
+
+    // Removed while still bound: denied until the binding goes too.
+    server.send(admin(&server).delete(server.url("admin/plugins/redact"))).await.expect(200);
+    server.get(&format!("Patient/{id}")).await.expect_outcome(403, "forbidden");
+    std::fs::write(folder.path().join("bindings.toml"), "").unwrap();
+    let reloaded = reload(&server).await.expect(200);
+    assert_eq!(reloaded["bindings"], json!([]));
+    server.get(&format!("Patient/{id}")).await.expect(200);
+    // A broken bindings file is refused and the bindings in force stay.
+    std::fs::write(folder.path().join("bindings.toml"), "[[binding]]\nplugin = \"x\"\ninteractions = [\"peek\"]\n")
+        .unwrap();
+    reload(&server).await.expect_outcome(400, "invalid");
+
+    let export = server.hearth(&["audit", "export"]);
+    let text = String::from_utf8_lossy(&export.stdout);
+    for action in [
+        "admin-plugin-load",
+        "admin-plugin-disable",
+        "admin-plugin-enable",
+        "admin-plugin-remove",
+        "admin-policies-reload",
+    ] {
+        assert!(text.contains(&format!("\"action\":\"{action}\"")), "{action} is audited");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_plugins_load_when_trust_keys_are_configured() {
+    let keys = tempfile::tempdir().unwrap();
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    std::fs::write(keys.path().join("release.pem"), pair.serialize_pem()).unwrap();
+    std::fs::write(keys.path().join("release.pub"), pair.public_key_pem()).unwrap();
+    let launch = Launch {
+        extra_args: vec!["--plugin-trust-key".into(), keys.path().join("release.pub").to_str().unwrap().into()],
+        ..Launch::default()
+    };
+    let server = Server::launch(Db::Sqlite, launch).await;
+    let bytes = component("validate");
+    let manifest_json = json!({"name": "validate", "version": "1", "world": "policy"});
+    let message = upload(&server, "validate", &bytes, manifest_json.clone()).await.expect_outcome(403, "security");
+    assert!(message.contains("signed"), "{message}");
+
+    let manifest: hearth::plugins::Manifest = serde_json::from_value(manifest_json.clone()).unwrap();
+    let signature = hearth::plugins::signing::sign(&keys.path().join("release.pem"), &bytes, &manifest).unwrap();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let put = |manifest: Value| {
+        let body = json!({"manifest": manifest, "component": b64(&bytes), "signature": b64(&signature)});
+        server.send(admin(&server).put(server.url("admin/plugins/validate")).json(&body))
+    };
+    // The signature covers the manifest: a changed limit does not verify.
+    let tampered = json!({"name": "validate", "version": "1", "world": "policy", "limits": {"timeout_ms": 1000, "memory_mib": 256}});
+    put(tampered).await.expect_outcome(403, "security");
+    let loaded = put(manifest_json).await.expect(201);
+    assert_eq!(loaded["signedBy"], "release");
+}
+
+/// A local HTTP receiver recording every notice; answers 503 to the first `fail_first`.
+struct Receiver {
+    addr: SocketAddr,
+    notices: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn receiver(fail_first: u64) -> Receiver {
+    let notices = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(AtomicU64::new(0));
+    let recorded = notices.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (recorded, seen) = (recorded.clone(), seen.clone());
+            async move {
+                if seen.fetch_add(1, Ordering::SeqCst) < fail_first {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                recorded.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Receiver { addr, notices }
+}
+
+async fn integration_events_reach_a_real_receiver(db: Db) {
+    let receiver = receiver(2).await;
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let bindings = format!(
+        r#"
+[[binding]]
+plugin = "notify"
+resource_types = ["Patient"]
+interactions = ["create", "update", "delete"]
+config = {{ url = "http://{addr}/hook" }}
+
+[[binding]]
+plugin = "notify-nowhere"
+resource_types = ["Patient"]
+interactions = ["create"]
+config = {{ url = "http://127.0.0.1:{closed_port}/hook" }}
+
+[[binding]]
+plugin = "notify-forbidden"
+resource_types = ["Patient"]
+interactions = ["create"]
+config = {{ url = "http://{addr}/hook" }}
+"#,
+        addr = receiver.addr
+    );
+    let folder = policies(&bindings);
+    let server = Server::launch(db, with_policies(folder.path())).await;
+    let allowed = json!([receiver.addr.to_string()]);
+    load(&server, "notify", "notify", "integration", json!({"allowed_hosts": allowed, "key_value": true})).await;
+    let nowhere = json!({"allowed_hosts": [format!("127.0.0.1:{closed_port}")], "max_attempts": 1});
+    load(&server, "notify-nowhere", "notify", "integration", nowhere).await;
+    // Allowed nowhere: its posts to the receiver are refused by the host.
+    load(&server, "notify-forbidden", "notify", "integration", json!({"max_attempts": 1})).await;
+
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let created =
+            server.post("Patient", &json!({"resourceType": "Patient", "name": [{"family": format!("N{n}")}]})).await;
+        created.expect(201);
+        ids.push(id_from_location(&created));
+    }
+    server
+        .put(&format!("Patient/{}", ids[0]), &json!({"resourceType": "Patient", "id": ids[0], "active": true}))
+        .await
+        .expect(200);
+    server.delete(&format!("Patient/{}", ids[1])).await.expect(200);
+
+    // 5 changes; the receiver refused the first 2 deliveries, so these came by retry.
+    let mut notices = Vec::new();
+    for _ in 0..600 {
+        notices = receiver.notices.lock().unwrap().clone();
+        if notices.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut kinds: Vec<(String, String)> = notices
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap().to_owned(), n["kind"].as_str().unwrap().to_owned()))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    let mut expected = vec![
+        (ids[0].clone(), "created".to_owned()),
+        (ids[0].clone(), "updated".to_owned()),
+        (ids[1].clone(), "created".to_owned()),
+        (ids[1].clone(), "deleted".to_owned()),
+        (ids[2].clone(), "created".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(kinds, expected, "every committed change was delivered: {notices:?}");
+    assert!(notices.iter().all(|n| n.get("name").is_none()), "notices carry ids, not clinical content");
+    assert!(notices.iter().any(|n| n["previousEventId"].is_u64()), "the plugin's key-value store kept state");
+
+    // The failing plugins' events are dead-lettered with their reasons, and can be retried.
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        let listed = server.send(admin(&server).get(server.url("admin/outbox?state=dead"))).await.expect(200);
+        dead = listed["events"].as_array().unwrap().clone();
+        if dead.len() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(dead.len(), 6, "{dead:?}");
+    assert!(
+        dead.iter()
+            .any(|e| e["plugin"] == "notify-forbidden" && e["lastError"].as_str().unwrap().contains("not allowed")),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter()
+            .any(|e| e["plugin"] == "notify-nowhere" && e["lastError"].as_str().unwrap().contains("request failed")),
+        "{dead:?}"
+    );
+    let first = dead[0]["id"].as_i64().unwrap();
+    server.send(admin(&server).post(server.url(&format!("admin/outbox/{first}/retry")))).await.expect(200);
+    server.send(admin(&server).post(server.url("admin/outbox/999999999/retry"))).await.expect(404);
+}
