@@ -3,5 +3,6 @@
 
 pub mod data;
 pub mod load;
+pub mod plugins;
 pub mod report;
 pub mod servers;

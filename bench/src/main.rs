@@ -150,7 +150,7 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
     let mut memory = Vec::new();
     let mut notes = vec![
         "every Hearth request carries a bearer JWT (verified once, then cached), passes scope checks, is decrypted \
-         or sealed, and appends a hash-chained audit entry (group commit); policy plugins are not built yet"
+         or sealed, and appends a hash-chained audit entry (group commit); case 3 adds policy plugins"
             .to_owned(),
         "SQLite runs with synchronous=FULL (every commit fsynced); PostgreSQL with its defaults".to_owned(),
     ];
@@ -206,6 +206,21 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
     ));
     if let Some(rss) = hearth.rss_mib() {
         memory.push((format!("hearth (SQLite) after seeding {seed_patients} patients and the read load"), rss));
+    }
+
+    // Case 3: reads gated by 1 and by 3 Rust policy plugins vs the same server build ungated.
+    eprintln!("case 3: policy-gated reads vs ungated reads; raw authorize vs native Rust");
+    let mut calls = Vec::new();
+    // The calls are synchronous, as in the server's blocking pool; this worker is given up
+    // for the measurement.
+    let iterations = if quick { 5_000 } else { 50_000 };
+    match tokio::task::block_in_place(|| hearth_bench::plugins::raw_call(iterations)) {
+        Ok(comparison) => calls.push(comparison),
+        Err(error) => notes.push(format!("raw plugin call case skipped: {error}")),
+    }
+    match policy_cases(spec, &hearth_bin, &scratch, seed_patients).await {
+        Ok(found) => comparisons.extend(found),
+        Err(error) => notes.push(format!("policy-gated read cases skipped: {error}")),
     }
 
     // Case 4: single creates and reads, PostgreSQL vs SQLite, alternating.
@@ -315,6 +330,7 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
         concurrency,
         seconds_per_measurement: spec.duration.as_secs_f64(),
         comparisons,
+        calls,
         memory_mib: memory,
         notes,
     };
@@ -324,6 +340,74 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
     }
     std::fs::write(output, serde_json::to_vec_pretty(&report).expect("JSON")).expect("write report");
     println!("\nwrote {}", output.display());
+}
+
+/// Reads through 1 policy plugin (redact) and through 3 (consent, with its Consent lookup;
+/// redact; validate) against an ungated server of the same build, alternating.
+async fn policy_cases(
+    spec: LoadSpec,
+    hearth_bin: &Path,
+    scratch: &Scratch,
+    seed_patients: usize,
+) -> Result<Vec<Comparison>, String> {
+    let one = scratch.path("policies-one");
+    let three = scratch.path("policies-three");
+    for dir in [&one, &three] {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let binding = |plugin: &str| format!("[[binding]]\nplugin = \"{plugin}\"\ninteractions = [\"read\"]\n\n");
+    std::fs::write(one.join("b.toml"), binding("redact")).map_err(|e| e.to_string())?;
+    let all = ["consent", "redact", "validate"].map(binding).concat();
+    std::fs::write(three.join("b.toml"), all).map_err(|e| e.to_string())?;
+    let one_dir = one.display().to_string();
+    let three_dir = three.display().to_string();
+    let ungated = start_hearth("ungated", hearth_bin, scratch, None, &[]);
+    let gated = start_hearth("gated-one", hearth_bin, scratch, None, &[("HEARTH_POLICIES", one_dir.as_str())]);
+    let gated3 = start_hearth("gated-three", hearth_bin, scratch, None, &[("HEARTH_POLICIES", three_dir.as_str())]);
+    hearth_bench::plugins::load_into(&scratch.path("gated-one"), &gated.base, "redact").await?;
+    for name in ["consent", "redact", "validate"] {
+        hearth_bench::plugins::load_into(&scratch.path("gated-three"), &gated3.base, name).await?;
+    }
+    let clients = [
+        client_for(scratch, "ungated", spec.concurrency),
+        client_for(scratch, "gated-one", spec.concurrency),
+        client_for(scratch, "gated-three", spec.concurrency),
+    ];
+    let mut paths = Vec::new();
+    for (client, server) in clients.iter().zip([&ungated, &gated, &gated3]) {
+        let ids = seed(client, server, seed_patients).await;
+        paths.push(Arc::new(ids.iter().map(|id| format!("Patient/{id}")).collect::<Vec<_>>()));
+    }
+    let (gated_read, ungated_read) = load::alternating(
+        spec,
+        ROUNDS,
+        |s| get_loop(s, &clients[1], &gated, paths[1].clone()),
+        |s| get_loop(s, &clients[0], &ungated, paths[0].clone()),
+    )
+    .await;
+    let (gated3_read, ungated_read3) = load::alternating(
+        spec,
+        ROUNDS,
+        |s| get_loop(s, &clients[2], &gated3, paths[2].clone()),
+        |s| get_loop(s, &clients[0], &ungated, paths[0].clone()),
+    )
+    .await;
+    Ok(vec![
+        Comparison::new(
+            "3 policy plugins",
+            ("read, 1 Rust policy (redact)", &gated_read),
+            ("read, no policy", &ungated_read),
+            ">= 0.85",
+            Some(0.85),
+        ),
+        Comparison::new(
+            "3 policy plugins",
+            ("read, 3 Rust policies", &gated3_read),
+            ("read, no policy", &ungated_read3),
+            "report",
+            None,
+        ),
+    ])
 }
 
 /// Creates `count` patients (each with one observation) and returns the patient ids.

@@ -74,6 +74,8 @@ pub struct Report {
     pub concurrency: usize,
     pub seconds_per_measurement: f64,
     pub comparisons: Vec<Comparison>,
+    /// In-process call latencies next to native baselines.
+    pub calls: Vec<crate::plugins::CallComparison>,
     /// (what, resident set size in MiB)
     pub memory_mib: Vec<(String, f64)>,
     pub notes: Vec<String>,
@@ -109,6 +111,29 @@ impl Report {
                 c.throughput_ratio,
                 c.target,
                 verdict
+            );
+        }
+        for c in &self.calls {
+            let verdict = match c.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "",
+            };
+            println!(
+                "\n{}: {} p50 {:.1} us, p99 {:.1} us vs {} p50 {:.1} us, p99 {:.1} us; p50 ratio {:.2}; target {} {} \
+                 (component {} KB, compiled in {:.0} ms, once)",
+                c.case,
+                c.subject,
+                c.subject_p50_us,
+                c.subject_p99_us,
+                c.baseline,
+                c.baseline_p50_us,
+                c.baseline_p99_us,
+                c.p50_ratio,
+                c.target,
+                verdict,
+                c.component_bytes / 1024,
+                c.compile_ms
             );
         }
         for (what, mib) in &self.memory_mib {

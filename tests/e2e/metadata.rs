@@ -17,6 +17,7 @@ async fn capability_statement_lists_what_is_implemented(db: Db) {
     let rest = &cs["rest"][0];
     assert_eq!(rest["mode"], "server");
     assert!(rest.get("interaction").is_none(), "no system-level interaction is implemented yet");
+    assert_eq!(rest["operation"][0]["name"], "convert", "the plugin converter operation is declared");
     let resources = rest["resource"].as_array().unwrap();
     assert_eq!(resources.len(), 146, "every R4 resource type");
     for resource in resources {

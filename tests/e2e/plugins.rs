@@ -116,7 +116,11 @@ order = 30
 config = { patient_identifier_system = "urn:oid:1.2.36.146.595.217.0.1" }
 "#;
 
-on_both_databases!(policy_plugins_change_real_responses, integration_events_reach_a_real_receiver);
+on_both_databases!(
+    policy_plugins_change_real_responses,
+    integration_events_reach_a_real_receiver,
+    hl7_messages_become_stored_resources
+);
 
 async fn policy_plugins_change_real_responses(db: Db) {
     let folder = policies(CLINICAL_BINDINGS);
@@ -538,4 +542,99 @@ config = {{ url = "http://{addr}/hook" }}
     let first = dead[0]["id"].as_i64().unwrap();
     server.send(admin(&server).post(server.url(&format!("admin/outbox/{first}/retry")))).await.expect(200);
     server.send(admin(&server).post(server.url("admin/outbox/999999999/retry"))).await.expect(404);
+}
+
+const ORU: &str = "MSH|^~\\&|LAB|HOSP|HEARTH|HOSP|202611270930||ORU^R01|MSG0001|P|2.5.1\r\
+PID|1||MRN-4711^^^HOSP^MR||Fairweather^Imogen^J||19820314|F|||7 Quay Street^^Bristol^^BS1 4DJ^GB\r\
+OBR|1||LAB-99|24331-1^Lipid panel^LN\r\
+OBX|1|NM|2093-3^Cholesterol [Mass/volume] in Serum or Plasma^LN||187|mg/dL|||||F|||202611270915\r\
+OBX|2|NM|2571-8^Triglyceride [Mass/volume] in Serum or Plasma^LN||142|mg/dL|||||P|||202611270915\r";
+
+async fn hl7_messages_become_stored_resources(db: Db) {
+    let folder = policies(
+        "[[binding]]\nplugin = \"hl7v2\"\ninteractions = [\"create\"]\nresource_types = [\"Patient\"]\n\
+         config = { identifier_systems = { HOSP = \"http://hospital.example/mrn\" } }\n",
+    );
+    let server = Server::launch(db, with_policies(folder.path())).await;
+    load(&server, "hl7v2", "hl7v2", "integration", json!({})).await;
+    let post = |body: &str, media_type: &str| {
+        let request = server
+            .client
+            .post(server.url("$convert?plugin=hl7v2"))
+            .header("content-type", media_type)
+            .body(body.to_owned());
+        server.send(request)
+    };
+    let bundle = post(ORU, "application/hl7-v2").await.expect(200);
+    assert_eq!(bundle["type"], "transaction-response");
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "{bundle}");
+    let locations: Vec<&str> = entries.iter().map(|e| e["response"]["location"].as_str().unwrap()).collect();
+    let patient_path = locations[0].trim_end_matches("/_history/1");
+    let patient = server.get(patient_path).await.expect(200);
+    assert_eq!(patient["name"][0]["family"], "Fairweather");
+    assert_eq!(patient["birthDate"], "1982-03-14");
+    assert_eq!(patient["identifier"][0]["system"], "http://hospital.example/mrn", "binding config reached the plugin");
+    let observation = server.get(locations[1].trim_end_matches("/_history/1")).await.expect(200);
+    assert_eq!(observation["subject"]["reference"], patient_path, "linked to the patient of the same message");
+    assert_eq!(observation["valueQuantity"]["value"], 187.0);
+    assert_eq!(observation["code"]["coding"][0]["system"], "http://loinc.org");
+    let second = server.get(locations[2].trim_end_matches("/_history/1")).await.expect(200);
+    assert_eq!(second["status"], "preliminary");
+
+    let message = post(&ORU.replace("ORU^R01", "SIU^S12"), "application/hl7-v2").await.expect_outcome(422, "invalid");
+    assert!(message.contains("unsupported message type SIU^S12"), "{message}");
+    post("hello", "application/hl7-v2").await.expect_outcome(422, "invalid");
+    // A token that may not create one of the resources is refused before anything is stored.
+    let reader = server.client_with(Some(&server.token("user/Patient.c user/*.r", None)));
+    let request =
+        reader.post(server.url("$convert?plugin=hl7v2")).header("content-type", "application/hl7-v2").body(ORU);
+    server.send(request).await.expect_outcome(403, "forbidden");
+    let request =
+        server.client.post(server.url("$convert?plugin=nothing")).header("content-type", "application/hl7-v2");
+    server.send(request.body(ORU)).await.expect_outcome(404, "not-found");
+}
+
+/// Two hosts on one PostgreSQL database: a plugin loaded or disabled through one takes effect
+/// on the other without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_changes_reach_every_host_on_one_database() {
+    let folder = policies("[[binding]]\nplugin = \"redact\"\ninteractions = [\"read\"]\n");
+    let first = Server::launch(Db::Postgres, with_policies(folder.path())).await;
+    let mut launch = with_policies(folder.path());
+    launch.data_dir = Some(first.data_dir.clone());
+    launch.no_database_flag = true;
+    launch.extra_args.extend(["--database-url".to_owned(), first.database_url()]);
+    let second = Server::launch(Db::Postgres, launch).await;
+
+    let patient = json!({"resourceType": "Patient", "identifier": [{"system": SSN, "value": "222-33-4444"}]});
+    // Bound but loaded nowhere yet: both hosts deny.
+    let created = first.post("Patient", &patient).await;
+    let id = id_from_location(&created);
+    second.get(&format!("Patient/{id}")).await.expect_outcome(403, "forbidden");
+
+    load(&first, "redact", "redact", "policy", json!({})).await;
+    let redacted_on_second = async {
+        for _ in 0..100 {
+            let reply = second.get(&format!("Patient/{id}")).await;
+            if reply.status == 200 {
+                return reply.json();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the second host never loaded the plugin");
+    }
+    .await;
+    assert!(redacted_on_second.get("identifier").is_none(), "{redacted_on_second}");
+
+    first.send(admin(&first).post(first.url("admin/plugins/redact/disable"))).await.expect(200);
+    let mut denied = false;
+    for _ in 0..100 {
+        if second.get(&format!("Patient/{id}")).await.status == 403 {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(denied, "disabling through one host reaches the other");
 }

@@ -89,6 +89,7 @@ fn describe(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
         ("POST", ["admin", "policies", op]) => (format!("admin-policies-{op}"), None, None, None),
         ("POST", ["admin", "outbox", id, op]) => (format!("admin-outbox-{op}"), Some("outbox".into()), owned(id), None),
         ("GET", ["admin", area, ..]) => (format!("admin-read-{area}"), None, None, None),
+        ("POST", ["$convert"]) => ("operation-convert".into(), None, None, None),
         ("POST", [t]) => ("create".into(), owned(t), None, None),
         ("GET", [t, id]) => ("read".into(), owned(t), owned(id), None),
         ("PUT", [t, id]) => ("update".into(), owned(t), owned(id), None),

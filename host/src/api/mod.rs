@@ -18,6 +18,7 @@ use crate::store::Store;
 mod admin;
 mod audit;
 mod auth;
+mod convert;
 mod extract;
 mod fhir;
 mod gate;
@@ -72,6 +73,7 @@ pub fn router(
         software_version: env!("CARGO_PKG_VERSION"),
         type_interactions: fhir::TYPE_INTERACTIONS,
         system_interactions: fhir::SYSTEM_INTERACTIONS,
+        system_operations: &[("convert", "http://hearth.dev/fhir/OperationDefinition/convert")],
     });
     let state = Arc::new(AppState {
         store,
@@ -86,6 +88,7 @@ pub fn router(
     let protected = fhir::routes()
         .merge(admin::routes())
         .merge(plugins::routes())
+        .route("/$convert", axum::routing::post(convert::convert))
         .route("/metrics", axum::routing::get(metrics::metrics))
         .route_layer(middleware::from_fn(extract::negotiate_format))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))

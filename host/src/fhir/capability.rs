@@ -17,6 +17,8 @@ pub struct Implemented<'a> {
     pub type_interactions: &'a [&'a str],
     /// System-level interactions (`transaction`, `history-system`, ...).
     pub system_interactions: &'a [&'a str],
+    /// System-level operations: (name, canonical URL of its definition).
+    pub system_operations: &'a [(&'a str, &'a str)],
 }
 
 pub fn capability_statement(implemented: &Implemented<'_>) -> Value {
@@ -52,10 +54,21 @@ pub fn capability_statement(implemented: &Implemented<'_>) -> Value {
             }],
             "description": "Every interaction needs a bearer JWT from a trusted issuer carrying SMART v1 or v2 scopes \
                 (patient/user/system, cruds, ?param=value constraints); patient/ scopes are confined to the token's \
-                patient compartment. See /.well-known/smart-configuration."
+                patient compartment. See /.well-known/smart-configuration. Policy plugins (WebAssembly) may deny \
+                access, redact elements and label responses; X-Purpose-Of-Use states a purpose of use, and a \
+                principal with the break-glass role may state X-Break-Glass-Reason (audited as an emergency access)."
         },
         "resource": resources,
     });
+    if !implemented.system_operations.is_empty() {
+        rest["operation"] = Value::Array(
+            implemented
+                .system_operations
+                .iter()
+                .map(|(name, definition)| json!({ "name": name, "definition": definition }))
+                .collect(),
+        );
+    }
     if !implemented.system_interactions.is_empty() {
         rest["interaction"] = interactions(implemented.system_interactions);
     }

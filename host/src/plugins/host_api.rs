@@ -49,7 +49,7 @@ impl lookup::Host for CallState {
         if !crate::fhir::resource::is_valid_id(&patient) {
             return Vec::new();
         }
-        let store = self.services.store.clone();
+        let Some(store) = self.services.store.clone() else { return Vec::new() };
         let found = self.services.tokio.block_on(async move { store.active_consents(&patient, 100).await });
         match found {
             Ok(consents) => consents,
@@ -108,10 +108,8 @@ impl http::Host for CallState {
 
 impl key_value::Host for CallState {
     fn get(&mut self, key: String) -> Option<Vec<u8>> {
-        if !self.plugin.key_value {
-            return None;
-        }
-        let (store, plugin) = (self.services.store.clone(), self.plugin.name.clone());
+        let (true, Some(store)) = (self.plugin.key_value, self.services.store.clone()) else { return None };
+        let plugin = self.plugin.name.clone();
         self.services.tokio.block_on(async move { store.kv_get(&plugin, &key).await }).unwrap_or_else(|error| {
             tracing::error!(%error, plugin = %self.plugin.name, "plugin key-value read failed");
             None
@@ -125,7 +123,10 @@ impl key_value::Host for CallState {
         if key.is_empty() || key.len() > MAX_KV_KEY || value.len() > MAX_KV_VALUE {
             return Err(format!("keys are 1-{MAX_KV_KEY} bytes and values at most {MAX_KV_VALUE} bytes"));
         }
-        let (store, plugin) = (self.services.store.clone(), self.plugin.name.clone());
+        let Some(store) = self.services.store.clone() else {
+            return Err("the key-value store is not available here".into());
+        };
+        let plugin = self.plugin.name.clone();
         match self.services.tokio.block_on(async move { store.kv_set(&plugin, &key, &value, MAX_KV_KEYS).await }) {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -136,10 +137,8 @@ impl key_value::Host for CallState {
     }
 
     fn delete(&mut self, key: String) {
-        if !self.plugin.key_value {
-            return;
-        }
-        let (store, plugin) = (self.services.store.clone(), self.plugin.name.clone());
+        let (true, Some(store)) = (self.plugin.key_value, self.services.store.clone()) else { return };
+        let plugin = self.plugin.name.clone();
         if let Err(error) = self.services.tokio.block_on(async move { store.kv_delete(&plugin, &key).await }) {
             tracing::error!(%error, plugin = %self.plugin.name, "plugin key-value delete failed");
         }

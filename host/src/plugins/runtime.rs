@@ -62,7 +62,9 @@ pub enum LoadError {
 
 /// Services host functions reach: the database (lookups, key-value) and outbound HTTP.
 pub struct HostServices {
-    pub store: Store,
+    /// `None` outside a server (benchmarks, plugin tests): lookups find nothing and the
+    /// key-value store is unavailable.
+    pub store: Option<Store>,
     pub tokio: tokio::runtime::Handle,
     pub http: reqwest::Client,
 }

@@ -167,6 +167,15 @@ enum StoredKey {
     Created(SecretKey),
 }
 
+/// One resource for [`Store::create_all`].
+pub struct NewResource<'a> {
+    pub res_type: &'a str,
+    pub id: &'a str,
+    pub key_id: &'a str,
+    pub events: &'a [String],
+    pub stamp: &'a (dyn Fn(i64, i64) -> Vec<u8> + Sync),
+}
+
 /// The integration plugins to notify of a write, by what the write turns out to be (an
 /// update of a resource that does not exist, or was deleted, creates it).
 #[derive(Debug, Clone, Default)]
@@ -351,6 +360,32 @@ impl Store {
             return Ok(WriteResult { version, last_updated_us, body, created: live.is_none() });
         }
         Err(StoreError::TooMuchContention)
+    }
+
+    /// Creates several new resources in one transaction: all are stored, or none. Each item is
+    /// (type, server-assigned id, data key id, body renderer, plugins to notify).
+    pub async fn create_all(&self, items: &[NewResource<'_>]) -> Result<Vec<WriteResult>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut written = Vec::with_capacity(items.len());
+        for item in items {
+            let last_updated_us = next_timestamp(None);
+            let body = (item.stamp)(1, last_updated_us);
+            let sealed = if self.plaintext {
+                body.clone()
+            } else {
+                let cipher = self.data_key_for_write(&mut tx, item.key_id).await?;
+                seal_with(&cipher, &resource_aad(item.res_type, item.id, 1, item.key_id), &body)
+            };
+            if !move_head(&mut tx, item.res_type, item.id, None, 1, last_updated_us, false).await? {
+                return Err(StoreError::AlreadyExists);
+            }
+            insert_version(&mut tx, item.res_type, item.id, 1, last_updated_us, Some((item.key_id, &sealed))).await?;
+            plugins::enqueue_events(&mut tx, item.events, item.res_type, item.id, 1, "created", last_updated_us)
+                .await?;
+            written.push(WriteResult { version: 1, last_updated_us, body, created: true });
+        }
+        tx.commit().await?;
+        Ok(written)
     }
 
     /// Logically deletes `res_type/id` by writing a deletion version.

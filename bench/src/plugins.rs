@@ -1,0 +1,171 @@
+//! Plugin cases: the cost of one `authorize` evaluation in the WebAssembly sandbox (fresh
+//! instance per call, as the server does it) next to the same logic as a native Rust
+//! function, measured in the same process; and helpers to load plugins into a server.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use base64::Engine as _;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use hearth::plugins::bindings::types::{Decision, Interaction, Obligations, Principal, Request, SubjectResource};
+use hearth::plugins::{HostServices, Manifest, PluginRuntime};
+
+/// Where `bench/run` put the reference plugin components.
+pub fn component_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("HEARTH_BENCH_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/plugins/wasm32-wasip2/release"));
+    dir.join(format!("hearth_plugin_{name}.wasm"))
+}
+
+/// Latency of a call, next to its native baseline.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallComparison {
+    pub case: String,
+    pub subject: String,
+    pub baseline: String,
+    pub subject_p50_us: f64,
+    pub subject_p99_us: f64,
+    pub baseline_p50_us: f64,
+    pub baseline_p99_us: f64,
+    /// subject p50 / baseline p50.
+    pub p50_ratio: f64,
+    pub target: String,
+    pub met: Option<bool>,
+    pub component_bytes: usize,
+    pub compile_ms: f64,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// A realistic ~500-byte Patient with one SSN to redact.
+pub fn sample_patient() -> String {
+    json!({
+        "resourceType": "Patient", "id": "bench-1",
+        "meta": {"versionId": "3", "lastUpdated": "2026-11-27T10:00:00Z"},
+        "identifier": [
+            {"system": "urn:oid:1.2.36.146.595.217.0.1", "value": "MRN-000123"},
+            {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-12-3456"}
+        ],
+        "name": [{"use": "official", "family": "Lindqvist", "given": ["Astrid", "Maja"]}],
+        "telecom": [{"system": "phone", "value": "+1 555 0100", "use": "home"}],
+        "gender": "female", "birthDate": "1974-12-25",
+        "address": [{"line": ["12 Harbour Road"], "city": "Portland", "state": "ME", "postalCode": "04101"}],
+        "note": [{"text": "prefers morning appointments"}]
+    })
+    .to_string()
+}
+
+/// The redact plugin's decision, written natively: the baseline.
+pub fn native_redact(json: &str) -> Decision {
+    let Ok(body) = serde_json::from_str::<Value>(json) else { return Decision::Allow };
+    let mut redact = Vec::new();
+    if let Some(identifiers) = body.get("identifier").and_then(Value::as_array) {
+        for (i, identifier) in identifiers.iter().enumerate() {
+            if identifier.get("system").and_then(Value::as_str) == Some("http://hl7.org/fhir/sid/us-ssn") {
+                redact.push(format!("identifier[{i}]"));
+            }
+        }
+    }
+    if redact.is_empty() { Decision::Allow } else { Decision::AllowWith(Obligations { redact, labels: Vec::new() }) }
+}
+
+/// Times `iterations` sandboxed `authorize` calls of the redact plugin against the native
+/// function, interleaved in blocks so both see the same machine state.
+pub fn raw_call(iterations: usize) -> Result<CallComparison, String> {
+    let bytes = std::fs::read(component_path("redact")).map_err(|e| format!("redact component: {e}"))?;
+    let http = reqwest::Client::new();
+    let services = HostServices { store: None, tokio: tokio::runtime::Handle::current(), http };
+    let runtime = PluginRuntime::new(services, None)?;
+    let manifest =
+        Manifest::parse("name = \"redact\"\nversion = \"1\"\nworld = \"policy\"").map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let plugin = runtime.load(manifest, &bytes).map_err(|e| e.to_string())?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let json = sample_patient();
+    let request = Request {
+        principal: Principal {
+            subject: "bench".into(),
+            scopes: vec!["user/*.rs".into()],
+            roles: Vec::new(),
+            purpose_of_use: None,
+            break_glass_reason: None,
+            patient: None,
+        },
+        interaction: Interaction::Read,
+        config: "{}".into(),
+    };
+    let resources = [SubjectResource {
+        resource_type: "Patient".into(),
+        id: Some("bench-1".into()),
+        compartment: Some("bench-1".into()),
+        json: Some(json.clone()),
+    }];
+    // Same answer both ways, or the comparison means nothing.
+    let sandboxed = runtime.authorize(&plugin, &request, &resources).map_err(|e| e.to_string())?;
+    match (&sandboxed[0], native_redact(&json)) {
+        (Decision::AllowWith(a), Decision::AllowWith(b)) if a.redact == b.redact => {}
+        (other, native) => return Err(format!("plugin said {other:?}, native said {native:?}")),
+    }
+    let (mut wasm, mut native) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
+    for _ in 0..iterations.div_ceil(100) {
+        for _ in 0..100 {
+            let t = Instant::now();
+            let decisions = runtime.authorize(&plugin, &request, &resources).map_err(|e| e.to_string())?;
+            wasm.push(t.elapsed().as_secs_f64() * 1e6);
+            std::hint::black_box(decisions);
+        }
+        for _ in 0..100 {
+            let t = Instant::now();
+            let decision = native_redact(std::hint::black_box(&json));
+            native.push(t.elapsed().as_secs_f64() * 1e6);
+            std::hint::black_box(decision);
+        }
+    }
+    wasm.sort_by(f64::total_cmp);
+    native.sort_by(f64::total_cmp);
+    let subject_p50 = percentile(&wasm, 0.5);
+    let baseline_p50 = percentile(&native, 0.5);
+    Ok(CallComparison {
+        case: "3 policy plugins".into(),
+        subject: "redact authorize, wasm (fresh instance)".into(),
+        baseline: "same logic, native Rust".into(),
+        subject_p50_us: subject_p50,
+        subject_p99_us: percentile(&wasm, 0.99),
+        baseline_p50_us: baseline_p50,
+        baseline_p99_us: percentile(&native, 0.99),
+        p50_ratio: subject_p50 / baseline_p50.max(1e-9),
+        target: "p50 < 50 us".into(),
+        met: Some(subject_p50 < 50.0),
+        component_bytes: bytes.len(),
+        compile_ms,
+    })
+}
+
+/// Uploads reference plugin `name` into the dev-mode server whose data directory is `data`.
+pub async fn load_into(data: &Path, base_url: &str, name: &str) -> Result<(), String> {
+    let key = hearth::auth::token::DevSigningKey::load_or_create(&hearth::serve::dev_token_key_path(data))
+        .map_err(|e| e.to_string())?;
+    let token = key.issue("hearth-bench", "admin/plugins", std::time::Duration::from_secs(600), None, &[]);
+    let client = crate::load::client(&data.join("tls/ca.pem"), 1, Some(&token));
+    let bytes = std::fs::read(component_path(name)).map_err(|e| format!("{name} component: {e}"))?;
+    let body = json!({
+        "manifest": {"name": name, "version": "1.0.0", "world": "policy", "language": "rust"},
+        "component": base64::engine::general_purpose::STANDARD.encode(bytes),
+    });
+    let response = client
+        .put(format!("{base_url}/admin/plugins/{name}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() { Ok(()) } else { Err(format!("loading {name}: HTTP {}", response.status())) }
+}
