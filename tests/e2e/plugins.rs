@@ -638,3 +638,46 @@ async fn plugin_changes_reach_every_host_on_one_database() {
     }
     assert!(denied, "disabling through one host reaches the other");
 }
+
+/// A shadow binding decides and reports, but never changes an answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_bindings_report_without_enforcing() {
+    let folder = policies(
+        "[[binding]]\nplugin = \"consent\"\ninteractions = [\"read\"]\nresource_types = [\"Observation\"]\nmode = \"shadow\"\n",
+    );
+    let server = Server::launch(Db::Sqlite, with_policies(folder.path())).await;
+    load(&server, "consent", "consent", "policy", json!({})).await;
+    let patient = server.post("Patient", &json!({"resourceType": "Patient"})).await;
+    let patient_id = id_from_location(&patient);
+    let consent = json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"code": "patient-privacy"}]}, "category": [{"coding": [{"code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient_id}")}, "provision": {"type": "deny"},
+    });
+    server.post("Consent", &consent).await.expect(201);
+    let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": format!("Patient/{patient_id}")}});
+    let created = server.post("Observation", &observation).await;
+    let observation_id = id_from_location(&created);
+    for _ in 0..3 {
+        server.get(&format!("Observation/{observation_id}")).await.expect(200);
+    }
+    let mut shadow = Value::Null;
+    for _ in 0..50 {
+        let report = server.send(admin(&server).get(server.url("admin/policies"))).await.expect(200);
+        shadow = report["shadow"][0].clone();
+        if shadow["evaluated"].as_u64() == Some(3) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shadow["plugin"], "consent");
+    assert_eq!(shadow["evaluated"], 3, "{shadow}");
+    assert_eq!(shadow["differed"], 3, "the shadow policy would have denied each read: {shadow}");
+    assert!(server.log().contains("shadow policy decision"));
+    let metrics_client = server.client_with(Some(&server.token("admin/metrics", None)));
+    let metrics = server.send(metrics_client.get(server.url("metrics"))).await;
+    let text = String::from_utf8_lossy(&metrics.bytes);
+    assert!(text.contains("hearth_policy_shadow_decisions_total{plugin=\"consent\",result=\"differed\"} 3"), "{text}");
+    assert!(text.contains("hearth_plugin_calls_total{plugin=\"consent\"} 3"), "{text}");
+}

@@ -97,9 +97,48 @@ pub async fn metrics(
         "# HELP hearth_audit_chain_length Entries in the audit hash chain.\n# TYPE hearth_audit_chain_length gauge\n",
     );
     let _ = writeln!(out, "hearth_audit_chain_length {chain_length}");
+    render_plugins(&state, &mut out);
     let mut response = out.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     Ok(response)
+}
+
+/// Per-plugin call counters on this host, and shadow-mode disagreement counts.
+fn render_plugins(state: &SharedState, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let plugins = state.plugins.registry.all();
+    let counters: [(&str, &str, fn(&crate::plugins::registry::CallStats) -> u64); 5] = [
+        ("hearth_plugin_calls_total", "Plugin calls.", |s| s.calls.load(Relaxed)),
+        ("hearth_plugin_failures_total", "Plugin calls that trapped, timed out or answered malformed output.", |s| {
+            s.failures.load(Relaxed)
+        }),
+        ("hearth_plugin_timeouts_total", "Plugin calls stopped at their deadline.", |s| s.timeouts.load(Relaxed)),
+        ("hearth_plugin_denials_total", "Resources a policy plugin denied.", |s| s.denials.load(Relaxed)),
+        ("hearth_plugin_call_seconds_total", "Time spent in plugin calls.", |s| s.total_micros.load(Relaxed)),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for plugin in &plugins {
+            let raw = value(&plugin.stats);
+            if name == "hearth_plugin_call_seconds_total" {
+                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {}", escape(&plugin.name), raw as f64 / 1e6);
+            } else {
+                let _ = writeln!(out, "{name}{{plugin=\"{}\"}} {raw}", escape(&plugin.name));
+            }
+        }
+    }
+    out.push_str("# HELP hearth_policy_shadow_decisions_total Shadow-mode evaluations, and how many differed from what was enforced.\n");
+    out.push_str("# TYPE hearth_policy_shadow_decisions_total counter\n");
+    for (plugin, evaluated, differed, failed) in state.plugins.policies.shadow_counts() {
+        let plugin = escape(&plugin);
+        let _ = writeln!(
+            out,
+            "hearth_policy_shadow_decisions_total{{plugin=\"{plugin}\",result=\"evaluated\"}} {evaluated}"
+        );
+        let _ =
+            writeln!(out, "hearth_policy_shadow_decisions_total{{plugin=\"{plugin}\",result=\"differed\"}} {differed}");
+        let _ = writeln!(out, "hearth_policy_shadow_decisions_total{{plugin=\"{plugin}\",result=\"failed\"}} {failed}");
+    }
 }
 
 #[cfg(test)]
