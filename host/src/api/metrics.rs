@@ -107,7 +107,8 @@ pub async fn metrics(
 fn render_plugins(state: &SharedState, out: &mut String) {
     use std::sync::atomic::Ordering::Relaxed;
     let plugins = state.plugins.registry.all();
-    let counters: [(&str, &str, fn(&crate::plugins::registry::CallStats) -> u64); 5] = [
+    type Reading = fn(&crate::plugins::registry::CallStats) -> u64;
+    let counters: [(&str, &str, Reading); 5] = [
         ("hearth_plugin_calls_total", "Plugin calls.", |s| s.calls.load(Relaxed)),
         ("hearth_plugin_failures_total", "Plugin calls that trapped, timed out or answered malformed output.", |s| {
             s.failures.load(Relaxed)
