@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod fhir;
+pub mod plugin_commands;
 pub mod plugins;
 pub mod policy;
 pub mod secret_file;

@@ -55,6 +55,9 @@ enum Command {
     /// Development tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// WebAssembly plugins: sign, and load into a running server.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
     /// Erase a patient by destroying its data key (crypto-shredding). Irreversible.
     Erase {
         #[command(flatten)]
@@ -65,6 +68,41 @@ enum Command {
         /// Why (recorded with the erasure; no patient details).
         #[arg(long)]
         reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Print the base64 Ed25519 signature of a component and its manifest.
+    Sign {
+        /// Ed25519 private key, PKCS#8 PEM.
+        #[arg(long)]
+        key: PathBuf,
+        /// The manifest (TOML or JSON) the plugin will be loaded with.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The component (.wasm).
+        component: PathBuf,
+    },
+    /// Upload a component with its manifest (and signature) to a running server.
+    Load {
+        /// The server's base URL, e.g. https://127.0.0.1:8443.
+        #[arg(long, env = "HEARTH_SERVER")]
+        server: String,
+        /// A bearer token with the admin/plugins scope.
+        #[arg(long, env = "HEARTH_TOKEN", hide_env_values = true)]
+        token: String,
+        /// PEM CA to trust for the server's certificate (default: the system's roots).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// The manifest (TOML or JSON); its `name` is the plugin's name.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// A file holding the base64 signature from `hearth plugin sign`.
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// The component (.wasm).
+        component: PathBuf,
     },
 }
 
@@ -143,6 +181,25 @@ fn main() -> ExitCode {
         Command::Token(TokenCommand::Issue { data_dir, sub, scope, ttl, patient, role }) => {
             hearth::commands::token_issue(&data_dir, &sub, &scope, &ttl, patient.as_deref(), &role)
                 .map(|token| println!("{token}"))
+                .map_err(|e| e.to_string())
+        }
+        Command::Plugin(PluginCommand::Sign { key, manifest, component }) => {
+            hearth::plugin_commands::plugin_sign(&key, &manifest, &component)
+                .map(|signature| println!("{signature}"))
+                .map_err(|e| e.to_string())
+        }
+        Command::Plugin(PluginCommand::Load { server, token, cacert, manifest, signature, component }) => {
+            let request = hearth::plugin_commands::LoadRequest {
+                server: &server,
+                token: &token,
+                ca: cacert.as_deref(),
+                manifest: &manifest,
+                component: &component,
+                signature: signature.as_deref(),
+            };
+            runtime
+                .block_on(hearth::plugin_commands::plugin_load(&request))
+                .map(|loaded| println!("{loaded}"))
                 .map_err(|e| e.to_string())
         }
         Command::Keys(KeysCommand::Init { keyring }) => {

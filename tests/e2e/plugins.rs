@@ -14,7 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::harness::{Db, Launch, Reply, Server, dev_token_with_roles};
+use crate::harness::{Db, Launch, Reply, Server, dev_token_with_roles, hearth_command};
 use crate::on_both_databases;
 
 /// Builds the reference plugins (release, wasm32-wasip2) once per test process and returns
@@ -398,18 +398,70 @@ async fn only_signed_plugins_load_when_trust_keys_are_configured() {
     let message = upload(&server, "validate", &bytes, manifest_json.clone()).await.expect_outcome(403, "security");
     assert!(message.contains("signed"), "{message}");
 
-    let manifest: hearth::plugins::Manifest = serde_json::from_value(manifest_json.clone()).unwrap();
-    let signature = hearth::plugins::signing::sign(&keys.path().join("release.pem"), &bytes, &manifest).unwrap();
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-    let put = |manifest: Value| {
-        let body = json!({"manifest": manifest, "component": b64(&bytes), "signature": b64(&signature)});
-        server.send(admin(&server).put(server.url("admin/plugins/validate")).json(&body))
-    };
+    // `hearth plugin sign` signs the component with the manifest it will be loaded under.
+    let manifest_file = keys.path().join("validate.toml");
+    std::fs::write(&manifest_file, "name = \"validate\"\nversion = \"1\"\nworld = \"policy\"\n").unwrap();
+    let component_file = plugin_dir().join("hearth_plugin_validate.wasm");
+    let key = keys.path().join("release.pem");
+    let signed = hearth_command(&[
+        "plugin",
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        "--manifest",
+        manifest_file.to_str().unwrap(),
+        component_file.to_str().unwrap(),
+    ]);
+    assert!(signed.status.success(), "{}", String::from_utf8_lossy(&signed.stderr));
+    let signature = String::from_utf8(signed.stdout).unwrap().trim().to_owned();
+
     // The signature covers the manifest: a changed limit does not verify.
-    let tampered = json!({"name": "validate", "version": "1", "world": "policy", "limits": {"timeout_ms": 1000, "memory_mib": 256}});
-    put(tampered).await.expect_outcome(403, "security");
-    let loaded = put(manifest_json).await.expect(201);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let tampered = json!({"name": "validate", "version": "1", "world": "policy",
+        "limits": {"timeout_ms": 1000, "memory_mib": 256}});
+    let body = json!({"manifest": tampered, "component": b64(&bytes), "signature": signature});
+    let reply = server.send(admin(&server).put(server.url("admin/plugins/validate")).json(&body)).await;
+    reply.expect_outcome(403, "security");
+
+    // `hearth plugin load` uploads it with the signature.
+    let signature_file = keys.path().join("validate.sig");
+    std::fs::write(&signature_file, &signature).unwrap();
+    let token = server.token("admin/plugins", None);
+    let loaded = hearth_command(&[
+        "plugin",
+        "load",
+        "--server",
+        &server.base,
+        "--token",
+        &token,
+        "--cacert",
+        server.ca.to_str().unwrap(),
+        "--manifest",
+        manifest_file.to_str().unwrap(),
+        "--signature",
+        signature_file.to_str().unwrap(),
+        component_file.to_str().unwrap(),
+    ]);
+    assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
+    let loaded: Value = serde_json::from_slice(&loaded.stdout).unwrap();
     assert_eq!(loaded["signedBy"], "release");
+    assert_eq!(loaded["seq"], 1);
+    // Without the signature, the CLI reports the server's reason.
+    let unsigned = hearth_command(&[
+        "plugin",
+        "load",
+        "--server",
+        &server.base,
+        "--token",
+        &token,
+        "--cacert",
+        server.ca.to_str().unwrap(),
+        "--manifest",
+        manifest_file.to_str().unwrap(),
+        component_file.to_str().unwrap(),
+    ]);
+    assert!(!unsigned.status.success());
+    assert!(String::from_utf8_lossy(&unsigned.stderr).contains("only loads signed plugins"));
 }
 
 /// A local HTTP receiver recording every notice; answers 503 to the first `fail_first`.
