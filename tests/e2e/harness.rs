@@ -190,12 +190,17 @@ impl Server {
     }
 
     /// Starts a new server on the same data after this one was killed (SIGKILL).
-    pub async fn restart_after_kill(mut self) -> Server {
+    pub async fn restart_after_kill(self) -> Server {
+        self.restart_after_kill_with(Launch::default()).await
+    }
+
+    /// [`Server::restart_after_kill`] with launch options (e.g. the same extra arguments).
+    pub async fn restart_after_kill_with(mut self, launch: Launch) -> Server {
         let status = self.child.wait().expect("wait for the killed server");
         assert!(!status.success(), "the server was expected to have been killed");
         let dir = self._dir.take();
         let pg = self.pg.take();
-        Server::spawn(self.db, self.data_dir.clone(), dir, pg, Launch::default())
+        Server::spawn(self.db, self.data_dir.clone(), dir, pg, launch)
     }
 
     /// Sends SIGTERM and waits for the exit; Ok if it exited successfully within 20 s.
