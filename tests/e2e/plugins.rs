@@ -427,39 +427,32 @@ async fn only_signed_plugins_load_when_trust_keys_are_configured() {
     let signature_file = keys.path().join("validate.sig");
     std::fs::write(&signature_file, &signature).unwrap();
     let token = server.token("admin/plugins", None);
-    let loaded = hearth_command(&[
-        "plugin",
-        "load",
-        "--server",
-        &server.base,
-        "--token",
-        &token,
-        "--cacert",
-        server.ca.to_str().unwrap(),
-        "--manifest",
-        manifest_file.to_str().unwrap(),
-        "--signature",
-        signature_file.to_str().unwrap(),
-        component_file.to_str().unwrap(),
-    ]);
+    let cli_load = |signature: Option<&Path>| {
+        let mut args = vec![
+            "plugin",
+            "load",
+            "--server",
+            &server.base,
+            "--token",
+            &token,
+            "--cacert",
+            server.ca.to_str().unwrap(),
+            "--manifest",
+            manifest_file.to_str().unwrap(),
+        ];
+        if let Some(signature) = signature {
+            args.extend(["--signature", signature.to_str().unwrap()]);
+        }
+        args.push(component_file.to_str().unwrap());
+        hearth_command(&args)
+    };
+    let loaded = cli_load(Some(&signature_file));
     assert!(loaded.status.success(), "{}", String::from_utf8_lossy(&loaded.stderr));
     let loaded: Value = serde_json::from_slice(&loaded.stdout).unwrap();
     assert_eq!(loaded["signedBy"], "release");
     assert_eq!(loaded["seq"], 1);
     // Without the signature, the CLI reports the server's reason.
-    let unsigned = hearth_command(&[
-        "plugin",
-        "load",
-        "--server",
-        &server.base,
-        "--token",
-        &token,
-        "--cacert",
-        server.ca.to_str().unwrap(),
-        "--manifest",
-        manifest_file.to_str().unwrap(),
-        component_file.to_str().unwrap(),
-    ]);
+    let unsigned = cli_load(None);
     assert!(!unsigned.status.success());
     assert!(String::from_utf8_lossy(&unsigned.stderr).contains("only loads signed plugins"));
 }

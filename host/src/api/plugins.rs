@@ -233,7 +233,7 @@ async fn load(
         stats: CallStats::default(),
     };
     let body = plugin_json(&plugin);
-    state.plugins.registry.install(plugin);
+    state.plugins.registry.install(plugin).await;
     tracing::warn!(plugin = name, seq, by = %principal.subject, "plugin loaded");
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(body)).into_response())

@@ -45,11 +45,20 @@ pub struct PluginRegistry {
     store: Store,
     active: RwLock<HashMap<String, Arc<ActivePlugin>>>,
     generation: AtomicI64,
+    /// Serialises refreshes and installs, so a refresh that read the database just before an
+    /// upload committed cannot put the older version back after the upload installed its own.
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl PluginRegistry {
     pub fn new(runtime: Arc<PluginRuntime>, store: Store) -> Self {
-        PluginRegistry { runtime, store, active: RwLock::default(), generation: AtomicI64::new(-1) }
+        PluginRegistry {
+            runtime,
+            store,
+            active: RwLock::default(),
+            generation: AtomicI64::new(-1),
+            changing: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The active version of `name`, if loaded.
@@ -64,7 +73,12 @@ impl PluginRegistry {
     }
 
     /// Puts a freshly compiled version in force (after it was stored).
-    pub fn install(&self, plugin: ActivePlugin) {
+    pub async fn install(&self, plugin: ActivePlugin) {
+        let _changing = self.changing.lock().await;
+        self.put(plugin);
+    }
+
+    fn put(&self, plugin: ActivePlugin) {
         let name = plugin.name.clone();
         self.active.write().unwrap_or_else(|e| e.into_inner()).insert(name, Arc::new(plugin));
     }
@@ -72,6 +86,7 @@ impl PluginRegistry {
     /// Brings this host in step with the database: loads what changed, drops what was
     /// removed. Cheap when nothing changed (one query).
     pub async fn refresh(&self) -> Result<(), StoreError> {
+        let _changing = self.changing.lock().await;
         let generation = self.store.plugin_generation().await?;
         if generation == self.generation.load(Ordering::Acquire) {
             return Ok(());
@@ -83,7 +98,7 @@ impl PluginRegistry {
                 _ => {
                     if let Some(loaded) = self.reload(&row.name, row.active_seq).await? {
                         loaded.enabled.store(row.enabled, Ordering::Release);
-                        self.install(loaded);
+                        self.put(loaded);
                     }
                 }
             }

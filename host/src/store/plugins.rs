@@ -317,6 +317,16 @@ impl Store {
     /// events are taken over after it expires). PostgreSQL skips rows other hosts hold.
     pub async fn claim_outbox(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
         let now = now_us();
+        // Most passes find nothing: look first without taking the write lock.
+        let due = sqlx::query(
+            "SELECT 1 FROM outbox WHERE state = 'pending' AND next_attempt_us <= $1 AND claimed_until_us <= $1 LIMIT 1",
+        )
+        .bind(now)
+        .fetch_optional(&self.reader)
+        .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
         let sql = match self.backend {
             Backend::Sqlite => concat!(
