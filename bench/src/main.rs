@@ -214,8 +214,8 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
     // The calls are synchronous, as in the server's blocking pool; this worker is given up
     // for the measurement.
     let iterations = if quick { 5_000 } else { 50_000 };
-    match tokio::task::block_in_place(|| hearth_bench::plugins::raw_call(iterations)) {
-        Ok(comparison) => calls.push(comparison),
+    match tokio::task::block_in_place(|| hearth_bench::plugins::raw_calls(iterations)) {
+        Ok(comparisons) => calls.extend(comparisons),
         Err(error) => notes.push(format!("raw plugin call case skipped: {error}")),
     }
     match policy_cases(spec, &hearth_bin, &scratch, seed_patients).await {

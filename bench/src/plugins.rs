@@ -77,15 +77,29 @@ pub fn native_redact(json: &str) -> Decision {
     if redact.is_empty() { Decision::Allow } else { Decision::AllowWith(Obligations { redact, labels: Vec::new() }) }
 }
 
-/// Times `iterations` sandboxed `authorize` calls of the redact plugin against the native
-/// function, interleaved in blocks so both see the same machine state.
-pub fn raw_call(iterations: usize) -> Result<CallComparison, String> {
-    let bytes = std::fs::read(component_path("redact")).map_err(|e| format!("redact component: {e}"))?;
+/// Times sandboxed `authorize` calls of the redact plugin against the native function, once
+/// with instance reuse (the default) and once with a fresh instance per call.
+pub fn raw_calls(iterations: usize) -> Result<Vec<CallComparison>, String> {
     let http = reqwest::Client::new();
     let services = HostServices { store: None, tokio: tokio::runtime::Handle::current(), http };
     let runtime = PluginRuntime::new(services, None)?;
-    let manifest =
-        Manifest::parse("name = \"redact\"\nversion = \"1\"\nworld = \"policy\"").map_err(|e| e.to_string())?;
+    Ok(vec![
+        raw_call(&runtime, iterations, "", "redact authorize, wasm (reused instance)")?,
+        raw_call(&runtime, iterations, "isolation = \"per-call\"\n", "redact authorize, wasm (fresh instance)")?,
+    ])
+}
+
+/// Times `iterations` calls, interleaved in blocks with the native function so both see the
+/// same machine state.
+fn raw_call(
+    runtime: &PluginRuntime,
+    iterations: usize,
+    isolation: &str,
+    label: &str,
+) -> Result<CallComparison, String> {
+    let bytes = std::fs::read(component_path("redact")).map_err(|e| format!("redact component: {e}"))?;
+    let manifest = Manifest::parse(&format!("name = \"redact\"\nversion = \"1\"\nworld = \"policy\"\n{isolation}"))
+        .map_err(|e| e.to_string())?;
     let started = Instant::now();
     let plugin = runtime.load(manifest, &bytes).map_err(|e| e.to_string())?;
     let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -135,7 +149,7 @@ pub fn raw_call(iterations: usize) -> Result<CallComparison, String> {
     let baseline_p50 = percentile(&native, 0.5);
     Ok(CallComparison {
         case: "3 policy plugins".into(),
-        subject: "redact authorize, wasm (fresh instance)".into(),
+        subject: label.into(),
         baseline: "same logic, native Rust".into(),
         subject_p50_us: subject_p50,
         subject_p99_us: percentile(&wasm, 0.99),

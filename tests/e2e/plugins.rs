@@ -273,6 +273,31 @@ async fn misbehaving_plugins_are_contained() {
     server.get(&format!("Patient/{id}")).await.expect(200);
 }
 
+/// By default a clean instance serves later calls (its globals persist); `per-call` isolation
+/// gives every call a fresh one; an instance that failed is never reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_reuse_follows_the_manifest() {
+    let folder =
+        policies("[[binding]]\nplugin = \"hostile\"\ninteractions = [\"read\"]\nconfig = { mode = \"counter\" }\n");
+    let server = Server::launch(Db::Sqlite, with_policies(folder.path())).await;
+    let created = server.post("Patient", &json!({"resourceType": "Patient"})).await;
+    let path = format!("Patient/{}", id_from_location(&created));
+    load(&server, "hostile", "hostile", "policy", json!({})).await;
+    assert_eq!(counted_calls(&server, &path).await, [1, 2, 3], "one instance served the three reads in turn");
+    load(&server, "hostile", "hostile", "policy", json!({"version": "2", "isolation": "per-call"})).await;
+    assert_eq!(counted_calls(&server, &path).await, [1, 1, 1], "a fresh instance for each read");
+}
+
+/// Three reads through the `counter` plugin: the call number each instance reported.
+async fn counted_calls(server: &Server, path: &str) -> Vec<u64> {
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let message = server.get(path).await.expect_outcome(403, "forbidden");
+        seen.push(message.rsplit(' ').next().unwrap().parse::<u64>().unwrap());
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_is_replaced_under_load_without_failed_requests() {
     let folder = policies("[[binding]]\nplugin = \"redact\"\ninteractions = [\"read\"]\n");

@@ -20,6 +20,18 @@ impl World {
     }
 }
 
+/// Whether an instance may serve more than one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// An instance that finished a call cleanly serves later calls (up to 1,000), possibly
+    /// for other principals: fast, but globals persist between calls. Any failure retires it.
+    #[default]
+    Reuse,
+    /// A fresh instance for every call: nothing survives a call.
+    PerCall,
+}
+
 /// The largest memory any plugin may ask for; also the size of a pooling-allocator slot.
 pub const MAX_MEMORY_MIB: u32 = 256;
 /// The longest deadline a policy may ask for: it runs on a request's path.
@@ -59,6 +71,13 @@ pub struct Manifest {
     /// Deliveries of one event before it goes to the dead-letter list (integrations).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// `reuse` (default) or `per-call`.
+    #[serde(default, skip_serializing_if = "is_default_isolation")]
+    pub isolation: Isolation,
+}
+
+fn is_default_isolation(isolation: &Isolation) -> bool {
+    *isolation == Isolation::Reuse
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -4,8 +4,8 @@
 //! capabilities the world and the manifest grant.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -16,13 +16,14 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::integration::{Integration, IntegrationPre};
 use super::bindings::policy::{Policy, PolicyPre};
 use super::bindings::types::{ChangeEvent, Decision, Issue, Request, SubjectResource};
-use super::manifest::{MAX_MEMORY_MIB, Manifest, World};
+use super::manifest::{Isolation, MAX_MEMORY_MIB, Manifest, World};
 use crate::store::Store;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(2);
-/// How many instances may be alive at once (each call has its own).
-const MAX_CONCURRENT_INSTANCES: u32 = 128;
+/// How many instances may be alive at once, in calls and idle (virtual address space is
+/// reserved for each; physical memory only for what instances touch).
+const MAX_CONCURRENT_INSTANCES: u32 = 512;
 /// Largest wasm stack; deeper recursion traps. Host threads have 2 MiB.
 const MAX_WASM_STACK: usize = 512 * 1024;
 
@@ -115,12 +116,31 @@ pub struct CompiledPlugin {
     /// The component's size in bytes.
     pub size: usize,
     ready: Ready,
+    /// Instances that finished a call cleanly, ready for the next (`isolation = "reuse"`).
+    idle: Mutex<Vec<Idle>>,
 }
 
 enum Ready {
     Policy(PolicyPre<CallState>),
     Integration(IntegrationPre<CallState>),
 }
+
+/// A live instance between calls.
+struct Idle {
+    store: wasmtime::Store<CallState>,
+    instance: Instance,
+    calls: u32,
+}
+
+enum Instance {
+    Policy(Policy),
+    Integration(Integration),
+}
+
+/// Calls one instance serves before it is retired (bounds what a plugin can accumulate).
+const MAX_CALLS_PER_INSTANCE: u32 = 1_000;
+/// Idle instances kept per plugin (more concurrent calls instantiate fresh ones).
+const MAX_IDLE_PER_PLUGIN: usize = 8;
 
 pub struct PluginRuntime {
     engine: Engine,
@@ -207,7 +227,7 @@ impl PluginRuntime {
                 Ready::Integration(IntegrationPre::new(pre).map_err(|e| wrong(e.to_string()))?)
             }
         };
-        Ok(CompiledPlugin { manifest: Arc::new(manifest), sha256, size: bytes.len(), ready })
+        Ok(CompiledPlugin { manifest: Arc::new(manifest), sha256, size: bytes.len(), ready, idle: Mutex::default() })
     }
 
     fn component(&self, bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
@@ -258,29 +278,61 @@ impl PluginRuntime {
                 .build(),
             plugin: plugin.manifest.clone(),
             services: self.services.clone(),
-            deadline: Instant::now() + Duration::from_millis(limits.timeout_ms),
+            deadline: Instant::now(),
         };
         let mut store = wasmtime::Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(limits.timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1));
         store.epoch_deadline_trap();
         store
     }
 
-    /// `authorize` on a fresh instance; the answer has one decision per resource.
+    /// Runs `call` on an instance of `plugin`: an idle one when the plugin allows reuse, else
+    /// a fresh one. The deadline is armed for this call alone. An instance that failed in any
+    /// way (trap, deadline, memory) is dropped, never reused.
+    fn with_instance<R>(
+        &self,
+        plugin: &CompiledPlugin,
+        call: impl FnOnce(&mut wasmtime::Store<CallState>, &Instance) -> wasmtime::Result<R>,
+    ) -> Result<R, CallFailure> {
+        let reuse = plugin.manifest.isolation == Isolation::Reuse;
+        let idle = if reuse { plugin.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() } else { None };
+        let mut idle = match idle {
+            Some(idle) => idle,
+            None => {
+                let mut store = self.new_store(plugin);
+                // Instantiation runs guest start-up code: it gets the same deadline as a call.
+                arm(&mut store, &plugin.manifest);
+                let instance = match &plugin.ready {
+                    Ready::Policy(pre) => pre.instantiate(&mut store).map(Instance::Policy),
+                    Ready::Integration(pre) => pre.instantiate(&mut store).map(Instance::Integration),
+                }
+                .map_err(|e| failure(&plugin.manifest, e))?;
+                Idle { store, instance, calls: 0 }
+            }
+        };
+        arm(&mut idle.store, &plugin.manifest);
+        let result = call(&mut idle.store, &idle.instance).map_err(|e| failure(&plugin.manifest, e))?;
+        idle.calls += 1;
+        if reuse && idle.calls < MAX_CALLS_PER_INSTANCE {
+            let mut pool = plugin.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < MAX_IDLE_PER_PLUGIN {
+                pool.push(idle);
+            }
+        }
+        Ok(result)
+    }
+
+    /// `authorize`; the answer has one decision per resource.
     pub fn authorize(
         &self,
         plugin: &CompiledPlugin,
         request: &Request,
         resources: &[SubjectResource],
     ) -> Result<Vec<Decision>, CallFailure> {
-        let Ready::Policy(pre) = &plugin.ready else {
-            return Err(CallFailure::Instantiate("not a policy plugin".into()));
-        };
-        let mut store = self.new_store(plugin);
-        let instance = pre.instantiate(&mut store).map_err(|e| failure(&plugin.manifest, e))?;
-        let decisions =
-            instance.call_authorize(&mut store, request, resources).map_err(|e| failure(&plugin.manifest, e))?;
+        let decisions = self.with_instance(plugin, |store, instance| match instance {
+            Instance::Policy(policy) => policy.call_authorize(store, request, resources),
+            Instance::Integration(_) => Err(wasmtime::format_err!("not a policy plugin")),
+        })?;
         if decisions.len() != resources.len() {
             return Err(CallFailure::Malformed(format!(
                 "{} decisions for {} resources",
@@ -298,41 +350,37 @@ impl PluginRuntime {
         Ok(decisions)
     }
 
-    /// `validate` on a fresh instance.
+    /// `validate`.
     pub fn validate(
         &self,
         plugin: &CompiledPlugin,
         request: &Request,
         resource: &SubjectResource,
     ) -> Result<Vec<Issue>, CallFailure> {
-        let Ready::Policy(pre) = &plugin.ready else {
-            return Err(CallFailure::Instantiate("not a policy plugin".into()));
-        };
-        let mut store = self.new_store(plugin);
-        let instance = pre.instantiate(&mut store).map_err(|e| failure(&plugin.manifest, e))?;
-        let issues = instance.call_validate(&mut store, request, resource).map_err(|e| failure(&plugin.manifest, e))?;
+        let issues = self.with_instance(plugin, |store, instance| match instance {
+            Instance::Policy(policy) => policy.call_validate(store, request, resource),
+            Instance::Integration(_) => Err(wasmtime::format_err!("not a policy plugin")),
+        })?;
         if issues.len() > 1_000 {
             return Err(CallFailure::Malformed(format!("{} issues", issues.len())));
         }
         Ok(issues)
     }
 
-    /// `on-change` on a fresh instance. `Ok(Err(reason))` is the plugin asking for a retry.
+    /// `on-change`. `Ok(Err(reason))` is the plugin asking for a retry.
     pub fn on_change(
         &self,
         plugin: &CompiledPlugin,
         event: &ChangeEvent,
         config: &str,
     ) -> Result<Result<(), String>, CallFailure> {
-        let Ready::Integration(pre) = &plugin.ready else {
-            return Err(CallFailure::Instantiate("not an integration plugin".into()));
-        };
-        let mut store = self.new_store(plugin);
-        let instance = pre.instantiate(&mut store).map_err(|e| failure(&plugin.manifest, e))?;
-        instance.call_on_change(&mut store, event, config).map_err(|e| failure(&plugin.manifest, e))
+        self.with_instance(plugin, |store, instance| match instance {
+            Instance::Integration(integration) => integration.call_on_change(store, event, config),
+            Instance::Policy(_) => Err(wasmtime::format_err!("not an integration plugin")),
+        })
     }
 
-    /// `convert` on a fresh instance.
+    /// `convert`.
     pub fn convert(
         &self,
         plugin: &CompiledPlugin,
@@ -340,13 +388,19 @@ impl PluginRuntime {
         media_type: &str,
         config: &str,
     ) -> Result<Result<Vec<String>, String>, CallFailure> {
-        let Ready::Integration(pre) = &plugin.ready else {
-            return Err(CallFailure::Instantiate("not an integration plugin".into()));
-        };
-        let mut store = self.new_store(plugin);
-        let instance = pre.instantiate(&mut store).map_err(|e| failure(&plugin.manifest, e))?;
-        instance.call_convert(&mut store, body, media_type, config).map_err(|e| failure(&plugin.manifest, e))
+        self.with_instance(plugin, |store, instance| match instance {
+            Instance::Integration(integration) => integration.call_convert(store, body, media_type, config),
+            Instance::Policy(_) => Err(wasmtime::format_err!("not an integration plugin")),
+        })
     }
+}
+
+/// Sets the deadline of the next call on `store`: epoch ticks for the guest, and the instant
+/// host functions (HTTP) measure their remaining time against.
+fn arm(store: &mut wasmtime::Store<CallState>, manifest: &Manifest) {
+    let timeout_ms = manifest.limits().timeout_ms;
+    store.data_mut().deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    store.set_epoch_deadline(timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1));
 }
 
 /// Classifies a wasmtime error from instantiation or a call.

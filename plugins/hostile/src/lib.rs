@@ -1,6 +1,9 @@
 //! A deliberately misbehaving policy, for tests of the sandbox. The binding config chooses
 //! the misbehaviour: `{"mode": "loop" | "memory" | "recursion" | "trap" | "file" | "socket" |
-//! "environment" | "huge-output" | "wrong-count" | "none"}`.
+//! "environment" | "huge-output" | "wrong-count" | "counter" | "none"}`.
+//!
+//! `counter` denies with the number of calls this instance has served, which shows whether
+//! instances are reused between calls.
 //!
 //! For `file`, `socket` and `environment` the plugin tries to escape and reports the outcome:
 //! a `deny` whose reason starts with `sandbox held` when the host refused, an `allow` when the
@@ -70,6 +73,11 @@ impl Guest for Hostile {
                 Decision::AllowWith(Obligations { redact, labels: Vec::new() })
             }
             "wrong-count" => return Vec::new(),
+            "counter" => {
+                static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Decision::Deny(format!("instance call {n}"))
+            }
             _ => Decision::Allow,
         };
         resources.iter().map(|_| decision.clone()).collect()
