@@ -34,6 +34,9 @@ enum Command {
         /// PostgreSQL server to create a scratch database on.
         #[arg(long, env = "HEARTH_BENCH_POSTGRES_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
         postgres_url: String,
+        /// Run only these cases (e.g. `--cases 3` or `--cases 1,3`); default: all.
+        #[arg(long, value_delimiter = ',')]
+        cases: Vec<u32>,
         /// Where to write the JSON report.
         #[arg(long, default_value = "bench/results/latest.json")]
         output: PathBuf,
@@ -59,8 +62,8 @@ fn main() {
             let settings = (*args).resolve().unwrap_or_else(|e| panic!("{e}"));
             runtime.block_on(hearth::serve::run(settings)).unwrap_or_else(|e| panic!("{e}"));
         }
-        Command::All { quick, concurrency, postgres_url, output } => {
-            runtime.block_on(all(quick, concurrency, &postgres_url, &output));
+        Command::All { quick, concurrency, postgres_url, cases, output } => {
+            runtime.block_on(all(quick, concurrency, &postgres_url, &cases, &output));
         }
     }
 }
@@ -125,7 +128,8 @@ fn client_for(scratch: &Scratch, name: &str, concurrency: usize) -> reqwest::Cli
     load::client(&data.join("tls/ca.pem"), concurrency, Some(&token))
 }
 
-async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path) {
+async fn all(quick: bool, concurrency: usize, postgres_url: &str, cases: &[u32], output: &Path) {
+    let wanted = |case: u32| cases.is_empty() || cases.contains(&case);
     let spec = if quick {
         LoadSpec {
             concurrency,
@@ -156,170 +160,178 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, output: &Path)
     ];
 
     // Case 1: the TLS floor vs a Hearth read, same TLS configuration and listener code.
-    eprintln!("case 1: TLS floor vs Hearth GET /Patient/{{id}} (SQLite)");
     let hearth = start_hearth("hearth-sqlite", &hearth_bin, &scratch, None, &[]);
     let client = client_for(&scratch, "hearth-sqlite", concurrency);
     let patient_ids = seed(&client, &hearth, seed_patients).await;
-    let tls = scratch.path("hearth-sqlite").join("tls");
-    let floor_args = vec![
-        "floor".to_owned(),
-        "--cert".into(),
-        tls.join("server.pem").display().to_string(),
-        "--key".into(),
-        tls.join("server-key.pem").display().to_string(),
-    ];
-    let floor = ServerProcess::start("floor", &bench_bin, &floor_args, &[], &scratch.path("floor.log"));
-    let fixed = Arc::new(vec!["fixed".to_owned()]);
     let reads: Arc<Vec<String>> = Arc::new(patient_ids.iter().map(|id| format!("Patient/{id}")).collect());
-    let (hearth_read, floor_read) = load::alternating(
-        spec,
-        ROUNDS,
-        |s| get_loop(s, &client, &hearth, reads.clone()),
-        |s| get_loop(s, &client, &floor, fixed.clone()),
-    )
-    .await;
-    // The same at four times the connections: durable audit entries are group-committed, so
-    // more concurrent requests share each fsync.
-    let wide = LoadSpec { concurrency: concurrency * 4, ..spec };
-    let wide_client = client_for(&scratch, "hearth-sqlite", wide.concurrency);
-    let (hearth_read_wide, floor_read_wide) = load::alternating(
-        wide,
-        ROUNDS,
-        |s| get_loop(s, &wide_client, &hearth, reads.clone()),
-        |s| get_loop(s, &wide_client, &floor, fixed.clone()),
-    )
-    .await;
-    drop(floor);
-    comparisons.push(Comparison::new(
-        "1 TLS floor",
-        ("Hearth read (SQLite)", &hearth_read),
-        ("axum+rustls fixed JSON", &floor_read),
-        ">= 0.40",
-        Some(0.40),
-    ));
-    comparisons.push(Comparison::new(
-        "1 TLS floor",
-        (&format!("Hearth read (SQLite), {} conns", wide.concurrency), &hearth_read_wide),
-        (&format!("fixed JSON, {} conns", wide.concurrency), &floor_read_wide),
-        ">= 0.40",
-        Some(0.40),
-    ));
-    if let Some(rss) = hearth.rss_mib() {
-        memory.push((format!("hearth (SQLite) after seeding {seed_patients} patients and the read load"), rss));
+    if wanted(1) {
+        eprintln!("case 1: TLS floor vs Hearth GET /Patient/{{id}} (SQLite)");
+        let tls = scratch.path("hearth-sqlite").join("tls");
+        let floor_args = vec![
+            "floor".to_owned(),
+            "--cert".into(),
+            tls.join("server.pem").display().to_string(),
+            "--key".into(),
+            tls.join("server-key.pem").display().to_string(),
+        ];
+        let floor = ServerProcess::start("floor", &bench_bin, &floor_args, &[], &scratch.path("floor.log"));
+        let fixed = Arc::new(vec!["fixed".to_owned()]);
+        let (hearth_read, floor_read) = load::alternating(
+            spec,
+            ROUNDS,
+            |s| get_loop(s, &client, &hearth, reads.clone()),
+            |s| get_loop(s, &client, &floor, fixed.clone()),
+        )
+        .await;
+        // The same at four times the connections: durable audit entries are group-committed, so
+        // more concurrent requests share each fsync.
+        let wide = LoadSpec { concurrency: concurrency * 4, ..spec };
+        let wide_client = client_for(&scratch, "hearth-sqlite", wide.concurrency);
+        let (hearth_read_wide, floor_read_wide) = load::alternating(
+            wide,
+            ROUNDS,
+            |s| get_loop(s, &wide_client, &hearth, reads.clone()),
+            |s| get_loop(s, &wide_client, &floor, fixed.clone()),
+        )
+        .await;
+        drop(floor);
+        comparisons.push(Comparison::new(
+            "1 TLS floor",
+            ("Hearth read (SQLite)", &hearth_read),
+            ("axum+rustls fixed JSON", &floor_read),
+            ">= 0.40",
+            Some(0.40),
+        ));
+        comparisons.push(Comparison::new(
+            "1 TLS floor",
+            (&format!("Hearth read (SQLite), {} conns", wide.concurrency), &hearth_read_wide),
+            (&format!("fixed JSON, {} conns", wide.concurrency), &floor_read_wide),
+            ">= 0.40",
+            Some(0.40),
+        ));
+        if let Some(rss) = hearth.rss_mib() {
+            memory.push((format!("hearth (SQLite) after seeding {seed_patients} patients and the read load"), rss));
+        }
     }
 
     // Case 3: reads gated by 1 and by 3 Rust policy plugins vs the same server build ungated.
-    eprintln!("case 3: policy-gated reads vs ungated reads; raw authorize vs native Rust");
     let mut calls = Vec::new();
-    // The calls are synchronous, as in the server's blocking pool; this worker is given up
-    // for the measurement.
-    let iterations = if quick { 5_000 } else { 50_000 };
-    match tokio::task::block_in_place(|| hearth_bench::plugins::raw_calls(iterations)) {
-        Ok(comparisons) => calls.extend(comparisons),
-        Err(error) => notes.push(format!("raw plugin call case skipped: {error}")),
-    }
-    match policy_cases(spec, &hearth_bin, &scratch, seed_patients).await {
-        Ok(found) => comparisons.extend(found),
-        Err(error) => notes.push(format!("policy-gated read cases skipped: {error}")),
+    if wanted(3) {
+        eprintln!("case 3: policy-gated reads vs ungated reads; raw authorize vs native Rust");
+        // The calls are synchronous, as in the server's blocking pool; this worker is given up
+        // for the measurement.
+        let iterations = if quick { 5_000 } else { 50_000 };
+        match tokio::task::block_in_place(|| hearth_bench::plugins::raw_calls(iterations)) {
+            Ok(comparisons) => calls.extend(comparisons),
+            Err(error) => notes.push(format!("raw plugin call case skipped: {error}")),
+        }
+        match policy_cases(spec, &hearth_bin, &scratch, seed_patients).await {
+            Ok(found) => comparisons.extend(found),
+            Err(error) => notes.push(format!("policy-gated read cases skipped: {error}")),
+        }
     }
 
     // Case 4: single creates and reads, PostgreSQL vs SQLite, alternating.
-    eprintln!("case 4: creates and reads, PostgreSQL vs SQLite");
-    match ScratchPg::create(postgres_url).await {
-        Ok(pg) => {
-            let server = start_hearth("hearth-postgres", &hearth_bin, &scratch, Some(&pg.url), &[]);
-            let pg_client = client_for(&scratch, "hearth-postgres", concurrency);
-            let ids = seed(&pg_client, &server, seed_patients).await;
-            let pg_reads: Arc<Vec<String>> = Arc::new(ids.iter().map(|id| format!("Patient/{id}")).collect());
-            let (pg_read, sqlite_read) = load::alternating(
-                spec,
-                ROUNDS,
-                |s| get_loop(s, &pg_client, &server, pg_reads.clone()),
-                |s| get_loop(s, &client, &hearth, reads.clone()),
-            )
-            .await;
-            let (pg_create, sqlite_create) = load::alternating(
-                spec,
-                ROUNDS,
-                |s| create_loop(s, &pg_client, &server),
-                |s| create_loop(s, &client, &hearth),
-            )
-            .await;
-            drop(server);
-            pg.drop_database().await;
-            comparisons.push(Comparison::new(
-                "4 writes",
-                ("create Patient (PostgreSQL)", &pg_create),
-                ("create Patient (SQLite)", &sqlite_create),
-                "report",
-                None,
-            ));
-            comparisons.push(Comparison::new(
-                "4 reads",
-                ("read Patient (PostgreSQL)", &pg_read),
-                ("read Patient (SQLite)", &sqlite_read),
-                "report",
-                None,
-            ));
+    if wanted(4) {
+        eprintln!("case 4: creates and reads, PostgreSQL vs SQLite");
+        match ScratchPg::create(postgres_url).await {
+            Ok(pg) => {
+                let server = start_hearth("hearth-postgres", &hearth_bin, &scratch, Some(&pg.url), &[]);
+                let pg_client = client_for(&scratch, "hearth-postgres", concurrency);
+                let ids = seed(&pg_client, &server, seed_patients).await;
+                let pg_reads: Arc<Vec<String>> = Arc::new(ids.iter().map(|id| format!("Patient/{id}")).collect());
+                let (pg_read, sqlite_read) = load::alternating(
+                    spec,
+                    ROUNDS,
+                    |s| get_loop(s, &pg_client, &server, pg_reads.clone()),
+                    |s| get_loop(s, &client, &hearth, reads.clone()),
+                )
+                .await;
+                let (pg_create, sqlite_create) = load::alternating(
+                    spec,
+                    ROUNDS,
+                    |s| create_loop(s, &pg_client, &server),
+                    |s| create_loop(s, &client, &hearth),
+                )
+                .await;
+                drop(server);
+                pg.drop_database().await;
+                comparisons.push(Comparison::new(
+                    "4 writes",
+                    ("create Patient (PostgreSQL)", &pg_create),
+                    ("create Patient (SQLite)", &sqlite_create),
+                    "report",
+                    None,
+                ));
+                comparisons.push(Comparison::new(
+                    "4 reads",
+                    ("read Patient (PostgreSQL)", &pg_read),
+                    ("read Patient (SQLite)", &sqlite_read),
+                    "report",
+                    None,
+                ));
+            }
+            Err(error) => notes.push(format!("PostgreSQL cases skipped: {error}")),
         }
-        Err(error) => notes.push(format!("PostgreSQL cases skipped: {error}")),
     }
     drop(hearth);
 
     // Case 2: encryption on vs the same build storing plaintext, SQLite, alternating.
-    eprintln!("case 2: encrypted vs plaintext store");
-    let encrypted = start_hearth("bench-encrypted", &bench_bin, &scratch, None, &[]);
-    let plaintext = start_hearth("bench-plaintext", &bench_bin, &scratch, None, &[("HEARTH_BENCH_PLAINTEXT", "1")]);
-    let enc_client = client_for(&scratch, "bench-encrypted", concurrency);
-    let plain_client = client_for(&scratch, "bench-plaintext", concurrency);
-    let (enc_create, plain_create) = load::alternating(
-        spec,
-        ROUNDS,
-        |s| create_loop(s, &enc_client, &encrypted),
-        |s| create_loop(s, &plain_client, &plaintext),
-    )
-    .await;
-    let enc_ids = seed(&enc_client, &encrypted, seed_patients).await;
-    let plain_ids = seed(&plain_client, &plaintext, seed_patients).await;
-    let enc_paths: Arc<Vec<String>> = Arc::new(enc_ids.iter().map(|id| format!("Patient/{id}")).collect());
-    let plain_paths: Arc<Vec<String>> = Arc::new(plain_ids.iter().map(|id| format!("Patient/{id}")).collect());
-    let (enc_read, plain_read) = load::alternating(
-        spec,
-        ROUNDS,
-        |s| get_loop(s, &enc_client, &encrypted, enc_paths.clone()),
-        |s| get_loop(s, &plain_client, &plaintext, plain_paths.clone()),
-    )
-    .await;
-    comparisons.push(Comparison::new(
-        "2 encryption",
-        ("create Patient, encrypted", &enc_create),
-        ("create Patient, plaintext", &plain_create),
-        ">= 0.90",
-        Some(0.90),
-    ));
-    comparisons.push(Comparison::new(
-        "2 encryption",
-        ("read, encrypted", &enc_read),
-        ("read, plaintext", &plain_read),
-        ">= 0.90",
-        Some(0.90),
-    ));
-    let (enc_obs, plain_obs) = load::alternating(
-        spec,
-        ROUNDS,
-        |s| observation_loop(s, &enc_client, &encrypted, Arc::new(enc_ids.clone())),
-        |s| observation_loop(s, &plain_client, &plaintext, Arc::new(plain_ids.clone())),
-    )
-    .await;
-    comparisons.push(Comparison::new(
-        "2 encryption",
-        ("create Observation, encrypted", &enc_obs),
-        ("create Observation, plaintext", &plain_obs),
-        ">= 0.90",
-        Some(0.90),
-    ));
-    drop(encrypted);
-    drop(plaintext);
+    if wanted(2) {
+        eprintln!("case 2: encrypted vs plaintext store");
+        let encrypted = start_hearth("bench-encrypted", &bench_bin, &scratch, None, &[]);
+        let plaintext = start_hearth("bench-plaintext", &bench_bin, &scratch, None, &[("HEARTH_BENCH_PLAINTEXT", "1")]);
+        let enc_client = client_for(&scratch, "bench-encrypted", concurrency);
+        let plain_client = client_for(&scratch, "bench-plaintext", concurrency);
+        let (enc_create, plain_create) = load::alternating(
+            spec,
+            ROUNDS,
+            |s| create_loop(s, &enc_client, &encrypted),
+            |s| create_loop(s, &plain_client, &plaintext),
+        )
+        .await;
+        let enc_ids = seed(&enc_client, &encrypted, seed_patients).await;
+        let plain_ids = seed(&plain_client, &plaintext, seed_patients).await;
+        let enc_paths: Arc<Vec<String>> = Arc::new(enc_ids.iter().map(|id| format!("Patient/{id}")).collect());
+        let plain_paths: Arc<Vec<String>> = Arc::new(plain_ids.iter().map(|id| format!("Patient/{id}")).collect());
+        let (enc_read, plain_read) = load::alternating(
+            spec,
+            ROUNDS,
+            |s| get_loop(s, &enc_client, &encrypted, enc_paths.clone()),
+            |s| get_loop(s, &plain_client, &plaintext, plain_paths.clone()),
+        )
+        .await;
+        comparisons.push(Comparison::new(
+            "2 encryption",
+            ("create Patient, encrypted", &enc_create),
+            ("create Patient, plaintext", &plain_create),
+            ">= 0.90",
+            Some(0.90),
+        ));
+        comparisons.push(Comparison::new(
+            "2 encryption",
+            ("read, encrypted", &enc_read),
+            ("read, plaintext", &plain_read),
+            ">= 0.90",
+            Some(0.90),
+        ));
+        let (enc_obs, plain_obs) = load::alternating(
+            spec,
+            ROUNDS,
+            |s| observation_loop(s, &enc_client, &encrypted, Arc::new(enc_ids.clone())),
+            |s| observation_loop(s, &plain_client, &plaintext, Arc::new(plain_ids.clone())),
+        )
+        .await;
+        comparisons.push(Comparison::new(
+            "2 encryption",
+            ("create Observation, encrypted", &enc_obs),
+            ("create Observation, plaintext", &plain_obs),
+            ">= 0.90",
+            Some(0.90),
+        ));
+        drop(encrypted);
+        drop(plaintext);
+    }
 
     let report = Report {
         date: time::OffsetDateTime::now_utc()

@@ -160,6 +160,13 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
 /// is already gated), reads the policy bindings, and starts the outbox worker, the registry
 /// refresher (changes made through other hosts) and the SIGHUP policy reload.
 pub async fn start_plugins(settings: &ServeSettings, store: &Store) -> Result<PluginServices, StartError> {
+    // Panics inside inline plugin calls are caught and logged by the policy engine.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !crate::policy::engine::in_inline_call() {
+            default_hook(info);
+        }
+    }));
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

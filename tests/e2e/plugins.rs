@@ -259,6 +259,7 @@ async fn misbehaving_plugins_are_contained() {
     }
     let log = server.log();
     assert!(log.contains("kind=\"timeout\"") || log.contains("\"kind\":\"timeout\""), "a timeout is logged");
+    assert!(log.contains("could not run inline"), "WASI I/O moved the plugin off the worker thread");
     let listed = server.send(admin(&server).get(server.url("admin/plugins/hostile"))).await.expect(200);
     assert!(listed["stats"]["failures"].as_u64().unwrap() >= 6, "{listed}");
     assert!(listed["stats"]["timeouts"].as_u64().unwrap() >= 1, "{listed}");

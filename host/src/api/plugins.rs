@@ -229,6 +229,7 @@ async fn load(
         seq,
         enabled: true.into(),
         signed_by,
+        needs_handoff: false.into(),
         compiled,
         stats: CallStats::default(),
     };

@@ -8,6 +8,12 @@ use super::bindings::integration::hearth::plugin::{http, key_value};
 use super::bindings::policy::hearth::plugin::{clock, log, lookup, types};
 use super::runtime::CallState;
 
+/// Waits for `future` from a host function. Calls run on a runtime worker thread or on the
+/// blocking pool; on a worker, the worker is handed over first so other requests keep moving.
+fn wait<F: std::future::Future>(tokio: &tokio::runtime::Handle, future: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio.block_on(future))
+}
+
 /// Plugin log messages longer than this are cut.
 const MAX_LOG_MESSAGE: usize = 1024;
 /// Largest response body handed back to a plugin.
@@ -50,7 +56,7 @@ impl lookup::Host for CallState {
             return Vec::new();
         }
         let Some(store) = self.services.store.clone() else { return Vec::new() };
-        let found = self.services.tokio.block_on(async move { store.active_consents(&patient, 100).await });
+        let found = wait(&self.services.tokio, async move { store.active_consents(&patient, 100).await });
         match found {
             Ok(consents) => consents,
             Err(error) => {
@@ -84,7 +90,7 @@ impl http::Host for CallState {
             builder = builder.header(&header.name, &header.value);
         }
         let builder = builder.body(request.body);
-        self.services.tokio.block_on(async move {
+        wait(&self.services.tokio, async move {
             let response = builder.send().await.map_err(|e| format!("request failed: {e}"))?;
             let status = response.status().as_u16();
             let headers = response
@@ -110,7 +116,7 @@ impl key_value::Host for CallState {
     fn get(&mut self, key: String) -> Option<Vec<u8>> {
         let (true, Some(store)) = (self.plugin.key_value, self.services.store.clone()) else { return None };
         let plugin = self.plugin.name.clone();
-        self.services.tokio.block_on(async move { store.kv_get(&plugin, &key).await }).unwrap_or_else(|error| {
+        wait(&self.services.tokio, async move { store.kv_get(&plugin, &key).await }).unwrap_or_else(|error| {
             tracing::error!(%error, plugin = %self.plugin.name, "plugin key-value read failed");
             None
         })
@@ -127,7 +133,7 @@ impl key_value::Host for CallState {
             return Err("the key-value store is not available here".into());
         };
         let plugin = self.plugin.name.clone();
-        match self.services.tokio.block_on(async move { store.kv_set(&plugin, &key, &value, MAX_KV_KEYS).await }) {
+        match wait(&self.services.tokio, async move { store.kv_set(&plugin, &key, &value, MAX_KV_KEYS).await }) {
             Ok(outcome) => outcome,
             Err(error) => {
                 tracing::error!(%error, plugin = %self.plugin.name, "plugin key-value write failed");
@@ -139,7 +145,7 @@ impl key_value::Host for CallState {
     fn delete(&mut self, key: String) {
         let (true, Some(store)) = (self.plugin.key_value, self.services.store.clone()) else { return };
         let plugin = self.plugin.name.clone();
-        if let Err(error) = self.services.tokio.block_on(async move { store.kv_delete(&plugin, &key).await }) {
+        if let Err(error) = wait(&self.services.tokio, async move { store.kv_delete(&plugin, &key).await }) {
             tracing::error!(%error, plugin = %self.plugin.name, "plugin key-value delete failed");
         }
     }

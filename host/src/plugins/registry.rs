@@ -36,6 +36,8 @@ pub struct ActivePlugin {
     /// Disabled plugins stay loaded (for a quick re-enable) but every call fails closed.
     pub enabled: AtomicBool,
     pub signed_by: Option<String>,
+    /// Learned at run time: this plugin's calls cannot run inline on a runtime worker.
+    pub needs_handoff: AtomicBool,
     pub compiled: CompiledPlugin,
     pub stats: CallStats,
 }
@@ -133,6 +135,7 @@ impl PluginRegistry {
                     seq,
                     enabled: AtomicBool::new(true),
                     signed_by,
+                    needs_handoff: AtomicBool::new(false),
                     compiled,
                     stats: CallStats::default(),
                 }))
