@@ -220,6 +220,20 @@ async fn policy_plugins_change_real_responses(db: Db) {
         "the emergency access is audited with its reason"
     );
     assert!(entries.iter().any(|e| e["decided_by"] == "validation:validate" && e["status"] == 422));
+    // The emergency access is reported for review (and only to an auditor).
+    server.get("admin/break-glass").await.expect_outcome(403, "forbidden");
+    let auditor = server.client_with(Some(&server.token("admin/audit", None)));
+    let report = server.send(auditor.get(server.url("admin/break-glass"))).await.expect(200);
+    let reported = report["entries"].as_array().unwrap();
+    assert_eq!(reported.len(), 2, "the access, and the refused attempt without the role: {report}");
+    assert_eq!(reported[0]["reason"], "unconscious patient in the emergency department");
+    assert_eq!(reported[0]["resourceType"], "Observation");
+    assert_eq!(reported[0]["resourceId"], observation_id.as_str());
+    assert_eq!(reported[0]["status"], 200);
+    assert_eq!((reported[1]["status"].as_u64(), reported[1]["reason"].as_str()), (Some(403), Some("x")));
+    let after = reported[1]["seq"].as_i64().unwrap();
+    let later = server.send(auditor.get(server.url(&format!("admin/break-glass?after={after}")))).await.expect(200);
+    assert_eq!(later["entries"], json!([]));
     assert!(entries.iter().any(|e| e["action"] == "admin-plugin-load" && e["resource_id"] == "consent"));
 }
 

@@ -14,7 +14,57 @@ use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
 use crate::fhir::resource::check_id;
 
 pub fn routes() -> Router<SharedState> {
-    Router::new().route("/admin/erasure", post(erase_patient))
+    Router::new()
+        .route("/admin/erasure", post(erase_patient))
+        .route("/admin/break-glass", axum::routing::get(break_glass_accesses))
+}
+
+#[derive(Deserialize)]
+struct BreakGlassQuery {
+    /// Continue after this audit entry (from the previous page's `next`).
+    after: Option<i64>,
+}
+
+/// Entries per page of the break-glass report.
+const BREAK_GLASS_PAGE: usize = 100;
+
+/// `GET /admin/break-glass[?after=SEQ]` (scope `admin/audit`): emergency accesses for review,
+/// oldest first, read from the audit chain: who, when, what, the outcome and the stated reason.
+/// A scan of the chain from `after`; a reviewer keeps the last `seq` seen and continues there.
+async fn break_glass_accesses(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    axum::extract::Query(query): axum::extract::Query<BreakGlassQuery>,
+) -> Result<Json<Value>, FhirError> {
+    principal.require_admin("audit")?;
+    let mut after = query.after.unwrap_or(0);
+    let mut found = Vec::new();
+    'scan: loop {
+        let page = state.store.audit_entries(after, 2000).await.map_err(super::fhir::store_error)?;
+        if page.is_empty() {
+            break;
+        }
+        for stored in &page {
+            after = stored.seq;
+            let Ok(entry) = serde_json::from_str::<Value>(&stored.entry) else { continue };
+            let Some(reason) = entry.get("break_glass").and_then(Value::as_str) else { continue };
+            found.push(serde_json::json!({
+                "seq": stored.seq,
+                "at": entry["at"],
+                "subject": entry["subject"],
+                "action": entry["action"],
+                "resourceType": entry["resource_type"],
+                "resourceId": entry["resource_id"],
+                "status": entry["status"],
+                "reason": reason,
+            }));
+            if found.len() == BREAK_GLASS_PAGE {
+                break 'scan;
+            }
+        }
+    }
+    let next = (found.len() == BREAK_GLASS_PAGE).then(|| format!("/admin/break-glass?after={after}"));
+    Ok(Json(serde_json::json!({ "entries": found, "next": next })))
 }
 
 #[derive(Deserialize)]
