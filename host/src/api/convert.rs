@@ -8,17 +8,17 @@ use std::sync::atomic::Ordering;
 use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::SharedState;
 use super::fhir::store_error;
 use super::gate::{authorize_write, caller};
 use crate::auth::{Interaction, Principal, forbidden};
+use crate::fhir::etag;
 use crate::fhir::instant::to_fhir_instant;
 use crate::fhir::outcome::{FhirError, IssueType};
 use crate::fhir::resource::IncomingResource;
-use crate::fhir::{FHIR_JSON, etag};
 use crate::plugins::World;
 use crate::policy::PolicyInteraction;
 use crate::store::NewResource;
@@ -166,9 +166,7 @@ pub async fn convert(
         })
         .collect();
     let bundle = json!({"resourceType": "Bundle", "type": "transaction-response", "entry": entries});
-    let mut response = (StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default()).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(FHIR_JSON));
-    Ok(response)
+    Ok(super::fhir::fhir_json(StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default()))
 }
 
 /// Rewrites `{"identifier": X}` references (anywhere in `object`) whose identifier matches a

@@ -481,7 +481,7 @@ fn gone(record: &VersionRecord) -> FhirError {
     FhirError::gone(format!("{}/{} was deleted (version {})", record.res_type, record.id, record.version))
 }
 
-fn fhir_json(status: StatusCode, body: Vec<u8>) -> Response {
+pub(super) fn fhir_json(status: StatusCode, body: Vec<u8>) -> Response {
     let mut response = (status, body).into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     response

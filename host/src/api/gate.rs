@@ -95,9 +95,9 @@ pub async fn authorize_records(
     records: Vec<VersionRecord>,
 ) -> Result<Vec<Result<VersionRecord, (String, String)>>, FhirError> {
     let policies = &state.plugins.policies;
-    if !policies.gates(res_type, interaction) {
+    let Some(plan) = policies.plan(res_type, interaction) else {
         return Ok(records.into_iter().map(Ok).collect());
-    }
+    };
     let mut contents = Vec::with_capacity(records.len());
     let mut subjects = Vec::with_capacity(records.len());
     for record in &records {
@@ -109,7 +109,7 @@ pub async fn authorize_records(
         subjects.push(subject(res_type, Some(&record.id), content.as_ref(), json));
         contents.push(content);
     }
-    let verdicts = policies.authorize(caller, res_type, interaction, subjects).await;
+    let verdicts = policies.authorize(caller, &plan, res_type, interaction, subjects).await;
     Ok(records
         .into_iter()
         .zip(contents)
@@ -139,19 +139,17 @@ pub async fn authorize_write(
     content: Option<&Map<String, Value>>,
 ) -> Result<(), Response> {
     let policies = &state.plugins.policies;
-    if !policies.gates(res_type, interaction) {
-        return Ok(());
-    }
+    let Some(plan) = policies.plan(res_type, interaction) else { return Ok(()) };
     let json = content.map(|c| Value::Object(c.clone()).to_string());
     let resource = subject(res_type, id, content, json);
-    let verdicts = policies.authorize(caller, res_type, interaction, vec![resource.clone()]).await;
+    let verdicts = policies.authorize(caller, &plan, res_type, interaction, vec![resource.clone()]).await;
     if let Some(Verdict::Deny { plugin, reason }) = verdicts.first() {
         return Err(denied(plugin, reason));
     }
     if content.is_none() {
         return Ok(());
     }
-    let issues = match policies.validate(caller, interaction, resource).await {
+    let issues = match policies.validate(caller, &plan, interaction, resource).await {
         Ok(issues) => issues,
         Err(Verdict::Deny { plugin, reason }) => return Err(denied(&plugin, &reason)),
         Err(_) => return Err(FhirError::internal().into_response()),
@@ -176,10 +174,7 @@ pub async fn authorize_write(
         }).collect::<Vec<_>>(),
     });
     let mut response =
-        (StatusCode::UNPROCESSABLE_ENTITY, serde_json::to_vec(&outcome).unwrap_or_default()).into_response();
-    response
-        .headers_mut()
-        .insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(crate::fhir::FHIR_JSON));
+        super::fhir::fhir_json(StatusCode::UNPROCESSABLE_ENTITY, serde_json::to_vec(&outcome).unwrap_or_default());
     let plugins: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
     response.extensions_mut().insert(DecidedBy(format!("validation:{}", plugins.join(","))));
     Err(response)

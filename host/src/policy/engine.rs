@@ -71,6 +71,12 @@ pub struct ShadowCounts {
     pub failed: u64,
 }
 
+/// What one request runs: the enforcing bindings with their plugins, and the shadow ones.
+pub struct Plan {
+    enforce: Vec<(Binding, Option<Arc<ActivePlugin>>)>,
+    shadow: Vec<Binding>,
+}
+
 pub struct PolicyEngine {
     pub registry: Arc<PluginRegistry>,
     bindings: RwLock<Arc<BindingSet>>,
@@ -125,14 +131,22 @@ impl PolicyEngine {
         self.registry.get(&binding.plugin).is_some_and(|p| p.compiled.manifest.world == World::Integration)
     }
 
-    /// Policy bindings for a type and interaction, split into enforcing and shadow.
-    fn policy_bindings(&self, res_type: &str, interaction: PolicyInteraction) -> (Vec<Binding>, Vec<Binding>) {
+    /// The policy bindings that apply to one type and interaction, with their plugins as
+    /// loaded now; `None` when nothing gates it. Computed once per request.
+    pub fn plan(&self, res_type: &str, interaction: PolicyInteraction) -> Option<Plan> {
         let bindings = self.bindings();
-        bindings
-            .matching(res_type, interaction)
-            .filter(|b| !self.is_integration(b))
-            .cloned()
-            .partition(|b| b.mode == Mode::Enforce)
+        let mut plan = Plan { enforce: Vec::new(), shadow: Vec::new() };
+        for binding in bindings.matching(res_type, interaction) {
+            let plugin = self.registry.get(&binding.plugin);
+            if plugin.as_ref().is_some_and(|p| p.compiled.manifest.world == World::Integration) {
+                continue;
+            }
+            match binding.mode {
+                Mode::Enforce => plan.enforce.push((binding.clone(), plugin)),
+                Mode::Shadow => plan.shadow.push(binding.clone()),
+            }
+        }
+        (!plan.enforce.is_empty() || !plan.shadow.is_empty()).then_some(plan)
     }
 
     /// Integration plugins to notify of a committed change.
@@ -149,33 +163,28 @@ impl PolicyEngine {
 
     /// Whether any policy gates this type and interaction (callers can skip work if not).
     pub fn gates(&self, res_type: &str, interaction: PolicyInteraction) -> bool {
-        let (enforce, shadow) = self.policy_bindings(res_type, interaction);
-        !enforce.is_empty() || !shadow.is_empty()
+        self.plan(res_type, interaction).is_some()
     }
 
-    /// One verdict per resource (all of `res_type`).
+    /// One verdict per resource (all of `res_type`), by the bindings of `plan`.
     pub async fn authorize(
         &self,
         caller: &Caller,
+        plan: &Plan,
         res_type: &str,
         interaction: PolicyInteraction,
         resources: Vec<SubjectResource>,
     ) -> Vec<Verdict> {
-        let (enforce, shadow) = self.policy_bindings(res_type, interaction);
-        if enforce.is_empty() && shadow.is_empty() {
-            return vec![Verdict::Allow; resources.len()];
-        }
-        let plugins: Vec<(Binding, Option<Arc<ActivePlugin>>)> =
-            enforce.into_iter().map(|b| (b.clone(), self.registry.get(&b.plugin))).collect();
+        let plugins = &plan.enforce;
         let principal = principal(caller);
         let resources = Arc::new(resources);
         let verdicts = if plugins.is_empty() {
             vec![Verdict::Allow; resources.len()]
         } else {
             let registry = &self.registry;
-            sandboxed(&plugins, || {
+            sandboxed(plugins, || {
                 let mut verdicts = vec![Verdict::Allow; resources.len()];
-                for (binding, plugin) in &plugins {
+                for (binding, plugin) in plugins {
                     match evaluate(registry, plugin.as_deref(), binding, &principal, interaction, &resources) {
                         Ok(decisions) => {
                             for (verdict, decision) in verdicts.iter_mut().zip(decisions) {
@@ -200,8 +209,15 @@ impl PolicyEngine {
         };
         let denied = verdicts.iter().filter(|v| matches!(v, Verdict::Deny { .. })).count();
         self.denials.fetch_add(denied as u64, Ordering::Relaxed);
-        if !shadow.is_empty() {
-            self.run_shadow(shadow, principal, res_type.to_owned(), interaction, resources, verdicts.clone());
+        if !plan.shadow.is_empty() {
+            self.run_shadow(
+                plan.shadow.clone(),
+                principal,
+                res_type.to_owned(),
+                interaction,
+                resources,
+                verdicts.clone(),
+            );
         }
         verdicts
     }
@@ -258,20 +274,19 @@ impl PolicyEngine {
     pub async fn validate(
         &self,
         caller: &Caller,
+        plan: &Plan,
         interaction: PolicyInteraction,
         resource: SubjectResource,
     ) -> Result<Vec<(String, Issue)>, Verdict> {
-        let (enforce, _) = self.policy_bindings(&resource.resource_type, interaction);
-        if enforce.is_empty() {
+        let plugins = &plan.enforce;
+        if plugins.is_empty() {
             return Ok(Vec::new());
         }
-        let plugins: Vec<(Binding, Option<Arc<ActivePlugin>>)> =
-            enforce.into_iter().map(|b| (b.clone(), self.registry.get(&b.plugin))).collect();
         let principal = principal(caller);
         let registry = &self.registry;
-        sandboxed(&plugins, || {
+        sandboxed(plugins, || {
             let mut issues = Vec::new();
-            for (binding, plugin) in &plugins {
+            for (binding, plugin) in plugins {
                 let fail = || Verdict::Deny {
                     plugin: binding.plugin.clone(),
                     reason: format!("policy '{}' {FAILED_CLOSED}", binding.plugin),
