@@ -389,6 +389,9 @@ async fn plugin_administration_is_validated_audited_and_survives_restarts() {
     server.send(admin(&server).post(server.url("admin/plugins/redact/enable"))).await.expect(200);
     server.get(&format!("Patient/{id}")).await.expect(200);
 
+    // Compiled once, kept on disk for restarts.
+    let cached: Vec<_> = std::fs::read_dir(server.data_dir.join("plugin-cache")).unwrap().flatten().collect();
+    assert!(cached.iter().any(|e| e.file_name().to_string_lossy().ends_with(".cwasm")), "{cached:?}");
     // Stored in the database: a restart loads it before serving the first request.
     let server = server.restart(with_policies(folder.path())).await;
     let read = server.get(&format!("Patient/{id}")).await.expect(200);
