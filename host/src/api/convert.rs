@@ -122,9 +122,17 @@ pub async fn convert(
         if !access.permits(res_type, id, resource.fields()) {
             return Err(forbidden(format!("this token may not create the {res_type} the message converts to")));
         }
-        if let Err(response) =
-            authorize_write(&state, &caller, PolicyInteraction::Create, res_type, Some(id), Some(resource.fields()))
-                .await
+        if let Some(plan) = state.plugins.policies.plan(res_type, PolicyInteraction::Create)
+            && let Err(response) = authorize_write(
+                &state,
+                &caller,
+                &plan,
+                PolicyInteraction::Create,
+                res_type,
+                Some(id),
+                Some(resource.fields()),
+            )
+            .await
         {
             return Ok(response);
         }

@@ -59,8 +59,17 @@ async fn create(
     let id = uuid::Uuid::new_v4().to_string();
     require(&access, &res_type, &id, resource.fields())?;
     let caller = caller(&principal, &headers)?;
-    if let Err(response) =
-        authorize_write(&state, &caller, PolicyInteraction::Create, &res_type, Some(&id), Some(resource.fields())).await
+    if let Some(plan) = state.plugins.policies.plan(&res_type, PolicyInteraction::Create)
+        && let Err(response) = authorize_write(
+            &state,
+            &caller,
+            &plan,
+            PolicyInteraction::Create,
+            &res_type,
+            Some(&id),
+            Some(resource.fields()),
+        )
+        .await
     {
         return Ok(response);
     }
@@ -112,8 +121,17 @@ async fn update(
         }
     }
     let caller = caller(&principal, &headers)?;
-    if let Err(response) =
-        authorize_write(&state, &caller, PolicyInteraction::Update, &res_type, Some(&id), Some(resource.fields())).await
+    if let Some(plan) = state.plugins.policies.plan(&res_type, PolicyInteraction::Update)
+        && let Err(response) = authorize_write(
+            &state,
+            &caller,
+            &plan,
+            PolicyInteraction::Update,
+            &res_type,
+            Some(&id),
+            Some(resource.fields()),
+        )
+        .await
     {
         return Ok(response);
     }
@@ -205,15 +223,17 @@ async fn delete(
     let access = principal.access(Interaction::Delete, &res_type)?;
     let mut expected = if_match(&headers)?;
     let caller = caller(&principal, &headers)?;
-    let gated = state.plugins.policies.gates(&res_type, PolicyInteraction::Delete);
-    if (!access.is_unrestricted() || gated)
+    let plan = state.plugins.policies.plan(&res_type, PolicyInteraction::Delete);
+    if (!access.is_unrestricted() || plan.is_some())
         && let Some((version, current)) = live_version(&state, &res_type, &id).await?
     {
         require(&access, &res_type, &id, &current)?;
         // The policy judged this version; pin the delete to it.
         expected = expected.or(Some(version));
-        if let Err(response) =
-            authorize_write(&state, &caller, PolicyInteraction::Delete, &res_type, Some(&id), Some(&current)).await
+        if let Some(plan) = &plan
+            && let Err(response) =
+                authorize_write(&state, &caller, plan, PolicyInteraction::Delete, &res_type, Some(&id), Some(&current))
+                    .await
         {
             return Ok(response);
         }
@@ -319,12 +339,14 @@ async fn history(
         }
     }
     let caller = caller(&principal, &headers)?;
-    let gated = state.plugins.policies.gates(&res_type, PolicyInteraction::History);
-    if gated {
+    let plan = state.plugins.policies.plan(&res_type, PolicyInteraction::History);
+    let gated = plan.is_some();
+    if let Some(plan) = &plan {
         let before = page.versions.len();
         let judged = authorize_records(
             &state,
             &caller,
+            plan,
             PolicyInteraction::History,
             &res_type,
             std::mem::take(&mut page.versions),
@@ -379,8 +401,9 @@ async fn authorize_one(
     interaction: PolicyInteraction,
     record: VersionRecord,
 ) -> Result<Result<VersionRecord, Response>, FhirError> {
+    let Some(plan) = state.plugins.policies.plan(&record.res_type, interaction) else { return Ok(Ok(record)) };
     let res_type = record.res_type.clone();
-    let mut judged = authorize_records(state, caller, interaction, &res_type, vec![record]).await?;
+    let mut judged = authorize_records(state, caller, &plan, interaction, &res_type, vec![record]).await?;
     match judged.pop() {
         Some(Ok(record)) => Ok(Ok(record)),
         Some(Err((plugin, reason))) => Ok(Err(denied(&plugin, &reason))),

@@ -10,7 +10,7 @@ use crate::auth::{BREAK_GLASS_ROLE, Principal, forbidden};
 use crate::fhir::compartment::data_key_id;
 use crate::fhir::outcome::{FhirError, IssueType};
 use crate::plugins::bindings::types::{Severity, SubjectResource};
-use crate::policy::{Caller, PolicyInteraction, Verdict};
+use crate::policy::{Caller, Plan, PolicyInteraction, Verdict};
 use crate::store::VersionRecord;
 
 /// Stated reason for an emergency access; needs the break-glass role.
@@ -90,14 +90,11 @@ fn subject(
 pub async fn authorize_records(
     state: &SharedState,
     caller: &Caller,
+    plan: &Plan,
     interaction: PolicyInteraction,
     res_type: &str,
     records: Vec<VersionRecord>,
 ) -> Result<Vec<Result<VersionRecord, (String, String)>>, FhirError> {
-    let policies = &state.plugins.policies;
-    let Some(plan) = policies.plan(res_type, interaction) else {
-        return Ok(records.into_iter().map(Ok).collect());
-    };
     let mut contents = Vec::with_capacity(records.len());
     let mut subjects = Vec::with_capacity(records.len());
     for record in &records {
@@ -109,7 +106,7 @@ pub async fn authorize_records(
         subjects.push(subject(res_type, Some(&record.id), content.as_ref(), json));
         contents.push(content);
     }
-    let verdicts = policies.authorize(caller, &plan, res_type, interaction, subjects).await;
+    let verdicts = state.plugins.policies.authorize(caller, plan, res_type, interaction, subjects).await;
     Ok(records
         .into_iter()
         .zip(contents)
@@ -133,23 +130,23 @@ pub async fn authorize_records(
 pub async fn authorize_write(
     state: &SharedState,
     caller: &Caller,
+    plan: &Plan,
     interaction: PolicyInteraction,
     res_type: &str,
     id: Option<&str>,
     content: Option<&Map<String, Value>>,
 ) -> Result<(), Response> {
     let policies = &state.plugins.policies;
-    let Some(plan) = policies.plan(res_type, interaction) else { return Ok(()) };
     let json = content.map(|c| Value::Object(c.clone()).to_string());
     let resource = subject(res_type, id, content, json);
-    let verdicts = policies.authorize(caller, &plan, res_type, interaction, vec![resource.clone()]).await;
+    let verdicts = policies.authorize(caller, plan, res_type, interaction, vec![resource.clone()]).await;
     if let Some(Verdict::Deny { plugin, reason }) = verdicts.first() {
         return Err(denied(plugin, reason));
     }
     if content.is_none() {
         return Ok(());
     }
-    let issues = match policies.validate(caller, &plan, interaction, resource).await {
+    let issues = match policies.validate(caller, plan, interaction, resource).await {
         Ok(issues) => issues,
         Err(Verdict::Deny { plugin, reason }) => return Err(denied(&plugin, &reason)),
         Err(_) => return Err(FhirError::internal().into_response()),

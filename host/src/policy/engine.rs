@@ -161,11 +161,6 @@ impl PolicyEngine {
         names
     }
 
-    /// Whether any policy gates this type and interaction (callers can skip work if not).
-    pub fn gates(&self, res_type: &str, interaction: PolicyInteraction) -> bool {
-        self.plan(res_type, interaction).is_some()
-    }
-
     /// One verdict per resource (all of `res_type`), by the bindings of `plan`.
     pub async fn authorize(
         &self,

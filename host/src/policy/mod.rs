@@ -20,7 +20,7 @@ use serde::Deserialize;
 pub mod engine;
 pub mod redact;
 
-pub use engine::{Caller, PolicyEngine, Verdict};
+pub use engine::{Caller, Plan, PolicyEngine, Verdict};
 
 /// The interactions a binding can name (the WIT `interaction` enum).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
