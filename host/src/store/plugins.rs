@@ -303,13 +303,11 @@ impl Store {
     }
 
     pub async fn kv_delete(&self, plugin: &str, key: &str) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
         sqlx::query("DELETE FROM plugin_kv WHERE plugin = $1 AND key = $2")
             .bind(plugin)
             .bind(key)
-            .execute(&mut *tx)
+            .execute(&self.writer)
             .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -353,17 +351,17 @@ impl Store {
         Ok(events)
     }
 
+    // The single-statement writes below (and kv_delete) run in autocommit on the writer pool:
+    // there is no read-then-write to protect, so no explicit transaction.
+
     /// A delivered event leaves the outbox.
     pub async fn outbox_delivered(&self, id: i64) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM outbox WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        tx.commit().await?;
+        sqlx::query("DELETE FROM outbox WHERE id = $1").bind(id).execute(&self.writer).await?;
         Ok(())
     }
 
     /// Records a failed delivery: retried at `retry_at_us`, or dead-lettered when `None`.
     pub async fn outbox_failed(&self, id: i64, error: &str, retry_at_us: Option<i64>) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, last_error = $2, claimed_until_us = 0, \
              state = $3, next_attempt_us = $4 WHERE id = $1",
@@ -372,21 +370,18 @@ impl Store {
         .bind(error)
         .bind(if retry_at_us.is_some() { "pending" } else { "dead" })
         .bind(retry_at_us.unwrap_or(0))
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?;
-        tx.commit().await?;
         Ok(())
     }
 
     /// Returns a claimed event unattempted, to be tried again at `at_us`.
     pub async fn outbox_postpone(&self, id: i64, at_us: i64) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE outbox SET claimed_until_us = 0, next_attempt_us = $2 WHERE id = $1")
             .bind(id)
             .bind(at_us)
-            .execute(&mut *tx)
+            .execute(&self.writer)
             .await?;
-        tx.commit().await?;
         Ok(())
     }
 
@@ -399,15 +394,13 @@ impl Store {
 
     /// Puts a dead-lettered event back in line. False if there is no such dead event.
     pub async fn outbox_retry(&self, id: i64) -> Result<bool, StoreError> {
-        let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
             "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_us = 0, claimed_until_us = 0 \
              WHERE id = $1 AND state = 'dead'",
         )
         .bind(id)
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await?;
-        tx.commit().await?;
         Ok(changed.rows_affected() == 1)
     }
 }
