@@ -11,6 +11,8 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 pub const DEFAULT_DATA_DIR: &str = "hearth-data";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Entries of one transaction or batch Bundle at most, unless configured otherwise.
+pub const DEFAULT_MAX_BUNDLE_ENTRIES: usize = 1000;
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
 pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 3600;
 pub const DEFAULT_AUDIT_CHECKPOINT_EVERY: i64 = 1000;
@@ -80,6 +82,9 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "HEARTH_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most entries a transaction or batch Bundle may hold (default 1000).
+    #[arg(long, env = "HEARTH_MAX_BUNDLE_ENTRIES")]
+    pub max_bundle_entries: Option<usize>,
     /// A trusted token issuer (`iss`); give with --jwt-audience and --jwks-file. More issuers
     /// go in the config file as [[issuers]] tables.
     #[arg(long, env = "HEARTH_JWT_ISSUER", requires_all = ["jwt_audience", "jwks_file"])]
@@ -133,6 +138,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     max_body_bytes: Option<usize>,
+    max_bundle_entries: Option<usize>,
     db_max_connections: Option<u32>,
     log_format: Option<LogFormat>,
     max_token_lifetime: Option<u64>,
@@ -207,6 +213,7 @@ pub struct ServeSettings {
     pub base_url: Option<String>,
     pub tls: TlsSource,
     pub max_body_bytes: usize,
+    pub max_bundle_entries: usize,
     pub log_format: LogFormat,
     /// Issuers from configuration; in dev mode the development issuer is trusted as well.
     pub issuers: Vec<IssuerConfig>,
@@ -342,6 +349,11 @@ impl ServeArgs {
             base_url,
             tls,
             max_body_bytes,
+            max_bundle_entries: self
+                .max_bundle_entries
+                .or(file.max_bundle_entries)
+                .unwrap_or(DEFAULT_MAX_BUNDLE_ENTRIES)
+                .max(1),
             log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             issuers,
             max_token_lifetime,

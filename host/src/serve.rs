@@ -97,6 +97,27 @@ pub async fn open_store(settings: &StorageSettings) -> Result<Store, StartError>
     Ok(store)
 }
 
+/// Rebuilds the search index when it was built by another registry of search parameters (or
+/// by a version without search), before the server takes requests, logging progress.
+async fn ensure_search_index(store: &Store) -> Result<(), StartError> {
+    let fingerprint = crate::fhir::search::registry::fingerprint();
+    if store.search_index_fingerprint().await?.as_deref() == Some(fingerprint.as_str()) {
+        return Ok(());
+    }
+    tracing::info!("building the search index for the stored resources");
+    let last_logged = std::sync::atomic::AtomicU64::new(0);
+    let done = store
+        .rebuild_search_index(&fingerprint, &|done, total| {
+            let tenth = (done * 10).checked_div(total).unwrap_or(10);
+            if last_logged.swap(tenth, std::sync::atomic::Ordering::Relaxed) != tenth {
+                tracing::info!(done, total, "search index: {}% rebuilt", tenth * 10);
+            }
+        })
+        .await?;
+    tracing::info!(resources = done, "search index ready");
+    Ok(())
+}
+
 /// The key provider the settings name.
 pub fn key_provider(settings: &StorageSettings) -> Box<dyn KeyProvider> {
     match &settings.keys {
@@ -130,6 +151,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
     let store = open_store(&settings.storage).await?;
     let audit = crate::audit::AuditLog::start(store.clone(), signer, settings.audit_checkpoint_every);
     tracing::info!(backend = store.backend().name(), "database ready");
+    ensure_search_index(&store).await?;
 
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -140,7 +162,11 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         let host = if bound.is_ipv6() && host != "localhost" { format!("[{host}]") } else { host };
         format!("https://{host}:{}", bound.port())
     });
-    let api_settings = ApiSettings { base_url: base_url.clone(), max_body_bytes: settings.max_body_bytes };
+    let api_settings = ApiSettings {
+        base_url: base_url.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        max_bundle_entries: settings.max_bundle_entries,
+    };
     let plugins = start_plugins(&settings, &store).await?;
     let app = router(store.clone(), tokens, audit, api_settings, plugins);
 

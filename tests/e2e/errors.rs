@@ -96,12 +96,13 @@ async fn bad_requests_get_operation_outcomes(db: Db) {
         ("missing resource", c.get(server.url("Patient/nobody")), 404, "not-found"),
         ("delete missing", c.delete(server.url("Patient/nobody")), 404, "not-found"),
         ("bad version id", c.get(server.url("Patient/p1/_history/first")), 400, "value"),
-        ("unsupported method", c.patch(server.url("Patient/p1")), 405, "not-supported"),
+        ("unsupported method", c.post(server.url("Patient/p1")), 405, "not-supported"),
+        ("patch without a JSON Patch", fhir(c.patch(server.url("Patient/p1"))).body("{}"), 415, "not-supported"),
         ("unknown path", c.get(server.url("Patient/p1/_history/1/extra")), 404, "not-supported"),
         (
-            "conditional create",
+            "conditional create on an unknown parameter",
             fhir(c.post(server.url("Patient")))
-                .header("if-none-exist", "identifier=x|1")
+                .header("if-none-exist", "colour=blue")
                 .body(json!({"resourceType": "Patient"}).to_string()),
             400,
             "not-supported",

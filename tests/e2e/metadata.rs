@@ -16,7 +16,14 @@ async fn capability_statement_lists_what_is_implemented(db: Db) {
     assert_eq!(cs["implementation"]["url"], server.base);
     let rest = &cs["rest"][0];
     assert_eq!(rest["mode"], "server");
-    assert!(rest.get("interaction").is_none(), "no system-level interaction is implemented yet");
+    assert_eq!(
+        rest["interaction"],
+        serde_json::json!([{"code": "transaction"}, {"code": "batch"}, {"code": "search-system"}, {"code": "history-system"}])
+    );
+    let common: Vec<&str> =
+        rest["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(common, ["_id", "_lastUpdated", "_tag", "_security", "_profile", "_source"]);
+    assert!(rest["documentation"].as_str().unwrap().contains("_contained"), "unsupported search features are declared");
     assert_eq!(rest["operation"][0]["name"], "convert", "the plugin converter operation is declared");
     let resources = rest["resource"].as_array().unwrap();
     assert_eq!(resources.len(), 146, "every R4 resource type");
@@ -24,11 +31,32 @@ async fn capability_statement_lists_what_is_implemented(db: Db) {
         let mut codes: Vec<&str> =
             resource["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
         codes.sort();
-        assert_eq!(codes, ["create", "delete", "history-instance", "read", "update", "vread"], "{}", resource["type"]);
-        assert!(resource.get("searchParam").is_none(), "search is not implemented yet");
-        assert_eq!(resource["conditionalCreate"], false);
+        assert_eq!(
+            codes,
+            ["create", "delete", "history-instance", "history-type", "patch", "read", "search-type", "update", "vread"],
+            "{}",
+            resource["type"]
+        );
+        let params: Vec<&str> =
+            resource["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert!(params.contains(&"_id") && params.contains(&"_lastUpdated"), "{}", resource["type"]);
+        assert_eq!(resource["conditionalCreate"], true);
+        assert_eq!(resource["conditionalDelete"], "single");
         assert_eq!(resource["updateCreate"], true);
     }
+    // The registry's parameters, with the blind-index limits stated where they apply.
+    let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
+    let family = patient["searchParam"].as_array().unwrap().iter().find(|p| p["name"] == "family").unwrap();
+    assert_eq!(family["type"], "string");
+    assert!(family["documentation"].as_str().unwrap().contains("exact"), "{family}");
+    let observation = resources.iter().find(|r| r["type"] == "Observation").unwrap();
+    let names: Vec<&str> =
+        observation["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for expected in ["code", "date", "patient", "subject", "value-quantity", "code-value-quantity", "category"] {
+        assert!(names.contains(&expected), "Observation lacks {expected}");
+    }
+    assert!(observation["searchInclude"].as_array().unwrap().iter().any(|i| i == "Observation:subject"));
+    assert!(patient["searchRevInclude"].as_array().unwrap().iter().any(|i| i == "Observation:subject"));
     // Each advertised type really works.
     for res_type in ["Patient", "Observation", "VisionPrescription"] {
         server.post(res_type, &serde_json::json!({"resourceType": res_type})).await.expect(201);

@@ -58,6 +58,7 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
             matches!(status, 401 | 403).then(|| if status == 401 { "authentication" } else { "scope" }.to_owned())
         }),
         break_glass,
+        returned: response.extensions().get::<super::search::ReturnedIds>().map(|r| r.0.clone()).unwrap_or_default(),
     };
     match state.audit.record(event).await {
         Ok(()) => response,
@@ -90,12 +91,23 @@ fn describe(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
         ("POST", ["admin", "outbox", id, op]) => (format!("admin-outbox-{op}"), Some("outbox".into()), owned(id), None),
         ("GET", ["admin", area, ..]) => (format!("admin-read-{area}"), None, None, None),
         ("POST", ["$convert"]) => ("operation-convert".into(), None, None, None),
+        ("GET", []) | ("POST", ["_search"]) => ("search-system".into(), None, None, None),
+        ("POST", []) => ("bundle".into(), None, None, None),
         ("POST", [t]) => ("create".into(), owned(t), None, None),
+        ("GET", [t]) | ("POST", [t, "_search"]) if t.starts_with(|c: char| c.is_ascii_uppercase()) => {
+            ("search-type".into(), owned(t), None, None)
+        }
+        ("GET", ["_history"]) => ("history-system".into(), None, None, None),
+        ("GET", [t, "_history"]) => ("history-type".into(), owned(t), None, None),
         ("GET", [t, id]) => ("read".into(), owned(t), owned(id), None),
         ("PUT", [t, id]) => ("update".into(), owned(t), owned(id), None),
         ("DELETE", [t, id]) => ("delete".into(), owned(t), owned(id), None),
         ("GET", [t, id, "_history"]) => ("history-instance".into(), owned(t), owned(id), None),
         ("GET", [t, id, "_history", v]) => ("vread".into(), owned(t), owned(id), v.parse().ok()),
+        ("GET", ["Patient", id, "$everything"]) => {
+            ("operation-everything".into(), Some("Patient".into()), owned(id), None)
+        }
+        ("GET", ["Patient", id, t]) => ("search-compartment".into(), owned(t), owned(id), None),
         (m, _) => {
             (format!("{} {}", m.to_ascii_lowercase(), segments.first().copied().unwrap_or("/")), None, None, None)
         }
@@ -123,5 +135,10 @@ mod tests {
         assert_eq!(describe(&Method::POST, "/admin/plugins/consent/rollback").0, "admin-plugin-rollback");
         assert_eq!(describe(&Method::DELETE, "/admin/plugins/consent").0, "admin-plugin-remove");
         assert_eq!(describe(&Method::PATCH, "/Patient/a").0, "patch Patient");
+        assert_eq!(describe(&Method::GET, "/Observation").0, "search-type");
+        assert_eq!(describe(&Method::POST, "/Observation/_search").0, "search-type");
+        assert_eq!(describe(&Method::GET, "/").0, "search-system");
+        assert_eq!(describe(&Method::GET, "/Patient/p1/Observation").0, "search-compartment");
+        assert_eq!(describe(&Method::GET, "/metrics").0, "get metrics");
     }
 }

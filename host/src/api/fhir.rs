@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use super::SharedState;
 use super::extract::{FhirBody, ReturnPreference, if_match, if_none_match_matches, return_preference};
 use super::gate::{authorize_records, authorize_write, caller, denied};
+use super::search::matching_ids;
 use crate::auth::{Access, Interaction, Principal, forbidden};
 use crate::fhir::bundle::{Link, history_bundle};
 use crate::fhir::instant::{parse_instant, to_http_date};
@@ -22,10 +23,11 @@ use crate::store::{DeleteResult, EventTargets, Precondition, StoreError, Version
 
 /// Type- and instance-level interactions served for every resource type. The
 /// CapabilityStatement is generated from this list; keep it in step with [`routes`].
-pub const TYPE_INTERACTIONS: &[&str] = &["read", "vread", "update", "delete", "history-instance", "create"];
+pub const TYPE_INTERACTIONS: &[&str] =
+    &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
 
 /// System-level interactions served.
-pub const SYSTEM_INTERACTIONS: &[&str] = &[];
+pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "search-system", "history-system"];
 
 /// Default and largest page size of a history Bundle.
 const DEFAULT_PAGE_SIZE: i64 = 50;
@@ -33,9 +35,18 @@ const MAX_PAGE_SIZE: i64 = 1000;
 
 pub fn routes() -> Router<SharedState> {
     Router::new()
-        .route("/{type}", axum::routing::post(create))
-        .route("/{type}/{id}", get(read).put(update).delete(delete))
+        .route("/", get(super::search::search_system).post(super::bundle::bundle))
+        .route("/_search", axum::routing::post(super::search::search_system_post))
+        .route(
+            "/{type}",
+            get(super::search::search_type).post(create).put(conditional_update).delete(conditional_delete),
+        )
+        .route("/{type}/_search", axum::routing::post(super::search::search_type_post))
+        .route("/_history", get(super::feeds::system_history))
+        .route("/{type}/_history", get(super::feeds::type_history))
+        .route("/{type}/{id}", get(read).put(update).delete(delete).patch(patch))
         .route("/{type}/{id}/_history", get(history))
+        .route("/{type}/{id}/{compartment}", get(super::search::search_compartment))
         .route("/{type}/{id}/_history/{vid}", get(vread))
 }
 
@@ -48,13 +59,31 @@ async fn create(
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     let access = principal.access(Interaction::Create, &res_type)?;
-    if headers.contains_key("if-none-exist") {
-        return Err(FhirError::bad_request(
-            IssueType::NotSupported,
-            "conditional create (If-None-Exist) is not supported by this server yet",
-        ));
-    }
     let resource = IncomingResource::parse(&body, &res_type)?;
+    if let Some(condition) = headers.get("if-none-exist") {
+        let query = condition.to_str().map_err(|_| {
+            FhirError::bad_request(IssueType::Value, "If-None-Exist must be a search query, e.g. identifier=x|y")
+        })?;
+        let query = query.rsplit_once('?').map_or(query, |(_, q)| q);
+        match matching_ids(&state, &principal, &headers, &res_type, query).await?.as_slice() {
+            [] => {}
+            [existing] => {
+                // Already there: answer with it (as a read would), and create nothing.
+                let record = state.store.read_current(&res_type, existing).await.map_err(store_error)?;
+                let record = record.filter(|r| !r.deleted).ok_or_else(|| not_found(&res_type, existing))?;
+                let caller = caller(&principal, &headers)?;
+                return match authorize_one(&state, &caller, PolicyInteraction::Read, record).await? {
+                    Ok(record) => Ok(record_response(record)),
+                    Err(response) => Ok(response),
+                };
+            }
+            _ => {
+                return Err(FhirError::precondition_failed(
+                    "If-None-Exist matches more than one resource; make the condition more specific",
+                ));
+            }
+        }
+    }
     // The spec says a server SHALL ignore an id sent with a create and assign its own.
     let id = uuid::Uuid::new_v4().to_string();
     require(&access, &res_type, &id, resource.fields())?;
@@ -99,20 +128,147 @@ async fn update(
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
-    let access = principal.access(Interaction::Update, &res_type)?;
-    let mut precondition = match if_match(&headers)? {
+    update_resource(&state, &principal, &res_type, &id, &headers, &body).await
+}
+
+/// `PATCH /{type}/{id}` with a JSON Patch (`application/json-patch+json`): applied to the
+/// current version, then stored as an update pinned to that version (or to If-Match), so a
+/// concurrent change makes it fail (412) instead of being overwritten.
+async fn patch(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Path((res_type, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, FhirError> {
+    check_type_name(&res_type)?;
+    check_id(&id)?;
+    let media = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !media.trim_start().starts_with("application/json-patch+json") {
+        return Err(FhirError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IssueType::NotSupported,
+            "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)",
+        ));
+    }
+    if body.len() > state.settings.max_body_bytes {
+        return Err(FhirError::new(StatusCode::PAYLOAD_TOO_LARGE, IssueType::TooLong, "the patch is too large"));
+    }
+    principal.access(Interaction::Update, &res_type)?;
+    let operations: Value = crate::fhir::json::parse_strict(&body)
+        .map_err(|e| FhirError::bad_request(IssueType::Structure, format!("the patch is not valid JSON: {e}")))?;
+    let (version, current) = live_version(&state, &res_type, &id).await?.ok_or_else(|| not_found(&res_type, &id))?;
+    // Reading is part of patching: the caller must be allowed to see what it changes.
+    let read_access = principal.access(Interaction::Read, &res_type)?;
+    require(&read_access, &res_type, &id, &current)?;
+    let expected = if_match(&headers)?.unwrap_or(version);
+    if expected != version {
+        return Err(FhirError::precondition_failed(format!(
+            "If-Match does not name the current version ({}); read the resource again and retry",
+            etag(version)
+        )));
+    }
+    let mut document = Value::Object(current);
+    crate::fhir::patch::apply(&mut document, &operations)
+        .map_err(|message| FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueType::Invalid, message))?;
+    if document.get("resourceType").and_then(Value::as_str) != Some(res_type.as_str())
+        || document.get("id").and_then(Value::as_str) != Some(id.as_str())
+    {
+        return Err(FhirError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            IssueType::Invalid,
+            "a patch may not change the resource type or id",
+        ));
+    }
+    let mut pinned = headers.clone();
+    pinned.insert(header::IF_MATCH, HeaderValue::from_str(&etag(version)).map_err(|_| FhirError::internal())?);
+    let body = serde_json::to_vec(&document).map_err(|_| FhirError::internal())?;
+    update_resource(&state, &principal, &res_type, &id, &pinned, &body).await
+}
+
+/// `PUT /{type}?search`: updates the one match, creates when there is none (with the body's
+/// id, or a new one), 412 when several match.
+async fn conditional_update(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Path(res_type): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    FhirBody(body): FhirBody,
+) -> Result<Response, FhirError> {
+    check_type_name(&res_type)?;
+    let resource = IncomingResource::parse(&body, &res_type)?;
+    let body_id = resource.fields().get("id").and_then(Value::as_str).map(str::to_owned);
+    let id =
+        match matching_ids(&state, &principal, &headers, &res_type, query.as_deref().unwrap_or("")).await?.as_slice() {
+            [] => {
+                let id = body_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                check_id(&id)?;
+                id
+            }
+            [one] => {
+                if body_id.as_ref().is_some_and(|b| b != one) {
+                    return Err(FhirError::bad_request(
+                        IssueType::Invalid,
+                        "the resource id differs from the id of the resource the condition matches",
+                    ));
+                }
+                one.clone()
+            }
+            _ => {
+                return Err(FhirError::precondition_failed(
+                    "the condition matches more than one resource; make it more specific",
+                ));
+            }
+        };
+    let mut fields = resource.fields().clone();
+    fields.insert("id".into(), Value::String(id.clone()));
+    let body = serde_json::to_vec(&fields).map_err(|_| FhirError::internal())?;
+    update_resource(&state, &principal, &res_type, &id, &headers, &body).await
+}
+
+/// `DELETE /{type}?search`: deletes the one match; 404 when none, 412 when several.
+async fn conditional_delete(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Path(res_type): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Response, FhirError> {
+    check_type_name(&res_type)?;
+    match matching_ids(&state, &principal, &headers, &res_type, query.as_deref().unwrap_or("")).await?.as_slice() {
+        [] => Err(FhirError::not_found(format!("no {res_type} matches the condition"))),
+        [one] => delete_resource(&state, &principal, &res_type, one, &headers).await,
+        _ => Err(FhirError::precondition_failed(
+            "the condition matches more than one resource; make it more specific (this server deletes one at a time)",
+        )),
+    }
+}
+
+/// An update of `res_type/id` (creating it if it does not exist), as `PUT` and conditional
+/// update do it.
+async fn update_resource(
+    state: &SharedState,
+    principal: &Principal,
+    res_type: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, FhirError> {
+    let access = principal.access(Interaction::Update, res_type)?;
+    let mut precondition = match if_match(headers)? {
         Some(version) => Precondition::IfMatch(version),
         None => Precondition::None,
     };
-    let resource = IncomingResource::parse(&body, &res_type)?;
-    resource.require_id(&id)?;
-    require(&access, &res_type, &id, resource.fields())?;
+    let resource = IncomingResource::parse(body, res_type)?;
+    resource.require_id(id)?;
+    require(&access, res_type, id, resource.fields())?;
     if !access.is_unrestricted() {
         // A restricted principal may not overwrite what it cannot reach: check the current
         // version, and pin the write to it so nothing can change in between.
-        let current = live_version(&state, &res_type, &id).await?;
+        let current = live_version(state, res_type, id).await?;
         if let Some((version, current)) = &current {
-            require(&access, &res_type, &id, current)?;
+            require(&access, res_type, id, current)?;
             if precondition == Precondition::None {
                 precondition = Precondition::IfMatch(*version);
             }
@@ -120,34 +276,34 @@ async fn update(
             precondition = Precondition::MustNotExist;
         }
     }
-    let caller = caller(&principal, &headers)?;
-    if let Some(plan) = state.plugins.policies.plan(&res_type, PolicyInteraction::Update)
+    let caller = caller(principal, headers)?;
+    if let Some(plan) = state.plugins.policies.plan(res_type, PolicyInteraction::Update)
         && let Err(response) = authorize_write(
-            &state,
+            state,
             &caller,
             &plan,
             PolicyInteraction::Update,
-            &res_type,
-            Some(&id),
+            res_type,
+            Some(id),
             Some(resource.fields()),
         )
         .await
     {
         return Ok(response);
     }
-    let key_id = resource.data_key_id(&id);
+    let key_id = resource.data_key_id(id);
     let events = EventTargets {
-        created: state.plugins.policies.integrations_for(&res_type, PolicyInteraction::Create),
-        updated: state.plugins.policies.integrations_for(&res_type, PolicyInteraction::Update),
+        created: state.plugins.policies.integrations_for(res_type, PolicyInteraction::Create),
+        updated: state.plugins.policies.integrations_for(res_type, PolicyInteraction::Update),
     };
     let written = state
         .store
-        .put(&res_type, &id, &key_id, precondition, &events, &|version, at| resource.stamped(&id, version, at))
+        .put(res_type, id, &key_id, precondition, &events, &|version, at| resource.stamped(id, version, at))
         .await
         .map_err(store_error)?;
-    wake_delivery(&state, !events.is_empty());
+    wake_delivery(state, !events.is_empty());
     tracing::info!(res_type, id, version = written.version, created = written.created, "updated");
-    Ok(write_response(&state, &res_type, &id, written, &headers))
+    Ok(write_response(state, res_type, id, written, headers))
 }
 
 async fn read(
@@ -220,34 +376,45 @@ async fn delete(
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
-    let access = principal.access(Interaction::Delete, &res_type)?;
-    let mut expected = if_match(&headers)?;
-    let caller = caller(&principal, &headers)?;
-    let plan = state.plugins.policies.plan(&res_type, PolicyInteraction::Delete);
+    delete_resource(&state, &principal, &res_type, &id, &headers).await
+}
+
+/// A delete of `res_type/id`, as `DELETE` and conditional delete do it.
+async fn delete_resource(
+    state: &SharedState,
+    principal: &Principal,
+    res_type: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Response, FhirError> {
+    let access = principal.access(Interaction::Delete, res_type)?;
+    let mut expected = if_match(headers)?;
+    let caller = caller(principal, headers)?;
+    let plan = state.plugins.policies.plan(res_type, PolicyInteraction::Delete);
     if (!access.is_unrestricted() || plan.is_some())
-        && let Some((version, current)) = live_version(&state, &res_type, &id).await?
+        && let Some((version, current)) = live_version(state, res_type, id).await?
     {
-        require(&access, &res_type, &id, &current)?;
+        require(&access, res_type, id, &current)?;
         // The policy judged this version; pin the delete to it.
         expected = expected.or(Some(version));
         if let Some(plan) = &plan
             && let Err(response) =
-                authorize_write(&state, &caller, plan, PolicyInteraction::Delete, &res_type, Some(&id), Some(&current))
+                authorize_write(state, &caller, plan, PolicyInteraction::Delete, res_type, Some(id), Some(&current))
                     .await
         {
             return Ok(response);
         }
     }
-    let events = state.plugins.policies.integrations_for(&res_type, PolicyInteraction::Delete);
-    let result = state.store.delete(&res_type, &id, expected, &events).await.map_err(store_error)?;
-    wake_delivery(&state, !events.is_empty());
+    let events = state.plugins.policies.integrations_for(res_type, PolicyInteraction::Delete);
+    let result = state.store.delete(res_type, id, expected, &events).await.map_err(store_error)?;
+    wake_delivery(state, !events.is_empty());
     let (message, version) = match result {
         DeleteResult::Deleted { version } => {
             tracing::info!(res_type, id, version, "deleted");
             (format!("deleted {res_type}/{id}; version {version} records the deletion"), Some(version))
         }
         DeleteResult::AlreadyDeleted => (format!("{res_type}/{id} was already deleted"), None),
-        DeleteResult::NotFound => return Err(not_found(&res_type, &id)),
+        DeleteResult::NotFound => return Err(not_found(res_type, id)),
     };
     let outcome = operation_outcome("information", IssueType::Informational, &message, None);
     let mut response = fhir_json(StatusCode::OK, serde_json::to_vec(&outcome).unwrap_or_default());
@@ -395,7 +562,7 @@ async fn history(
 }
 
 /// Runs the read policies on one record: the (possibly redacted) record, or the denial.
-async fn authorize_one(
+pub(super) async fn authorize_one(
     state: &SharedState,
     caller: &crate::policy::Caller,
     interaction: PolicyInteraction,
@@ -412,14 +579,19 @@ async fn authorize_one(
 }
 
 /// Lets the outbox worker know there is work, when a write queued events.
-fn wake_delivery(state: &SharedState, queued: bool) {
+pub(super) fn wake_delivery(state: &SharedState, queued: bool) {
     if queued {
         state.plugins.delivery_wake.notify_one();
     }
 }
 
 /// 403 unless `access` reaches this resource content.
-fn require(access: &Access, res_type: &str, id: &str, resource: &Map<String, Value>) -> Result<(), FhirError> {
+pub(super) fn require(
+    access: &Access,
+    res_type: &str,
+    id: &str,
+    resource: &Map<String, Value>,
+) -> Result<(), FhirError> {
     if access.permits(res_type, id, resource) {
         Ok(())
     } else {
@@ -438,7 +610,7 @@ fn require_record(access: &Access, record: &VersionRecord) -> Result<(), FhirErr
 }
 
 /// The current live version and its content, if the resource exists and is not deleted.
-async fn live_version(
+pub(super) async fn live_version(
     state: &SharedState,
     res_type: &str,
     id: &str,
@@ -496,11 +668,11 @@ pub(super) fn store_error(error: StoreError) -> FhirError {
     }
 }
 
-fn not_found(res_type: &str, id: &str) -> FhirError {
+pub(super) fn not_found(res_type: &str, id: &str) -> FhirError {
     FhirError::not_found(format!("{res_type}/{id} does not exist"))
 }
 
-fn gone(record: &VersionRecord) -> FhirError {
+pub(super) fn gone(record: &VersionRecord) -> FhirError {
     FhirError::gone(format!("{}/{} was deleted (version {})", record.res_type, record.id, record.version))
 }
 

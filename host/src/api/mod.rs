@@ -18,13 +18,16 @@ use crate::store::Store;
 mod admin;
 mod audit;
 mod auth;
+mod bundle;
 mod convert;
 mod extract;
+mod feeds;
 mod fhir;
 mod gate;
 mod health;
 mod metrics;
 mod plugins;
+mod search;
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -34,6 +37,8 @@ pub struct ApiSettings {
     pub base_url: String,
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// The most entries a transaction or batch Bundle may hold.
+    pub max_bundle_entries: usize,
 }
 
 /// The plugin side of the server: loaded plugins, policy bindings, the outbox worker's

@@ -50,6 +50,10 @@ pub struct AuditEvent {
     /// The stated reason of an emergency (break-glass) access.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<String>,
+    /// What a search (or other multi-resource read) returned: `Type/id` of every resource in
+    /// the response, and nothing of their content.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub returned: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -37,6 +37,7 @@ pub enum Interaction {
     Update,
     Delete,
     HistoryInstance,
+    Search,
 }
 
 impl Interaction {
@@ -44,6 +45,7 @@ impl Interaction {
         match self {
             Interaction::Create => Permission::Create,
             Interaction::Read | Interaction::Vread | Interaction::HistoryInstance => Permission::Read,
+            Interaction::Search => Permission::Search,
             Interaction::Update => Permission::Update,
             Interaction::Delete => Permission::Delete,
         }
@@ -54,6 +56,13 @@ impl Interaction {
 #[derive(Debug, Clone)]
 pub struct Access {
     grants: Vec<Grant>,
+}
+
+/// One grant's confinement: a patient compartment and `?param=value` constraints.
+#[derive(Debug, Clone, Copy)]
+pub struct Restriction<'a> {
+    pub patient: Option<&'a str>,
+    pub constraints: &'a [(String, String)],
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +76,18 @@ impl Access {
     /// True when some grant reaches every resource of the type (no compartment, no constraint).
     pub fn is_unrestricted(&self) -> bool {
         self.grants.iter().any(|g| g.patient.is_none() && g.constraints.is_empty())
+    }
+
+    /// The one restriction every search must carry, when there is exactly one restricted
+    /// grant (a patient compartment and/or `?param=value` constraints); `None` when access is
+    /// unrestricted or spread over several grants (then results are filtered one by one).
+    pub fn single_restriction(&self) -> Option<Restriction<'_>> {
+        match self.grants.as_slice() {
+            [grant] if !self.is_unrestricted() => {
+                Some(Restriction { patient: grant.patient.as_deref(), constraints: &grant.constraints })
+            }
+            _ => None,
+        }
     }
 
     /// Whether the resource `res_type/id` with content `resource` is within reach.

@@ -8,6 +8,33 @@ use serde_json::{Value, json};
 use super::FHIR_VERSION;
 use super::instant::{now_us, to_fhir_instant};
 use super::resource_types::R4_RESOURCE_TYPES;
+use super::search::registry::{self, Kind, Param};
+
+/// What the statement says of search as a whole (the per-parameter notes are on each one).
+const SEARCH_DOCUMENTATION: &str = "Search: string parameters match by prefix (case, accents and punctuation \
+    ignored) with :exact and :contains; token parameters take system|code, code, |code and system| with :not; \
+    dates take eq, ne, gt, lt, ge, le, sa, eb and ap with partial dates; references take Type/id, id or a URL on \
+    this server, with chaining (e.g. subject:Patient.identifier) and _has two levels deep; number, quantity and \
+    Observation code-value-quantity composites are supported. Identifying data (names, identifiers, telecom, \
+    addresses, birth dates) is indexed only as keyed hashes (blind indexes): those parameters match exactly and \
+    cannot be sorted on. Results: _count (at most 1000), cursor paging (next/previous links), _sort (up to 4 \
+    keys), _total=accurate, _summary, _elements, _include and _revinclude (with :iterate, at most 1000 included \
+    resources per page). Not supported: _contained, _containedType, _text, _content, _list, _query, _filter, and the \
+    :text, :above, :below, :in, :not-in, :of-type and :identifier modifiers. Unknown parameters are ignored and \
+    reported unless the request says Prefer: handling=strict.";
+
+fn search_param(param: &Param) -> Value {
+    let mut entry = json!({
+        "name": param.code,
+        "definition": format!("http://hl7.org/fhir/SearchParameter/{}-{}",
+            if param.resource == "*" { "Resource" } else { param.resource }, param.code.trim_start_matches('_')),
+        "type": param.kind.code(),
+    });
+    if let Some(documentation) = param.documentation() {
+        entry["documentation"] = json!(documentation);
+    }
+    entry
+}
 
 /// What the server supports, as the API layer declares it.
 pub struct Implemented<'a> {
@@ -27,19 +54,42 @@ pub fn capability_statement(implemented: &Implemented<'_>) -> Value {
     let resources: Vec<Value> = R4_RESOURCE_TYPES
         .iter()
         .map(|res_type| {
-            json!({
+            let params: Vec<Value> = registry::of_type(res_type).map(search_param).collect();
+            let includes: Vec<String> = registry::of_type(res_type)
+                .filter(|p| p.kind == Kind::Reference)
+                .map(|p| format!("{res_type}:{}", p.code))
+                .collect();
+            let revincludes: Vec<String> = if registry::has_own_params(res_type) {
+                registry::all()
+                    .filter(|p| p.kind == Kind::Reference && (p.targets.is_empty() || p.targets.contains(res_type)))
+                    .map(|p| format!("{}:{}", p.resource, p.code))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let mut resource = json!({
+                "searchParam": params,
+                "searchInclude": includes,
+                "searchRevInclude": revincludes,
                 "type": res_type,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{res_type}"),
                 "interaction": interactions(implemented.type_interactions),
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
-                "conditionalCreate": false,
+                "conditionalCreate": true,
                 "conditionalRead": "not-supported",
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
                 "referencePolicy": ["literal", "local"],
-            })
+            });
+            if *res_type == "Patient" {
+                resource["operation"] = json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+                }]);
+            }
+            resource
         })
         .collect();
     let mut rest = json!({
@@ -59,6 +109,8 @@ pub fn capability_statement(implemented: &Implemented<'_>) -> Value {
                 principal with the break-glass role may state X-Break-Glass-Reason (audited as an emergency access)."
         },
         "resource": resources,
+        "searchParam": registry::of_type("Resource").map(search_param).collect::<Vec<_>>(),
+        "documentation": SEARCH_DOCUMENTATION,
     });
     if !implemented.system_operations.is_empty() {
         rest["operation"] = Value::Array(

@@ -7,8 +7,10 @@ pub mod compartment;
 pub mod instant;
 pub mod json;
 pub mod outcome;
+pub mod patch;
 pub mod resource;
 pub mod resource_types;
+pub mod search;
 
 /// The FHIR JSON media type, as sent on every response.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";

@@ -36,6 +36,9 @@ pub enum StoreError {
     /// The data key was destroyed (crypto-shredded): the records are gone for good.
     #[error("these records were erased")]
     Erased,
+    /// A search paging cursor that this server did not issue (or issued for another search).
+    #[error("the paging cursor is not valid for this search")]
+    BadCursor,
     #[error("backup failed: {0}")]
     BackupFailed(String),
     /// The database is unreachable, overloaded or shutting down: worth retrying later.

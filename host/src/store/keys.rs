@@ -198,6 +198,16 @@ impl Store {
         .rows_affected()
             == 1;
         if destroyed {
+            // The erased records' search rows go too: blind tokens of their names and
+            // identifiers would otherwise still tell that someone with those values existed.
+            sqlx::query(
+                "DELETE FROM search_index WHERE EXISTS (SELECT 1 FROM resource_head h JOIN resource_version v \
+                   ON v.res_type = h.res_type AND v.res_id = h.res_id AND v.version = h.version \
+                 WHERE h.res_type = search_index.res_type AND h.res_id = search_index.res_id AND v.key_id = $1)",
+            )
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("INSERT INTO erasure (key_id, erased_us, reason) VALUES ($1, $2, $3)")
                 .bind(key_id)
                 .bind(now)

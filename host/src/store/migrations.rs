@@ -29,6 +29,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0003_plugins_and_outbox.sql"),
         include_str!("../../../migrations/postgres/0003_plugins_and_outbox.sql"),
     ),
+    (
+        4,
+        "search index",
+        include_str!("../../../migrations/sqlite/0004_search_index.sql"),
+        include_str!("../../../migrations/postgres/0004_search_index.sql"),
+    ),
 ];
 
 pub fn migrator(backend: Backend) -> Migrator {

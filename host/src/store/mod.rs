@@ -33,6 +33,7 @@ mod error;
 mod keys;
 mod migrations;
 mod plugins;
+mod search;
 mod vault;
 
 pub use audit::{StoredAuditEntry, StoredCheckpoint, chain_hash};
@@ -40,6 +41,7 @@ pub use backup::Counts;
 pub use error::StoreError;
 pub use keys::{KeyStatus, RotationReport};
 pub use plugins::{NewPluginVersion, OutboxEvent, PluginRow, PluginVersionRow};
+pub use search::{SearchPage, SearchScope};
 pub use vault::KeyVault;
 
 /// How many times a write is retried after losing a race it did not ask to detect
@@ -174,6 +176,37 @@ pub struct NewResource<'a> {
     pub key_id: &'a str,
     pub events: &'a [String],
     pub stamp: &'a (dyn Fn(i64, i64) -> Vec<u8> + Sync),
+}
+
+/// One put: what [`Store::put`] takes, for use inside a [`Store::transaction`].
+#[derive(Clone, Copy)]
+pub struct PutRequest<'a> {
+    pub res_type: &'a str,
+    pub id: &'a str,
+    pub key_id: &'a str,
+    pub precondition: Precondition,
+    pub events: &'a EventTargets,
+    pub stamp: &'a (dyn Fn(i64, i64) -> Vec<u8> + Sync),
+}
+
+/// One write of a [`Store::transaction`].
+pub enum TxWrite<'a> {
+    Put(PutRequest<'a>),
+    Delete { res_type: &'a str, id: &'a str, if_match: Option<i64>, events: &'a [String] },
+}
+
+/// What one write of a transaction did.
+#[derive(Debug, Clone)]
+pub enum TxOutcome {
+    Written(WriteResult),
+    Deleted(DeleteResult),
+}
+
+/// A failed transaction: nothing was written; `entry` is the write that failed.
+#[derive(Debug)]
+pub struct TransactionError {
+    pub entry: usize,
+    pub error: StoreError,
 }
 
 /// The integration plugins to notify of a write, by what the write turns out to be (an
@@ -315,56 +348,102 @@ impl Store {
         events: &EventTargets,
         stamp: &(dyn Fn(i64, i64) -> Vec<u8> + Sync),
     ) -> Result<WriteResult, StoreError> {
+        // Before the transaction: creating the key on first use takes the writer itself.
+        let index_key = self.blind_index_key().await?;
+        let write = PutRequest { res_type, id, key_id, precondition, events, stamp };
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let mut tx = self.begin_write().await?;
-            let head = read_head(&mut tx, self.backend, res_type, id).await?;
-            let live = head.as_ref().filter(|h| !h.deleted);
-            match (precondition, live) {
-                (Precondition::MustNotExist, Some(_)) => {
-                    return Err(StoreError::AlreadyExists);
+            match self.put_in(&mut tx, &index_key, &write).await? {
+                Some(written) => {
+                    tx.commit().await?;
+                    return Ok(written);
                 }
-                (Precondition::IfMatch(expected), Some(h)) if h.version != expected => {
-                    return Err(StoreError::VersionConflict { current: Some(h.version) });
-                }
-                (Precondition::IfMatch(_), None) => {
-                    return Err(StoreError::VersionConflict { current: None });
-                }
-                _ => {}
-            }
-            let version = head.as_ref().map_or(1, |h| h.version + 1);
-            let last_updated_us = next_timestamp(head.as_ref());
-            let (body, sealed) = if self.plaintext {
-                let body = stamp(version, last_updated_us);
-                (body.clone(), body)
-            } else {
-                let cipher = self.data_key_for_write(&mut tx, key_id).await?;
-                let body = stamp(version, last_updated_us);
-                let sealed = seal_with(&cipher, &resource_aad(res_type, id, version, key_id), &body);
-                (body, sealed)
-            };
-            if !move_head(&mut tx, res_type, id, head.as_ref(), version, last_updated_us, false).await? {
                 // Another writer moved the head between our read and our write.
-                tx.rollback().await?;
-                match precondition {
-                    Precondition::None => continue,
-                    Precondition::IfMatch(_) | Precondition::MustNotExist => {
+                None => {
+                    tx.rollback().await?;
+                    if precondition != Precondition::None {
                         return Err(StoreError::VersionConflict { current: None });
                     }
                 }
             }
-            insert_version(&mut tx, res_type, id, version, last_updated_us, Some((key_id, &sealed))).await?;
-            let (kind, targets) =
-                if live.is_none() { ("created", &events.created) } else { ("updated", &events.updated) };
-            plugins::enqueue_events(&mut tx, targets, res_type, id, version, kind, last_updated_us).await?;
-            tx.commit().await?;
-            return Ok(WriteResult { version, last_updated_us, body, created: live.is_none() });
         }
         Err(StoreError::TooMuchContention)
+    }
+
+    /// One put inside `tx`; `None` when another writer moved the head first (the caller rolls
+    /// back, and may retry).
+    async fn put_in(
+        &self,
+        tx: &mut sqlx::AnyConnection,
+        index_key: &BlindIndexKey,
+        write: &PutRequest<'_>,
+    ) -> Result<Option<WriteResult>, StoreError> {
+        let PutRequest { res_type, id, key_id, precondition, events, stamp } = *write;
+        let head = read_head(tx, self.backend, res_type, id).await?;
+        let live = head.as_ref().filter(|h| !h.deleted);
+        match (precondition, live) {
+            (Precondition::MustNotExist, Some(_)) => {
+                return Err(StoreError::AlreadyExists);
+            }
+            (Precondition::IfMatch(expected), Some(h)) if h.version != expected => {
+                return Err(StoreError::VersionConflict { current: Some(h.version) });
+            }
+            (Precondition::IfMatch(_), None) => {
+                return Err(StoreError::VersionConflict { current: None });
+            }
+            _ => {}
+        }
+        let version = head.as_ref().map_or(1, |h| h.version + 1);
+        let last_updated_us = next_timestamp(head.as_ref());
+        let (body, sealed) = if self.plaintext {
+            let body = stamp(version, last_updated_us);
+            (body.clone(), body)
+        } else {
+            let cipher = self.data_key_for_write(tx, key_id).await?;
+            let body = stamp(version, last_updated_us);
+            let sealed = seal_with(&cipher, &resource_aad(res_type, id, version, key_id), &body);
+            (body, sealed)
+        };
+        if !move_head(tx, res_type, id, head.as_ref(), version, last_updated_us, false).await? {
+            return Ok(None);
+        }
+        insert_version(tx, res_type, id, version, last_updated_us, Some((key_id, &sealed))).await?;
+        search::replace_index(tx, res_type, id, &search::index_entries_of(res_type, &body, index_key)).await?;
+        let (kind, targets) = if live.is_none() { ("created", &events.created) } else { ("updated", &events.updated) };
+        plugins::enqueue_events(tx, targets, res_type, id, version, kind, last_updated_us).await?;
+        Ok(Some(WriteResult { version, last_updated_us, body, created: live.is_none() }))
+    }
+
+    /// Runs several puts and deletes in one database transaction (a FHIR transaction Bundle):
+    /// all take effect, or none. On failure, says which write failed.
+    pub async fn transaction(&self, writes: &[TxWrite<'_>]) -> Result<Vec<TxOutcome>, TransactionError> {
+        let at = |entry: usize| move |error: StoreError| TransactionError { entry, error };
+        let index_key = self.blind_index_key().await.map_err(at(0))?;
+        let mut tx = self.begin_write().await.map_err(at(0))?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for (entry, write) in writes.iter().enumerate() {
+            let outcome = match write {
+                TxWrite::Put(put) => self.put_in(&mut tx, &index_key, put).await.map(|w| w.map(TxOutcome::Written)),
+                TxWrite::Delete { res_type, id, if_match, events } => {
+                    delete_in(&mut tx, self.backend, res_type, id, *if_match, events)
+                        .await
+                        .map(|d| d.map(TxOutcome::Deleted))
+                }
+            }
+            .map_err(at(entry))?;
+            // A lost race inside a transaction fails it; the client retries the whole Bundle.
+            outcomes.push(outcome.ok_or(TransactionError { entry, error: StoreError::TooMuchContention })?);
+        }
+        tx.commit()
+            .await
+            .map_err(|error| TransactionError { entry: writes.len().saturating_sub(1), error: error.into() })?;
+        Ok(outcomes)
     }
 
     /// Creates several new resources in one transaction: all are stored, or none. Each item is
     /// (type, server-assigned id, data key id, body renderer, plugins to notify).
     pub async fn create_all(&self, items: &[NewResource<'_>]) -> Result<Vec<WriteResult>, StoreError> {
+        let index_key = self.blind_index_key().await?;
         let mut tx = self.begin_write().await?;
         let mut written = Vec::with_capacity(items.len());
         for item in items {
@@ -380,6 +459,8 @@ impl Store {
                 return Err(StoreError::AlreadyExists);
             }
             insert_version(&mut tx, item.res_type, item.id, 1, last_updated_us, Some((item.key_id, &sealed))).await?;
+            let entries = search::index_entries_of(item.res_type, &body, &index_key);
+            search::replace_index(&mut tx, item.res_type, item.id, &entries).await?;
             plugins::enqueue_events(&mut tx, item.events, item.res_type, item.id, 1, "created", last_updated_us)
                 .await?;
             written.push(WriteResult { version: 1, last_updated_us, body, created: true });
@@ -398,33 +479,19 @@ impl Store {
     ) -> Result<DeleteResult, StoreError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let mut tx = self.begin_write().await?;
-            let Some(head) = read_head(&mut tx, self.backend, res_type, id).await? else {
-                return match if_match {
-                    Some(_) => Err(StoreError::VersionConflict { current: None }),
-                    None => Ok(DeleteResult::NotFound),
-                };
-            };
-            if let Some(expected) = if_match
-                && (head.deleted || head.version != expected)
-            {
-                return Err(StoreError::VersionConflict { current: (!head.deleted).then_some(head.version) });
-            }
-            if head.deleted {
-                return Ok(DeleteResult::AlreadyDeleted);
-            }
-            let version = head.version + 1;
-            let last_updated_us = next_timestamp(Some(&head));
-            if !move_head(&mut tx, res_type, id, Some(&head), version, last_updated_us, true).await? {
-                tx.rollback().await?;
-                if if_match.is_some() {
-                    return Err(StoreError::VersionConflict { current: None });
+            match delete_in(&mut tx, self.backend, res_type, id, if_match, events).await? {
+                Some(result @ DeleteResult::Deleted { .. }) => {
+                    tx.commit().await?;
+                    return Ok(result);
                 }
-                continue;
+                Some(nothing_written) => return Ok(nothing_written),
+                None => {
+                    tx.rollback().await?;
+                    if if_match.is_some() {
+                        return Err(StoreError::VersionConflict { current: None });
+                    }
+                }
             }
-            insert_version(&mut tx, res_type, id, version, last_updated_us, None).await?;
-            plugins::enqueue_events(&mut tx, events, res_type, id, version, "deleted", last_updated_us).await?;
-            tx.commit().await?;
-            return Ok(DeleteResult::Deleted { version });
         }
         Err(StoreError::TooMuchContention)
     }
@@ -670,6 +737,40 @@ pub fn sqlite_url_for(path: &Path) -> String {
 fn next_timestamp(previous: Option<&Head>) -> i64 {
     let now = crate::fhir::instant::now_us();
     previous.map_or(now, |h| now.max(h.last_updated_us + 1))
+}
+
+/// One delete inside `tx`; `None` when another writer moved the head first.
+async fn delete_in(
+    tx: &mut sqlx::AnyConnection,
+    backend: Backend,
+    res_type: &str,
+    id: &str,
+    if_match: Option<i64>,
+    events: &[String],
+) -> Result<Option<DeleteResult>, StoreError> {
+    let Some(head) = read_head(tx, backend, res_type, id).await? else {
+        return match if_match {
+            Some(_) => Err(StoreError::VersionConflict { current: None }),
+            None => Ok(Some(DeleteResult::NotFound)),
+        };
+    };
+    if let Some(expected) = if_match
+        && (head.deleted || head.version != expected)
+    {
+        return Err(StoreError::VersionConflict { current: (!head.deleted).then_some(head.version) });
+    }
+    if head.deleted {
+        return Ok(Some(DeleteResult::AlreadyDeleted));
+    }
+    let version = head.version + 1;
+    let last_updated_us = next_timestamp(Some(&head));
+    if !move_head(tx, res_type, id, Some(&head), version, last_updated_us, true).await? {
+        return Ok(None);
+    }
+    insert_version(tx, res_type, id, version, last_updated_us, None).await?;
+    search::replace_index(tx, res_type, id, &[]).await?;
+    plugins::enqueue_events(tx, events, res_type, id, version, "deleted", last_updated_us).await?;
+    Ok(Some(DeleteResult::Deleted { version }))
 }
 
 /// Reads the head inside a write transaction. On PostgreSQL the row is locked (`FOR UPDATE`) so

@@ -1,0 +1,816 @@
+//! Parsing a FHIR search request (`GET /Observation?code=...&_count=...`) into a
+//! [`SearchQuery`]: filters over the registry's parameters and the result controls.
+//!
+//! Unknown parameters and unsupported modifiers are errors under `Prefer: handling=strict`
+//! and are ignored (and reported in the Bundle) otherwise; a malformed value of a known
+//! parameter is always an error, since ignoring it would return a wrong answer.
+
+use super::dates::{DateRange, parse_date_range};
+use super::extract::{blind_date_forms, blind_string_form, blind_token, blind_token_forms};
+use super::registry::{self, Kind, Param, Storage};
+use crate::crypto::blind_index::{BlindIndexKey, Normalization, normalize};
+
+/// Default and largest page sizes.
+pub const DEFAULT_COUNT: usize = 50;
+pub const MAX_COUNT: usize = 1000;
+/// At most this many values in one parameter (comma-separated alternatives) and this many
+/// filters in one search: bounds on the SQL a request can make the server build.
+const MAX_ALTERNATIVES: usize = 100;
+const MAX_FILTERS: usize = 40;
+/// `_include`/`_revinclude` iterations at most.
+pub const MAX_INCLUDE_DEPTH: usize = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// One way a token may match (a `sys`/`val` row condition).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenMatch {
+    /// `system|code`
+    SystemCode(String, String),
+    /// `code` (any system)
+    Code(String),
+    /// `|code` (no system)
+    NoSystemCode(String),
+    /// `system|` (any code in the system)
+    System(String),
+    /// A blind-index token (identifying values).
+    Blind(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StringMatch {
+    StartsWith(String),
+    Exact(String),
+    Contains(String),
+    Blind(String),
+}
+
+/// A number with its implied precision: `100` means [99.5, 100.5).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NumberMatch {
+    pub prefix: Prefix,
+    pub value: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantityMatch {
+    pub number: NumberMatch,
+    pub system: Option<String>,
+    pub unit: Option<String>,
+}
+
+/// What a filter requires of one parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    Token(Vec<TokenMatch>),
+    String(Vec<StringMatch>),
+    Date(Vec<(Prefix, DateRange)>),
+    Number(Vec<NumberMatch>),
+    Quantity(Vec<QuantityMatch>),
+    /// (target type if known, id)
+    Reference(Vec<(Option<String>, String)>),
+    Composite(Vec<(TokenMatch, QuantityMatch)>),
+    /// `:missing=true|false`
+    Missing(bool),
+    /// `param:Type.inner=...`: the reference points at a `Type` matching `inner`.
+    Chain {
+        target: String,
+        inner: Box<Filter>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Filter {
+    /// A parameter condition; `negated` for `:not` (and `ne` blind dates).
+    Param { param: &'static Param, condition: Condition, negated: bool },
+    /// `_has:Source:refParam:...`: some `Source` whose `ref_param` points here matches `inner`.
+    Has { source: String, ref_param: &'static Param, inner: Box<Filter> },
+    /// Matches nothing (e.g. a compartment no resource of the type can be in).
+    Nothing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKind {
+    Id,
+    LastUpdated,
+    Date,
+    Number,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortKey {
+    /// The parameter code (`_id`, `_lastUpdated`, `date`, ...).
+    pub code: String,
+    pub kind: SortKind,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Total {
+    None,
+    Accurate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Summary {
+    False,
+    True,
+    Text,
+    Data,
+    Count,
+}
+
+/// `_include=Source:param[:Target]` or `_revinclude=...`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Include {
+    pub source: String,
+    /// `None` for `*` (every reference parameter).
+    pub param: Option<&'static Param>,
+    pub target: Option<String>,
+    pub iterate: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    /// The searched types (one for type-level search, several for `/?_type=`).
+    pub types: Vec<String>,
+    pub filters: Vec<Filter>,
+    pub sort: Vec<SortKey>,
+    pub count: usize,
+    pub total: Total,
+    pub summary: Summary,
+    pub elements: Option<Vec<String>>,
+    pub includes: Vec<Include>,
+    pub revincludes: Vec<Include>,
+    pub cursor: Option<String>,
+    /// What lenient handling ignored, as messages for the Bundle's OperationOutcome.
+    pub ignored: Vec<String>,
+    /// The parameters as given, less paging, for `self`/`next`/`prev` links.
+    pub link_params: Vec<(String, String)>,
+}
+
+/// A search the server refuses: the message names the parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchError {
+    pub message: String,
+    /// An unknown or unsupported parameter (ignored under lenient handling) rather than a
+    /// malformed value.
+    pub unsupported: bool,
+    /// The search is valid but would cost too much (e.g. too many values).
+    pub too_costly: bool,
+}
+
+impl SearchError {
+    fn invalid(message: impl Into<String>) -> Self {
+        SearchError { message: message.into(), unsupported: false, too_costly: false }
+    }
+    fn unsupported(message: impl Into<String>) -> Self {
+        SearchError { message: message.into(), unsupported: true, too_costly: false }
+    }
+    fn too_costly(message: impl Into<String>) -> Self {
+        SearchError { message: message.into(), unsupported: false, too_costly: true }
+    }
+}
+
+/// Parameters the server reads but does not filter on.
+const IGNORED_ALWAYS: &[&str] = &["_format", "_pretty"];
+
+pub struct Parser<'a> {
+    pub key: &'a BlindIndexKey,
+    /// The server's base URL, stripped from absolute references.
+    pub base_url: &'a str,
+    pub strict: bool,
+}
+
+impl Parser<'_> {
+    /// Parses `pairs` for a search over `types` (one type, or several for system search).
+    pub fn parse(&self, types: Vec<String>, pairs: &[(String, String)]) -> Result<SearchQuery, SearchError> {
+        let mut query = SearchQuery {
+            types,
+            filters: Vec::new(),
+            sort: Vec::new(),
+            count: DEFAULT_COUNT,
+            total: Total::None,
+            summary: Summary::False,
+            elements: None,
+            includes: Vec::new(),
+            revincludes: Vec::new(),
+            cursor: None,
+            ignored: Vec::new(),
+            link_params: Vec::new(),
+        };
+        for (name, value) in pairs {
+            if name != "_cursor" && name != "_type" {
+                query.link_params.push((name.clone(), value.clone()));
+            }
+            match self.apply(&mut query, name, value) {
+                Ok(()) => {}
+                Err(error) if error.unsupported && !self.strict => {
+                    query.ignored.push(error.message);
+                    query.link_params.pop();
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if query.filters.len() > MAX_FILTERS {
+            return Err(SearchError::too_costly(format!("at most {MAX_FILTERS} search parameters per search")));
+        }
+        Ok(query)
+    }
+
+    fn apply(&self, query: &mut SearchQuery, name: &str, value: &str) -> Result<(), SearchError> {
+        match name {
+            "_count" => {
+                let count: usize = value.parse().map_err(|_| SearchError::invalid("_count must be a whole number"))?;
+                if count > MAX_COUNT {
+                    if self.strict {
+                        return Err(SearchError::too_costly(format!("_count may be at most {MAX_COUNT}")));
+                    }
+                    query.ignored.push(format!("_count={count} exceeds the maximum page size; {MAX_COUNT} used"));
+                }
+                query.count = count.min(MAX_COUNT);
+            }
+            "_sort" => query.sort = self.sort_keys(&query.types, value)?,
+            "_total" => {
+                query.total = match value {
+                    "none" => Total::None,
+                    "accurate" | "estimate" => Total::Accurate,
+                    _ => return Err(SearchError::invalid("_total must be none, estimate or accurate")),
+                }
+            }
+            "_summary" => {
+                query.summary = match value {
+                    "false" => Summary::False,
+                    "true" => Summary::True,
+                    "text" => Summary::Text,
+                    "data" => Summary::Data,
+                    "count" => {
+                        // A count is what _summary=count asks for.
+                        query.total = Total::Accurate;
+                        Summary::Count
+                    }
+                    _ => return Err(SearchError::invalid("_summary must be true, false, text, data or count")),
+                }
+            }
+            "_elements" => {
+                let elements: Vec<String> =
+                    value.split(',').map(str::trim).filter(|e| !e.is_empty()).map(str::to_owned).collect();
+                if elements.iter().any(|e| !e.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')) {
+                    return Err(SearchError::invalid("_elements lists element names, e.g. _elements=identifier,name"));
+                }
+                query.elements = Some(elements);
+            }
+            "_include" | "_include:iterate" | "_include:recurse" => {
+                let include = self.include(query, value, name != "_include", false)?;
+                query.includes.push(include);
+            }
+            "_revinclude" | "_revinclude:iterate" | "_revinclude:recurse" => {
+                let include = self.include(query, value, name != "_revinclude", true)?;
+                query.revincludes.push(include);
+            }
+            "_cursor" => query.cursor = Some(value.to_owned()),
+            "_type" => {}
+            "_contained" | "_containedType" => {
+                return Err(SearchError::unsupported(format!("{name} is not supported by this server")));
+            }
+            n if IGNORED_ALWAYS.contains(&n) => {}
+            _ => {
+                if query.types.len() != 1 {
+                    // System search: only the parameters of every type.
+                    let param = name.split([':', '.']).next().unwrap_or(name);
+                    if registry::find("Resource", param).is_none() {
+                        return Err(SearchError::unsupported(format!(
+                            "'{name}' cannot be used when searching several types; only _id, _lastUpdated, _tag, \
+                             _security, _profile and _source can"
+                        )));
+                    }
+                }
+                let res_type = query.types[0].clone();
+                let filter = self.filter(&res_type, name, value, 0)?;
+                query.filters.push(filter);
+            }
+        }
+        Ok(())
+    }
+
+    /// One `name=value` filter on `res_type`. `depth` counts chain/_has levels.
+    fn filter(&self, res_type: &str, name: &str, value: &str, depth: usize) -> Result<Filter, SearchError> {
+        if depth > 2 {
+            return Err(SearchError::unsupported("chains and _has are supported up to two levels deep"));
+        }
+        if let Some(rest) = name.strip_prefix("_has:") {
+            return self.has(rest, value, depth);
+        }
+        // A chain: `subject:Patient.name` or `subject.name`.
+        if let Some((head, tail)) = name.split_once('.') {
+            let (code, target) = match head.split_once(':') {
+                Some((code, target)) => (code, Some(target)),
+                None => (head, None),
+            };
+            let param = self.param(res_type, code)?;
+            if param.kind != Kind::Reference {
+                return Err(SearchError::invalid(format!(
+                    "'{code}' is not a reference parameter, so it cannot be chained"
+                )));
+            }
+            let target = match target {
+                Some(t) if crate::fhir::resource_types::is_resource_type(t) => t.to_owned(),
+                Some(t) => return Err(SearchError::invalid(format!("'{t}' is not a resource type"))),
+                None => match param.targets {
+                    [only] => (*only).to_owned(),
+                    _ => {
+                        return Err(SearchError::invalid(format!(
+                            "'{code}' may point at several types: name one, e.g. {code}:Patient.{tail}"
+                        )));
+                    }
+                },
+            };
+            let inner = self.filter(&target, tail, value, depth + 1)?;
+            return Ok(Filter::Param {
+                param,
+                condition: Condition::Chain { target, inner: Box::new(inner) },
+                negated: false,
+            });
+        }
+        let (code, modifier) = match name.split_once(':') {
+            Some((code, modifier)) => (code, Some(modifier)),
+            None => (name, None),
+        };
+        let param = self.param(res_type, code)?;
+        let values = split_values(value);
+        if values.is_empty() || values.iter().any(String::is_empty) {
+            return Err(SearchError::invalid(format!("'{name}' needs a value")));
+        }
+        if values.len() > MAX_ALTERNATIVES {
+            return Err(SearchError::too_costly(format!("at most {MAX_ALTERNATIVES} values in '{name}'")));
+        }
+        if modifier == Some("missing") {
+            return match value {
+                "true" => Ok(Filter::Param { param, condition: Condition::Missing(true), negated: false }),
+                "false" => Ok(Filter::Param { param, condition: Condition::Missing(false), negated: false }),
+                _ => Err(SearchError::invalid(format!("{name} takes true or false"))),
+            };
+        }
+        let unsupported_modifier = || {
+            SearchError::unsupported(format!(
+                "the modifier ':{}' is not supported on '{code}' ({} parameter{})",
+                modifier.unwrap_or(""),
+                param.kind.code(),
+                if param.is_blind() { ", identifying data indexed for exact match only" } else { "" }
+            ))
+        };
+        let mut negated = false;
+        let condition = match param.kind {
+            Kind::Token | Kind::Uri => {
+                match modifier {
+                    None => {}
+                    Some("not") => negated = true,
+                    Some(_) => return Err(unsupported_modifier()),
+                }
+                Condition::Token(values.iter().map(|v| self.token(res_type, param, v)).collect::<Result<_, _>>()?)
+            }
+            Kind::String => {
+                let matches = values
+                    .iter()
+                    .map(|v| match (param.storage, modifier) {
+                        (Storage::Blind(normalization), None | Some("exact")) => Ok(StringMatch::Blind(blind_token(
+                            self.key,
+                            res_type,
+                            param.code,
+                            &blind_string_form(v, normalization),
+                        ))),
+                        (Storage::Plain, None) => Ok(StringMatch::StartsWith(normalize(Normalization::Text, v))),
+                        (Storage::Plain, Some("exact")) => Ok(StringMatch::Exact(normalize(Normalization::Text, v))),
+                        (Storage::Plain, Some("contains")) => {
+                            Ok(StringMatch::Contains(normalize(Normalization::Text, v)))
+                        }
+                        _ => Err(unsupported_modifier()),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Condition::String(matches)
+            }
+            Kind::Date => {
+                if modifier.is_some() {
+                    return Err(unsupported_modifier());
+                }
+                if param.storage == Storage::BlindDate {
+                    let mut tokens = Vec::new();
+                    for v in &values {
+                        let (prefix, date) = split_prefix(v);
+                        match prefix {
+                            Prefix::Eq => {}
+                            Prefix::Ne if values.len() == 1 => negated = true,
+                            _ => {
+                                return Err(SearchError::invalid(format!(
+                                    "'{code}' is identifying data indexed for equality only: give a year, month \
+                                     or day (e.g. {code}=1970-04-02), without a comparison prefix"
+                                )));
+                            }
+                        }
+                        if date.contains('T') || parse_date_range(date).is_none() {
+                            return Err(SearchError::invalid(format!(
+                                "'{code}' takes a date (YYYY, YYYY-MM or YYYY-MM-DD)"
+                            )));
+                        }
+                        let form = blind_date_forms(date).pop().unwrap_or_default();
+                        tokens.push(TokenMatch::Blind(blind_token(self.key, res_type, param.code, &form)));
+                    }
+                    Condition::Token(tokens)
+                } else {
+                    Condition::Date(values.iter().map(|v| date_value(code, v)).collect::<Result<_, _>>()?)
+                }
+            }
+            Kind::Number => {
+                if modifier.is_some() {
+                    return Err(unsupported_modifier());
+                }
+                Condition::Number(values.iter().map(|v| number_value(code, v)).collect::<Result<_, _>>()?)
+            }
+            Kind::Quantity => {
+                if modifier.is_some() {
+                    return Err(unsupported_modifier());
+                }
+                Condition::Quantity(values.iter().map(|v| quantity_value(code, v)).collect::<Result<_, _>>()?)
+            }
+            Kind::CompositeQuantity => {
+                if modifier.is_some() {
+                    return Err(unsupported_modifier());
+                }
+                let pairs = values
+                    .iter()
+                    .map(|v| {
+                        let (token, quantity) = v.split_once('$').ok_or_else(|| {
+                            SearchError::invalid(format!(
+                                "'{code}' takes code$quantity, e.g. http://loinc.org|8480-6$gt140"
+                            ))
+                        })?;
+                        Ok((plain_token(token), quantity_value(code, quantity)?))
+                    })
+                    .collect::<Result<_, SearchError>>()?;
+                Condition::Composite(pairs)
+            }
+            Kind::Reference => {
+                let type_modifier = match modifier {
+                    None => None,
+                    Some(t) if crate::fhir::resource_types::is_resource_type(t) => Some(t.to_owned()),
+                    Some(_) => return Err(unsupported_modifier()),
+                };
+                Condition::Reference(
+                    values
+                        .iter()
+                        .map(|v| self.reference(param, type_modifier.as_deref(), v))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
+        };
+        Ok(Filter::Param { param, condition, negated })
+    }
+
+    fn param(&self, res_type: &str, code: &str) -> Result<&'static Param, SearchError> {
+        registry::find(res_type, code).ok_or_else(|| {
+            SearchError::unsupported(format!(
+                "'{code}' is not a search parameter of {res_type} on this server; GET /metadata lists them"
+            ))
+        })
+    }
+
+    /// `_has:Observation:patient:code=1234`
+    fn has(&self, rest: &str, value: &str, depth: usize) -> Result<Filter, SearchError> {
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(ref_code), Some(inner_name)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(SearchError::invalid("_has takes _has:Type:referenceParameter:parameter=value"));
+        };
+        if !crate::fhir::resource_types::is_resource_type(source) {
+            return Err(SearchError::invalid(format!("'{source}' in _has is not a resource type")));
+        }
+        let ref_param = self.param(source, ref_code)?;
+        if ref_param.kind != Kind::Reference {
+            return Err(SearchError::invalid(format!("'{ref_code}' in _has is not a reference parameter of {source}")));
+        }
+        let inner = self.filter(source, inner_name, value, depth + 1)?;
+        Ok(Filter::Has { source: source.to_owned(), ref_param, inner: Box::new(inner) })
+    }
+
+    fn token(&self, res_type: &str, param: &Param, value: &str) -> Result<TokenMatch, SearchError> {
+        let Storage::Blind(normalization) = param.storage else { return Ok(plain_token(value)) };
+        let form = match value.split_once('|') {
+            Some(("", code)) => format!("N|{}", normalize(normalization, code)),
+            Some((system, "")) => format!("Y|{system}"),
+            Some((system, code)) => format!("S|{system}|{}", normalize(normalization, code)),
+            None => format!("V|{}", normalize(normalization, value)),
+        };
+        debug_assert!(blind_token_forms(Some("s"), "v", normalization).iter().any(|f| f.starts_with("S|")));
+        Ok(TokenMatch::Blind(blind_token(self.key, res_type, param.code, &form)))
+    }
+
+    fn reference(
+        &self,
+        param: &Param,
+        type_modifier: Option<&str>,
+        value: &str,
+    ) -> Result<(Option<String>, String), SearchError> {
+        let local = value.strip_prefix(self.base_url).map_or(value, |rest| rest.trim_start_matches('/'));
+        let (res_type, id) = match local.split('/').collect::<Vec<_>>().as_slice() {
+            [id] => (type_modifier.map(str::to_owned), (*id).to_owned()),
+            [t, id] => ((Some((*t).to_owned())), (*id).to_owned()),
+            [t, id, "_history", _] => ((Some((*t).to_owned())), (*id).to_owned()),
+            _ => {
+                return Err(SearchError::invalid(format!(
+                    "'{}' takes Type/id, an id, or a URL on this server",
+                    param.code
+                )));
+            }
+        };
+        if !crate::fhir::resource::is_valid_id(&id) {
+            return Err(SearchError::invalid(format!("'{}' names an invalid resource id", param.code)));
+        }
+        if let Some(t) = &res_type
+            && (!crate::fhir::resource_types::is_resource_type(t) || type_modifier.is_some_and(|m| m != t))
+        {
+            return Err(SearchError::invalid(format!("'{}' names a type that does not fit: {t}", param.code)));
+        }
+        // A parameter with one target type (e.g. `patient`) implies it.
+        let res_type = res_type.or_else(|| match param.targets {
+            [only] => Some((*only).to_owned()),
+            _ => None,
+        });
+        Ok((res_type, id))
+    }
+
+    fn sort_keys(&self, types: &[String], value: &str) -> Result<Vec<SortKey>, SearchError> {
+        let mut keys = Vec::new();
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (descending, code) = match item.strip_prefix('-') {
+                Some(code) => (true, code),
+                None => (false, item),
+            };
+            let kind = match code {
+                "_id" => SortKind::Id,
+                "_lastUpdated" => SortKind::LastUpdated,
+                _ => {
+                    let res_type = types.first().map_or("Resource", String::as_str);
+                    let param = self.param(if types.len() == 1 { res_type } else { "Resource" }, code)?;
+                    if param.is_blind() {
+                        return Err(SearchError::invalid(format!(
+                            "cannot sort by '{code}': it is identifying data the database holds only as keyed hashes"
+                        )));
+                    }
+                    match param.kind {
+                        Kind::Date => SortKind::Date,
+                        Kind::Number | Kind::Quantity => SortKind::Number,
+                        Kind::Token | Kind::String | Kind::Uri | Kind::Reference => SortKind::Text,
+                        Kind::CompositeQuantity => {
+                            return Err(SearchError::invalid(format!("cannot sort by the composite '{code}'")));
+                        }
+                    }
+                }
+            };
+            if keys.iter().any(|k: &SortKey| k.code == code) {
+                return Err(SearchError::invalid(format!("_sort names '{code}' twice")));
+            }
+            keys.push(SortKey { code: code.to_owned(), kind, descending });
+        }
+        if keys.len() > 4 {
+            return Err(SearchError::too_costly("_sort takes at most 4 keys"));
+        }
+        Ok(keys)
+    }
+
+    fn include(&self, query: &SearchQuery, value: &str, iterate: bool, reverse: bool) -> Result<Include, SearchError> {
+        let name = if reverse { "_revinclude" } else { "_include" };
+        if value == "*" {
+            return Err(SearchError::unsupported(format!("{name}=* is not supported; name Type:parameter")));
+        }
+        let parts: Vec<&str> = value.split(':').collect();
+        let (source, code, target) = match parts.as_slice() {
+            [source, code] => (*source, *code, None),
+            [source, code, target] => (*source, *code, Some((*target).to_owned())),
+            _ => return Err(SearchError::invalid(format!("{name} takes Type:parameter[:TargetType]"))),
+        };
+        if !crate::fhir::resource_types::is_resource_type(source) {
+            return Err(SearchError::invalid(format!("'{source}' in {name} is not a resource type")));
+        }
+        if !reverse && !iterate && !query.types.iter().any(|t| t == source) {
+            return Err(SearchError::invalid(format!(
+                "_include={value} names {source}, which is not a searched type (use _include:iterate)"
+            )));
+        }
+        if let Some(t) = &target
+            && !crate::fhir::resource_types::is_resource_type(t)
+        {
+            return Err(SearchError::invalid(format!("'{t}' in {name} is not a resource type")));
+        }
+        let param = if code == "*" {
+            None
+        } else {
+            let param = self.param(source, code)?;
+            if param.kind != Kind::Reference {
+                return Err(SearchError::invalid(format!("'{code}' in {name} is not a reference parameter")));
+            }
+            Some(param)
+        };
+        Ok(Include { source: source.to_owned(), param, target, iterate })
+    }
+}
+
+/// Splits comma-separated alternatives, honouring `\,` escapes.
+fn split_values(value: &str) -> Vec<String> {
+    let mut values = vec![String::new()];
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(next @ (',' | '$' | '|' | '\\')) => values.last_mut().map(|v| v.push(next)).unwrap_or(()),
+                Some(other) => {
+                    if let Some(v) = values.last_mut() {
+                        v.push('\\');
+                        v.push(other);
+                    }
+                }
+                None => {
+                    if let Some(v) = values.last_mut() {
+                        v.push('\\');
+                    }
+                }
+            },
+            ',' => values.push(String::new()),
+            other => {
+                if let Some(v) = values.last_mut() {
+                    v.push(other);
+                }
+            }
+        }
+    }
+    values
+}
+
+fn plain_token(value: &str) -> TokenMatch {
+    match value.split_once('|') {
+        Some(("", code)) => TokenMatch::NoSystemCode(code.to_owned()),
+        Some((system, "")) => TokenMatch::System(system.to_owned()),
+        Some((system, code)) => TokenMatch::SystemCode(system.to_owned(), code.to_owned()),
+        None => TokenMatch::Code(value.to_owned()),
+    }
+}
+
+fn split_prefix(value: &str) -> (Prefix, &str) {
+    let prefixes = [
+        ("eq", Prefix::Eq),
+        ("ne", Prefix::Ne),
+        ("gt", Prefix::Gt),
+        ("lt", Prefix::Lt),
+        ("ge", Prefix::Ge),
+        ("le", Prefix::Le),
+        ("sa", Prefix::Sa),
+        ("eb", Prefix::Eb),
+        ("ap", Prefix::Ap),
+    ];
+    for (text, prefix) in prefixes {
+        if let Some(rest) = value.strip_prefix(text) {
+            return (prefix, rest);
+        }
+    }
+    (Prefix::Eq, value)
+}
+
+fn date_value(code: &str, value: &str) -> Result<(Prefix, DateRange), SearchError> {
+    let (prefix, text) = split_prefix(value);
+    let range = parse_date_range(text).ok_or_else(|| {
+        SearchError::invalid(format!(
+            "'{code}' takes a date such as 2024, 2024-03, 2024-03-05 or 2024-03-05T10:00:00Z, optionally after a \
+             prefix (eq, ne, gt, lt, ge, le, sa, eb, ap)"
+        ))
+    })?;
+    Ok((prefix, range))
+}
+
+fn number_value(code: &str, value: &str) -> Result<NumberMatch, SearchError> {
+    let (prefix, text) = split_prefix(value);
+    let invalid = || SearchError::invalid(format!("'{code}' takes a number, optionally after a prefix (e.g. gt5.4)"));
+    if text.is_empty() || !text.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+' | 'e' | 'E')) {
+        return Err(invalid());
+    }
+    let number: f64 = text.parse().map_err(|_| invalid())?;
+    if !number.is_finite() {
+        return Err(invalid());
+    }
+    // Implicit precision: half a unit of the last given digit.
+    let half = if text.contains(['e', 'E']) {
+        0.0
+    } else {
+        let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+        0.5 * 10f64.powi(-i32::try_from(decimals).unwrap_or(0))
+    };
+    Ok(NumberMatch { prefix, value: number, lo: number - half, hi: number + half })
+}
+
+fn quantity_value(code: &str, value: &str) -> Result<QuantityMatch, SearchError> {
+    let mut parts = value.splitn(3, '|');
+    let number = number_value(code, parts.next().unwrap_or(""))?;
+    let system = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+    let unit = parts.next().filter(|s| !s.is_empty()).map(str::to_owned);
+    Ok(QuantityMatch { number, system, unit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SecretKey;
+
+    fn parse(res_type: &str, query: &str, strict: bool) -> Result<SearchQuery, SearchError> {
+        let key = BlindIndexKey::new(SecretKey::generate());
+        let parser = Parser { key: &key, base_url: "https://h/fhir", strict };
+        let pairs: Vec<(String, String)> =
+            form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+        parser.parse(vec![res_type.to_owned()], &pairs)
+    }
+
+    #[test]
+    fn values_prefixes_and_modifiers() {
+        let q = parse(
+            "Observation",
+            "code=http://loinc.org|8867-4,1234&date=ge2024-01&value-quantity=lt5.5||mg&status:not=final",
+            true,
+        )
+        .unwrap();
+        assert_eq!(q.filters.len(), 4);
+        let Filter::Param { condition: Condition::Token(codes), .. } = &q.filters[0] else { panic!() };
+        assert_eq!(codes[0], TokenMatch::SystemCode("http://loinc.org".into(), "8867-4".into()));
+        assert_eq!(codes[1], TokenMatch::Code("1234".into()));
+        let Filter::Param { condition: Condition::Date(dates), .. } = &q.filters[1] else { panic!() };
+        assert_eq!(dates[0].0, Prefix::Ge);
+        let Filter::Param { condition: Condition::Quantity(q5), .. } = &q.filters[2] else { panic!() };
+        assert_eq!((q5[0].number.prefix, q5[0].number.value, q5[0].unit.as_deref()), (Prefix::Lt, 5.5, Some("mg")));
+        assert!(matches!(q.filters[3], Filter::Param { negated: true, .. }));
+    }
+
+    #[test]
+    fn numbers_carry_their_precision() {
+        let n = number_value("x", "100").unwrap();
+        assert_eq!((n.lo, n.hi), (99.5, 100.5));
+        let n = number_value("x", "1.50").unwrap();
+        assert!((n.hi - n.lo - 0.01).abs() < 1e-12);
+        assert!(number_value("x", "1;DROP").is_err());
+    }
+
+    #[test]
+    fn chains_and_has() {
+        let q = parse("Observation", "subject:Patient.identifier=urn:mrn|7&patient.birthdate=1970", true).unwrap();
+        assert!(
+            matches!(&q.filters[0], Filter::Param { condition: Condition::Chain { target, .. }, .. } if target == "Patient")
+        );
+        let q = parse("Patient", "_has:Observation:patient:code=8867-4", true).unwrap();
+        assert!(matches!(&q.filters[0], Filter::Has { source, .. } if source == "Observation"));
+        assert!(parse("Observation", "subject.name=x", true).unwrap_err().message.contains("several types"));
+    }
+
+    #[test]
+    fn strict_and_lenient_handling() {
+        let error = parse("Patient", "nonsense=1", true).unwrap_err();
+        assert!(error.unsupported && error.message.contains("nonsense"));
+        let q = parse("Patient", "nonsense=1&gender=female", false).unwrap();
+        assert_eq!(q.filters.len(), 1);
+        assert_eq!(q.ignored.len(), 1);
+        assert_eq!(q.link_params, [("gender".to_owned(), "female".to_owned())]);
+        assert!(!parse("Patient", "gender:contains=f", false).unwrap().ignored.is_empty());
+        // A malformed value is an error even when lenient.
+        assert!(parse("Observation", "date=yesterday", false).is_err());
+        assert!(parse("Patient", "birthdate=gt1970", false).unwrap_err().message.contains("equality"));
+        assert!(parse("Patient", "_sort=family", true).unwrap_err().message.contains("keyed hashes"));
+        assert!(parse("Patient", "_count=5000", true).unwrap_err().too_costly);
+        assert_eq!(parse("Patient", "_count=5000", false).unwrap().count, MAX_COUNT);
+    }
+
+    #[test]
+    fn escaped_commas_stay_in_the_value() {
+        assert_eq!(split_values(r"a\,b,c"), ["a,b", "c"]);
+        assert_eq!(split_values("x"), ["x"]);
+        assert_eq!(split_values("a\\"), ["a\\"], "a trailing backslash is literal");
+    }
+
+    #[test]
+    fn includes() {
+        let q = parse("Observation", "_include=Observation:subject&_revinclude=Provenance:target", true);
+        assert!(q.unwrap_err().message.contains("target"), "Provenance has no registered parameters");
+        let q =
+            parse("Observation", "_include=Observation:subject:Patient&_revinclude:iterate=Condition:subject", true)
+                .unwrap();
+        assert_eq!(q.includes[0].target.as_deref(), Some("Patient"));
+        assert!(q.revincludes[0].iterate);
+        assert!(parse("Observation", "_include=Patient:organization", true).is_err());
+    }
+}

@@ -1,0 +1,815 @@
+//! Search on both databases: the index rows written with every version, and the SQL a
+//! [`SearchQuery`] becomes.
+//!
+//! Every filter is a set of resource ids (`h.res_id IN (SELECT s.res_id FROM search_index s
+//! WHERE ...)`), so each parameter uses its index and the database intersects the sets. Paging
+//! is keyset-based: a cursor holds the sort values and id of the row a page ended (or started)
+//! at, never an offset, so pages stay stable while resources are added. All values are bound
+//! parameters; the SQL text holds only fixed fragments and placeholders.
+
+use base64::Engine as _;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::{AnyConnection, AssertSqlSafe};
+
+use super::{Store, StoreError, VersionRecord};
+use crate::fhir::search::dates::DateRange;
+use crate::fhir::search::extract::IndexEntry;
+use crate::fhir::search::query::{
+    Condition, Filter, NumberMatch, Prefix, QuantityMatch, SearchQuery, SortKind, StringMatch, TokenMatch,
+};
+use crate::fhir::search::registry::Param;
+
+/// Ids per `IN (...)` list when loading resources by id.
+const IN_CHUNK: usize = 400;
+/// Rows per multi-row INSERT of index entries (9 columns each).
+const INSERT_CHUNK: usize = 100;
+
+/// A page of search matches, in order.
+#[derive(Debug)]
+pub struct SearchPage {
+    pub records: Vec<VersionRecord>,
+    /// Cursor of the page after this one, if there is one.
+    pub next: Option<String>,
+    /// Cursor of the page before this one, if there is one.
+    pub prev: Option<String>,
+    pub total: Option<i64>,
+}
+
+/// Extra restrictions the caller's access adds to a search (a patient compartment).
+#[derive(Debug, Default, Clone)]
+pub struct SearchScope {
+    pub filters: Vec<Filter>,
+}
+
+#[derive(Debug, Clone)]
+enum Bind {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+#[derive(Default)]
+struct Sql {
+    binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn text(&mut self, value: impl Into<String>) -> String {
+        self.binds.push(Bind::Text(value.into()));
+        format!("${}", self.binds.len())
+    }
+    fn int(&mut self, value: i64) -> String {
+        self.binds.push(Bind::Int(value));
+        format!("${}", self.binds.len())
+    }
+    fn float(&mut self, value: f64) -> String {
+        self.binds.push(Bind::Float(value));
+        format!("${}", self.binds.len())
+    }
+    fn query(&self, text: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+        let mut query = sqlx::query(AssertSqlSafe(text));
+        for bind in &self.binds {
+            query = match bind {
+                Bind::Text(t) => query.bind(t.clone()),
+                Bind::Int(i) => query.bind(*i),
+                Bind::Float(f) => query.bind(*f),
+            };
+        }
+        query
+    }
+}
+
+/// Which types a filter's index rows come from.
+enum Types<'a> {
+    One(&'a str),
+    Several(&'a [String]),
+}
+
+impl Types<'_> {
+    /// `s.res_type = $1` or `s.res_type IN ($1, $2)`.
+    fn condition(&self, sql: &mut Sql, column: &str) -> String {
+        match self {
+            Types::One(t) => format!("{column} = {}", sql.text(*t)),
+            Types::Several(types) => {
+                let list: Vec<String> = types.iter().map(|t| sql.text(t.clone())).collect();
+                format!("{column} IN ({})", list.join(", "))
+            }
+        }
+    }
+
+    /// The head columns a subquery's ids are compared with.
+    fn head_key(&self, alias: &str) -> String {
+        match self {
+            Types::One(_) => format!("{alias}.res_id"),
+            Types::Several(_) => format!("({alias}.res_type, {alias}.res_id)"),
+        }
+    }
+
+    fn index_key(&self) -> &'static str {
+        match self {
+            Types::One(_) => "s.res_id",
+            Types::Several(_) => "s.res_type, s.res_id",
+        }
+    }
+}
+
+/// A sort key's SQL expression and how its values decode.
+struct SortExpr {
+    sql: String,
+    kind: SortKind,
+    descending: bool,
+}
+
+/// Where a page starts: after (next) or before (prev) the row with these sort values.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Cursor {
+    /// `a`: rows after; `b`: rows before.
+    d: char,
+    v: Vec<Value>,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    fn decode(text: &str, keys: usize) -> Result<Cursor, StoreError> {
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| StoreError::BadCursor)?;
+        let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| StoreError::BadCursor)?;
+        if cursor.v.len() != keys || !matches!(cursor.d, 'a' | 'b') {
+            return Err(StoreError::BadCursor);
+        }
+        Ok(cursor)
+    }
+}
+
+impl Store {
+    /// One page of the resources matching `query` (plus `scope`), in its sort order.
+    pub async fn search(&self, query: &SearchQuery, scope: &SearchScope) -> Result<SearchPage, StoreError> {
+        let mut sql = Sql::default();
+        let types = if query.types.len() == 1 { Types::One(&query.types[0]) } else { Types::Several(&query.types) };
+        let where_clause = self.where_clause(&mut sql, &types, query, scope);
+        let total = if query.total == crate::fhir::search::query::Total::Accurate {
+            let mut count_sql = Sql::default();
+            let count_where = self.where_clause(&mut count_sql, &types, query, scope);
+            let text = format!("SELECT COUNT(*) FROM resource_head h WHERE {count_where}");
+            Some(count_sql.query(text).fetch_one(&self.reader).await?.try_get::<i64, _>(0)?)
+        } else {
+            None
+        };
+        if query.summary == crate::fhir::search::query::Summary::Count {
+            return Ok(SearchPage { records: Vec::new(), next: None, prev: None, total });
+        }
+        let mut keys: Vec<SortExpr> =
+            query.sort.iter().map(|k| sort_expr(&mut sql, &types, k.kind, &k.code, k.descending)).collect();
+        if matches!(types, Types::Several(_)) {
+            keys.push(SortExpr { sql: "h.res_type".into(), kind: SortKind::Id, descending: false });
+        }
+        keys.push(SortExpr { sql: "h.res_id".into(), kind: SortKind::Id, descending: false });
+        let cursor = query.cursor.as_deref().map(|c| Cursor::decode(c, keys.len())).transpose()?;
+        let backwards = cursor.as_ref().is_some_and(|c| c.d == 'b');
+        let mut conditions = vec![where_clause];
+        if let Some(cursor) = &cursor {
+            conditions.push(keyset_condition(&mut sql, &keys, &cursor.v, backwards)?);
+        }
+        let order: Vec<String> = keys
+            .iter()
+            .map(|k| format!("{} {}", k.sql, if k.descending != backwards { "DESC" } else { "ASC" }))
+            .collect();
+        let columns: Vec<String> = keys.iter().map(|k| k.sql.clone()).collect();
+        let limit = sql.int(i64::try_from(query.count).unwrap_or(i64::MAX) + 1);
+        let text = format!(
+            "SELECT h.res_type, h.res_id, {} FROM resource_head h WHERE {} ORDER BY {} LIMIT {limit}",
+            columns.join(", "),
+            conditions.join(" AND "),
+            order.join(", ")
+        );
+        let rows = sql.query(text).fetch_all(&self.reader).await?;
+        let more = rows.len() > query.count;
+        let mut found: Vec<(String, String, Vec<Value>)> = Vec::with_capacity(rows.len());
+        for row in rows.iter().take(query.count) {
+            let values = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| decode_sort_value(row, i + 2, k.kind))
+                .collect::<Result<Vec<_>, _>>()?;
+            found.push((row.try_get(0)?, row.try_get(1)?, values));
+        }
+        if backwards {
+            found.reverse();
+        }
+        let (has_next, has_prev) = match (&cursor, backwards) {
+            (None, _) => (more, false),
+            (Some(_), false) => (more, true),
+            (Some(_), true) => (true, more),
+        };
+        let next = has_next.then(|| found.last().map(|f| Cursor { d: 'a', v: f.2.clone() }.encode())).flatten();
+        let prev = has_prev.then(|| found.first().map(|f| Cursor { d: 'b', v: f.2.clone() }.encode())).flatten();
+        // Load the bodies, keeping the order.
+        let mut records = Vec::with_capacity(found.len());
+        let mut by_type: std::collections::BTreeMap<&str, Vec<String>> = std::collections::BTreeMap::new();
+        for (res_type, id, _) in &found {
+            by_type.entry(res_type.as_str()).or_default().push(id.clone());
+        }
+        let mut loaded = std::collections::HashMap::new();
+        for (res_type, ids) in by_type {
+            for record in self.read_current_many(res_type, &ids).await? {
+                loaded.insert((record.res_type.clone(), record.id.clone()), record);
+            }
+        }
+        for (res_type, id, _) in found {
+            // A resource deleted between the two queries is left out.
+            if let Some(record) = loaded.remove(&(res_type, id)) {
+                records.push(record);
+            }
+        }
+        Ok(SearchPage { records, next, prev, total })
+    }
+
+    fn where_clause(&self, sql: &mut Sql, types: &Types<'_>, query: &SearchQuery, scope: &SearchScope) -> String {
+        let mut parts = vec![types.condition(sql, "h.res_type"), "h.deleted = 0".to_owned()];
+        for filter in query.filters.iter().chain(&scope.filters) {
+            parts.push(head_filter(sql, types, filter, "h"));
+        }
+        parts.join(" AND ")
+    }
+
+    /// The current, not deleted versions of `ids` (those that exist), in no particular order.
+    pub async fn read_current_many(&self, res_type: &str, ids: &[String]) -> Result<Vec<VersionRecord>, StoreError> {
+        let mut records = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_CHUNK) {
+            let mut sql = Sql::default();
+            let t = sql.text(res_type);
+            let list: Vec<String> = chunk.iter().map(|id| sql.text(id.clone())).collect();
+            let text = format!(
+                "SELECT v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, k.wrapped, h.res_id \
+                 FROM resource_head h JOIN resource_version v \
+                   ON v.res_type = h.res_type AND v.res_id = h.res_id AND v.version = h.version \
+                 LEFT JOIN data_key k ON k.key_id = v.key_id \
+                 WHERE h.res_type = {t} AND h.deleted = 0 AND h.res_id IN ({})",
+                list.join(", ")
+            );
+            for row in sql.query(text).fetch_all(&self.reader).await? {
+                let id: String = row.try_get(7)?;
+                match self.version_record(res_type, &id, &row) {
+                    Ok(record) => records.push(record),
+                    // An erased patient's records are gone: searches skip them.
+                    Err(StoreError::Erased) => {}
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// The (type, id) targets of reference parameter `param` (every reference parameter if
+    /// `None`) of the `ids` of `res_type`, optionally only those of type `target`.
+    pub async fn references_from(
+        &self,
+        res_type: &str,
+        ids: &[String],
+        params: &[&str],
+        target: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(IN_CHUNK) {
+            let mut sql = Sql::default();
+            let t = sql.text(res_type);
+            let list: Vec<String> = chunk.iter().map(|id| sql.text(id.clone())).collect();
+            let param_list: Vec<String> = params.iter().map(|p| sql.text(*p)).collect();
+            let mut text = format!(
+                "SELECT DISTINCT sys, val FROM search_index WHERE res_type = {t} AND res_id IN ({}) \
+                 AND param IN ({}) AND sys IS NOT NULL AND val IS NOT NULL",
+                list.join(", "),
+                param_list.join(", ")
+            );
+            if let Some(target) = target {
+                text.push_str(&format!(" AND sys = {}", sql.text(target)));
+            }
+            for row in sql.query(text).fetch_all(&self.reader).await? {
+                out.push((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The ids of `source_type` resources whose reference parameters `params` point at one of
+    /// `targets` of `target_type`.
+    pub async fn referencing(
+        &self,
+        source_type: &str,
+        params: &[&str],
+        target_type: &str,
+        targets: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in targets.chunks(IN_CHUNK) {
+            let mut sql = Sql::default();
+            let s = sql.text(source_type);
+            let t = sql.text(target_type);
+            let list: Vec<String> = chunk.iter().map(|id| sql.text(id.clone())).collect();
+            let param_list: Vec<String> = params.iter().map(|p| sql.text(*p)).collect();
+            let text = format!(
+                "SELECT DISTINCT res_id FROM search_index WHERE res_type = {s} AND param IN ({}) AND sys = {t} \
+                 AND val IN ({})",
+                param_list.join(", "),
+                list.join(", ")
+            );
+            for row in sql.query(text).fetch_all(&self.reader).await? {
+                out.push(row.try_get(0)?);
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// A page of the current resources sealed under data key `key_id` (a patient's
+    /// compartment: the patient and every record about them), ordered by type and id, after
+    /// the `after` position; optionally only `types` and those changed since `since_us`.
+    /// Returns the records and whether more follow.
+    pub async fn compartment_page(
+        &self,
+        key_id: &str,
+        types: &[String],
+        since_us: Option<i64>,
+        after: Option<(&str, &str)>,
+        limit: usize,
+    ) -> Result<(Vec<VersionRecord>, bool), StoreError> {
+        let mut sql = Sql::default();
+        let k = sql.text(key_id);
+        let mut conditions = vec![format!("v.key_id = {k}"), "h.deleted = 0".to_owned()];
+        if !types.is_empty() {
+            let list: Vec<String> = types.iter().map(|t| sql.text(t.clone())).collect();
+            conditions.push(format!("v.res_type IN ({})", list.join(", ")));
+        }
+        if let Some(since) = since_us {
+            conditions.push(format!("h.last_updated_us >= {}", sql.int(since)));
+        }
+        if let Some((res_type, id)) = after {
+            let (t, i) = (sql.text(res_type), sql.text(id));
+            conditions.push(format!("(h.res_type > {t} OR (h.res_type = {t} AND h.res_id > {i}))"));
+        }
+        let limit_bind = sql.int(i64::try_from(limit).unwrap_or(i64::MAX) + 1);
+        let text = format!(
+            "SELECT h.res_type, h.res_id, v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, \
+             k.wrapped FROM resource_version v JOIN resource_head h \
+               ON h.res_type = v.res_type AND h.res_id = v.res_id AND h.version = v.version \
+             LEFT JOIN data_key k ON k.key_id = v.key_id \
+             WHERE {} ORDER BY h.res_type, h.res_id LIMIT {limit_bind}",
+            conditions.join(" AND ")
+        );
+        let rows = sql.query(text).fetch_all(&self.reader).await?;
+        let more = rows.len() > limit;
+        let mut records = Vec::with_capacity(rows.len().min(limit));
+        for row in rows.iter().take(limit) {
+            let (res_type, id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            records.push(self.version_record_at(&res_type, &id, row, 2)?);
+        }
+        Ok((records, more))
+    }
+
+    /// Versions of every resource (of `res_type`, if given), newest first: those changed at
+    /// or after `since_us` and strictly before the `before` position (a paging cursor of
+    /// (last_updated_us, type, id, version)), at most `limit`. Returns them and whether more
+    /// follow.
+    pub async fn history_all(
+        &self,
+        res_type: Option<&str>,
+        since_us: Option<i64>,
+        before: Option<(i64, &str, &str, i64)>,
+        limit: usize,
+    ) -> Result<(Vec<VersionRecord>, bool), StoreError> {
+        let mut sql = Sql::default();
+        let mut conditions = vec!["1 = 1".to_owned()];
+        if let Some(t) = res_type {
+            conditions.push(format!("v.res_type = {}", sql.text(t)));
+        }
+        if let Some(since) = since_us {
+            conditions.push(format!("v.last_updated_us >= {}", sql.int(since)));
+        }
+        if let Some((at, t, id, version)) = before {
+            let (a, t, i, n) = (sql.int(at), sql.text(t), sql.text(id), sql.int(version));
+            conditions.push(format!(
+                "(v.last_updated_us < {a} OR (v.last_updated_us = {a} AND (v.res_type < {t} OR (v.res_type = {t} AND \
+                 (v.res_id < {i} OR (v.res_id = {i} AND v.version < {n}))))))"
+            ));
+        }
+        let limit_bind = sql.int(i64::try_from(limit).unwrap_or(i64::MAX) + 1);
+        let text = format!(
+            "SELECT v.res_type, v.res_id, v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, \
+             k.wrapped FROM resource_version v LEFT JOIN data_key k ON k.key_id = v.key_id \
+             WHERE {} ORDER BY v.last_updated_us DESC, v.res_type DESC, v.res_id DESC, v.version DESC LIMIT {limit_bind}",
+            conditions.join(" AND ")
+        );
+        let rows = sql.query(text).fetch_all(&self.reader).await?;
+        let more = rows.len() > limit;
+        let mut records = Vec::with_capacity(rows.len().min(limit));
+        for row in rows.iter().take(limit) {
+            let (res_type, id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
+            match self.version_record_at(&res_type, &id, row, 2) {
+                Ok(record) => records.push(record),
+                // Erased records stay erased in history too.
+                Err(StoreError::Erased) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Ok((records, more))
+    }
+
+    /// Whether the index was built with the registry whose fingerprint is `fingerprint`.
+    pub async fn search_index_fingerprint(&self) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query("SELECT fingerprint FROM search_index_state WHERE id = 1")
+            .fetch_optional(&self.reader)
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?)
+    }
+
+    /// Rebuilds the search index of every current resource (after an upgrade that changed the
+    /// registry, or for data written before search existed), reporting progress as
+    /// (done, total). Runs in batches, each in its own transaction, so writes keep flowing.
+    pub async fn rebuild_search_index(
+        &self,
+        fingerprint: &str,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<u64, StoreError> {
+        let total: i64 = sqlx::query("SELECT COUNT(*) FROM resource_head WHERE deleted = 0")
+            .fetch_one(&self.reader)
+            .await?
+            .try_get(0)?;
+        let total = u64::try_from(total).unwrap_or(0);
+        let mut done = 0u64;
+        let mut after: (String, String) = (String::new(), String::new());
+        loop {
+            let rows = sqlx::query(
+                "SELECT res_type, res_id FROM resource_head WHERE deleted = 0 AND \
+                 (res_type > $1 OR (res_type = $1 AND res_id > $2)) ORDER BY res_type, res_id LIMIT 200",
+            )
+            .bind(&after.0)
+            .bind(&after.1)
+            .fetch_all(&self.reader)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let batch: Vec<(String, String)> =
+                rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<_, StoreError>>()?;
+            let key = self.blind_index_key().await?;
+            let mut tx = self.begin_write().await?;
+            for (res_type, id) in &batch {
+                let entries = match self.read_current(res_type, id).await {
+                    Ok(Some(record)) => match record.body.as_deref() {
+                        Some(body) => index_entries_of(res_type, body, &key),
+                        None => Vec::new(),
+                    },
+                    Ok(None) | Err(StoreError::Erased) => Vec::new(),
+                    Err(other) => return Err(other),
+                };
+                replace_index(&mut tx, res_type, id, &entries).await?;
+            }
+            tx.commit().await?;
+            done += batch.len() as u64;
+            progress(done, total);
+            after = batch.last().cloned().unwrap_or_default();
+        }
+        sqlx::query(
+            "INSERT INTO search_index_state (id, fingerprint) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint",
+        )
+        .bind(fingerprint)
+        .execute(&self.writer)
+        .await?;
+        Ok(done)
+    }
+}
+
+/// Index rows for a stored body (bodies are JSON objects; anything else indexes nothing).
+pub(super) fn index_entries_of(
+    res_type: &str,
+    body: &[u8],
+    key: &crate::crypto::blind_index::BlindIndexKey,
+) -> Vec<IndexEntry> {
+    match serde_json::from_slice::<serde_json::Map<String, Value>>(body) {
+        Ok(resource) => crate::fhir::search::extract::index_entries(res_type, &resource, key),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Replaces the index rows of one resource inside a write transaction.
+pub(super) async fn replace_index(
+    conn: &mut AnyConnection,
+    res_type: &str,
+    id: &str,
+    entries: &[IndexEntry],
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM search_index WHERE res_type = $1 AND res_id = $2")
+        .bind(res_type)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    for chunk in entries.chunks(INSERT_CHUNK) {
+        let mut sql = Sql::default();
+        let mut rows = Vec::with_capacity(chunk.len());
+        for entry in chunk {
+            let t = sql.text(res_type);
+            let i = sql.text(id);
+            let p = sql.text(entry.param);
+            let sys = optional_text(&mut sql, entry.sys.as_deref());
+            let val = optional_text(&mut sql, entry.val.as_deref());
+            let unit = optional_text(&mut sql, entry.unit.as_deref());
+            let num = entry.num.map_or_else(|| "NULL".to_owned(), |n| sql.float(n));
+            let (lo, hi) = match entry.date {
+                Some((lo, hi)) => (sql.int(lo), sql.int(hi)),
+                None => ("NULL".to_owned(), "NULL".to_owned()),
+            };
+            rows.push(format!("({t}, {i}, {p}, {sys}, {val}, {unit}, {num}, {lo}, {hi})"));
+        }
+        let text = format!(
+            "INSERT INTO search_index (res_type, res_id, param, sys, val, unit, num, date_lo, date_hi) VALUES {}",
+            rows.join(", ")
+        );
+        sql.query(text).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+fn optional_text(sql: &mut Sql, value: Option<&str>) -> String {
+    value.map_or_else(|| "NULL".to_owned(), |v| sql.text(v))
+}
+
+/// A filter as a condition on the head row `alias`.
+fn head_filter(sql: &mut Sql, types: &Types<'_>, filter: &Filter, alias: &str) -> String {
+    match filter {
+        Filter::Nothing => "1 = 0".to_owned(),
+        Filter::Param { param, condition, negated } if param.is_special() => {
+            let clause = special_condition(sql, param, condition, alias);
+            if *negated { format!("NOT ({clause})") } else { clause }
+        }
+        Filter::Param { param, condition: Condition::Missing(missing), .. } => {
+            let rows = index_rows(sql, types, param.code, None);
+            format!("{} {} ({rows})", types.head_key(alias), if *missing { "NOT IN" } else { "IN" })
+        }
+        Filter::Param { param, condition, negated } => {
+            let row = row_condition(sql, condition);
+            let rows = index_rows(sql, types, param.code, Some(row));
+            format!("{} {} ({rows})", types.head_key(alias), if *negated { "NOT IN" } else { "IN" })
+        }
+        Filter::Has { source, ref_param, inner } => {
+            let Types::One(target) = types else { return "1 = 0".to_owned() };
+            let s = sql.text(source.clone());
+            let p = sql.text(ref_param.code);
+            let t = sql.text(*target);
+            let inner_ids = matching_ids(sql, source, inner);
+            format!(
+                "{alias}.res_id IN (SELECT r.val FROM search_index r WHERE r.res_type = {s} AND r.param = {p} \
+                 AND r.sys = {t} AND r.res_id IN ({inner_ids}))"
+            )
+        }
+    }
+}
+
+/// `SELECT s.res_id FROM search_index s WHERE <type> AND s.param = ... AND <row>`.
+fn index_rows(sql: &mut Sql, types: &Types<'_>, code: &str, row: Option<String>) -> String {
+    let type_condition = types.condition(sql, "s.res_type");
+    let p = sql.text(code);
+    let mut text = format!("SELECT {} FROM search_index s WHERE {type_condition} AND s.param = {p}", types.index_key());
+    if let Some(row) = row {
+        text.push_str(&format!(" AND ({row})"));
+    }
+    text
+}
+
+/// The ids of live `res_type` resources matching `filter` (for chains and `_has`).
+fn matching_ids(sql: &mut Sql, res_type: &str, filter: &Filter) -> String {
+    match filter {
+        Filter::Param { param, condition, negated: false }
+            if !param.is_special() && !matches!(condition, Condition::Missing(_)) =>
+        {
+            let row = row_condition(sql, condition);
+            index_rows(sql, &Types::One(res_type), param.code, Some(row))
+        }
+        other => {
+            // Nested subqueries get their own alias, one level deeper each time.
+            let alias = format!("h{}", sql.binds.len());
+            let t = sql.text(res_type);
+            let clause = head_filter(sql, &Types::One(res_type), other, &alias);
+            format!(
+                "SELECT {alias}.res_id FROM resource_head {alias} WHERE {alias}.res_type = {t} \
+                 AND {alias}.deleted = 0 AND {clause}"
+            )
+        }
+    }
+}
+
+/// `_id` and `_lastUpdated`, answered from the head row `alias`.
+fn special_condition(sql: &mut Sql, param: &Param, condition: &Condition, alias: &str) -> String {
+    match (param.code, condition) {
+        ("_id", Condition::Token(matches)) => {
+            let ids: Vec<String> = matches
+                .iter()
+                .map(|m| match m {
+                    TokenMatch::Code(id) | TokenMatch::NoSystemCode(id) => sql.text(id.clone()),
+                    _ => "NULL".to_owned(),
+                })
+                .collect();
+            format!("{alias}.res_id IN ({})", ids.join(", "))
+        }
+        ("_lastUpdated", Condition::Date(dates)) => {
+            let column = format!("{alias}.last_updated_us");
+            let alternatives: Vec<String> =
+                dates.iter().map(|(prefix, range)| date_condition(sql, *prefix, *range, &column, &column)).collect();
+            format!("({})", alternatives.join(" OR "))
+        }
+        _ => "1 = 0".to_owned(),
+    }
+}
+
+/// The condition one index row `s` must meet.
+fn row_condition(sql: &mut Sql, condition: &Condition) -> String {
+    let any = |parts: Vec<String>| if parts.is_empty() { "1 = 0".to_owned() } else { parts.join(" OR ") };
+    match condition {
+        Condition::Token(matches) => any(matches.iter().map(|m| token_condition(sql, m)).collect()),
+        Condition::String(matches) => any(matches
+            .iter()
+            .map(|m| match m {
+                StringMatch::StartsWith(prefix) => {
+                    let lo = sql.text(prefix.clone());
+                    let hi = sql.text(format!("{prefix}\u{10FFFF}"));
+                    format!("(s.val >= {lo} AND s.val < {hi})")
+                }
+                StringMatch::Exact(value) | StringMatch::Blind(value) => format!("s.val = {}", sql.text(value.clone())),
+                StringMatch::Contains(part) => {
+                    let escaped = part.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+                    format!("s.val LIKE {} ESCAPE '\\'", sql.text(format!("%{escaped}%")))
+                }
+            })
+            .collect()),
+        Condition::Date(dates) => any(dates
+            .iter()
+            .map(|(prefix, range)| date_condition(sql, *prefix, *range, "s.date_lo", "s.date_hi"))
+            .collect()),
+        Condition::Number(numbers) => any(numbers.iter().map(|n| number_condition(sql, n)).collect()),
+        Condition::Quantity(quantities) => any(quantities.iter().map(|q| quantity_condition(sql, q)).collect()),
+        Condition::Composite(pairs) => any(pairs
+            .iter()
+            .map(|(token, quantity)| {
+                format!("({} AND {})", token_condition(sql, token), quantity_condition(sql, quantity))
+            })
+            .collect()),
+        Condition::Reference(references) => any(references
+            .iter()
+            .map(|(res_type, id)| match res_type {
+                Some(t) => format!("(s.sys = {} AND s.val = {})", sql.text(t.clone()), sql.text(id.clone())),
+                None => format!("s.val = {}", sql.text(id.clone())),
+            })
+            .collect()),
+        Condition::Chain { target, inner } => {
+            let t = sql.text(target.clone());
+            let ids = matching_ids(sql, target, inner);
+            format!("s.sys = {t} AND s.val IN ({ids})")
+        }
+        Condition::Missing(_) => "1 = 1".to_owned(),
+    }
+}
+
+fn token_condition(sql: &mut Sql, token: &TokenMatch) -> String {
+    match token {
+        TokenMatch::SystemCode(system, code) => {
+            format!("(s.sys = {} AND s.val = {})", sql.text(system.clone()), sql.text(code.clone()))
+        }
+        TokenMatch::Code(code) | TokenMatch::Blind(code) => format!("s.val = {}", sql.text(code.clone())),
+        TokenMatch::NoSystemCode(code) => format!("(s.sys IS NULL AND s.val = {})", sql.text(code.clone())),
+        TokenMatch::System(system) => format!("s.sys = {}", sql.text(system.clone())),
+    }
+}
+
+/// FHIR date comparison between the search range and a stored range [`lo`, `hi`].
+fn date_condition(sql: &mut Sql, prefix: Prefix, range: DateRange, lo: &str, hi: &str) -> String {
+    let (a, b) = (range.lo, range.hi);
+    match prefix {
+        Prefix::Eq => format!("({lo} >= {} AND {hi} <= {})", sql.int(a), sql.int(b)),
+        Prefix::Ne => format!("NOT ({lo} >= {} AND {hi} <= {})", sql.int(a), sql.int(b)),
+        Prefix::Gt => format!("{hi} > {}", sql.int(b)),
+        Prefix::Lt => format!("{lo} < {}", sql.int(a)),
+        Prefix::Ge => format!("({hi} > {} OR ({lo} >= {} AND {hi} <= {}))", sql.int(b), sql.int(a), sql.int(b)),
+        Prefix::Le => format!("({lo} < {} OR ({lo} >= {} AND {hi} <= {}))", sql.int(a), sql.int(a), sql.int(b)),
+        Prefix::Sa => format!("{lo} > {}", sql.int(b)),
+        Prefix::Eb => format!("{hi} < {}", sql.int(a)),
+        Prefix::Ap => {
+            // Approximately: within 10% of the distance from now, and at least a day.
+            let now = crate::fhir::instant::now_us();
+            let margin = ((now - a).abs() / 10).max(86_400_000_000);
+            format!("({lo} <= {} AND {hi} >= {})", sql.int(b.saturating_add(margin)), sql.int(a.saturating_sub(margin)))
+        }
+    }
+}
+
+fn number_condition(sql: &mut Sql, n: &NumberMatch) -> String {
+    match n.prefix {
+        Prefix::Eq => format!("(s.num >= {} AND s.num < {})", sql.float(n.lo), sql.float(n.hi)),
+        Prefix::Ne => format!("NOT (s.num >= {} AND s.num < {})", sql.float(n.lo), sql.float(n.hi)),
+        Prefix::Gt | Prefix::Sa => format!("s.num > {}", sql.float(n.value)),
+        Prefix::Lt | Prefix::Eb => format!("s.num < {}", sql.float(n.value)),
+        Prefix::Ge => format!("s.num >= {}", sql.float(n.value)),
+        Prefix::Le => format!("s.num <= {}", sql.float(n.value)),
+        Prefix::Ap => {
+            let margin = (n.value * 0.1).abs();
+            format!("(s.num >= {} AND s.num <= {})", sql.float(n.value - margin), sql.float(n.value + margin))
+        }
+    }
+}
+
+fn quantity_condition(sql: &mut Sql, q: &QuantityMatch) -> String {
+    let mut parts = vec![number_condition(sql, &q.number)];
+    if let Some(system) = &q.system {
+        parts.push(format!("s.sys = {}", sql.text(system.clone())));
+    }
+    if let Some(unit) = &q.unit {
+        parts.push(format!("s.unit = {}", sql.text(unit.clone())));
+    }
+    format!("({})", parts.join(" AND "))
+}
+
+/// The SQL of one `_sort` key: the smallest value ascending, the largest descending (as FHIR
+/// asks for repeating elements); resources without a value sort last either way.
+fn sort_expr(sql: &mut Sql, types: &Types<'_>, kind: SortKind, code: &str, descending: bool) -> SortExpr {
+    let (column, fallback) = match (kind, descending) {
+        (SortKind::Id, _) => return SortExpr { sql: "h.res_id".into(), kind, descending },
+        (SortKind::LastUpdated, _) => return SortExpr { sql: "h.last_updated_us".into(), kind, descending },
+        (SortKind::Date, false) => ("MIN(s.date_lo)", sql.int(i64::MAX)),
+        (SortKind::Date, true) => ("MAX(s.date_hi)", sql.int(i64::MIN)),
+        (SortKind::Number, false) => ("MIN(s.num)", sql.float(f64::MAX)),
+        (SortKind::Number, true) => ("MAX(s.num)", sql.float(f64::MIN)),
+        (SortKind::Text, false) => ("MIN(s.val)", sql.text("\u{10FFFF}")),
+        (SortKind::Text, true) => ("MAX(s.val)", sql.text("")),
+    };
+    let _ = types;
+    let p = sql.text(code);
+    SortExpr {
+        sql: format!(
+            "COALESCE((SELECT {column} FROM search_index s WHERE s.res_type = h.res_type AND s.res_id = h.res_id \
+             AND s.param = {p}), {fallback})"
+        ),
+        kind,
+        descending,
+    }
+}
+
+fn decode_sort_value(row: &sqlx::any::AnyRow, at: usize, kind: SortKind) -> Result<Value, StoreError> {
+    Ok(match kind {
+        SortKind::Id | SortKind::Text => Value::String(row.try_get(at)?),
+        SortKind::LastUpdated | SortKind::Date => Value::from(row.try_get::<i64, _>(at)?),
+        SortKind::Number => Value::from(row.try_get::<f64, _>(at)?),
+    })
+}
+
+/// Rows strictly after (or, `backwards`, before) the cursor's position in the sort order:
+/// `(k1 > c1) OR (k1 = c1 AND ((k2 > c2) OR (k2 = c2 AND ...)))`.
+fn keyset_condition(sql: &mut Sql, keys: &[SortExpr], values: &[Value], backwards: bool) -> Result<String, StoreError> {
+    let mut condition = String::new();
+    for (key, value) in keys.iter().zip(values).rev() {
+        let bound = match (key.kind, value) {
+            (SortKind::Id | SortKind::Text, Value::String(s)) => sql.text(s.clone()),
+            (SortKind::LastUpdated | SortKind::Date, Value::Number(n)) => {
+                sql.int(n.as_i64().ok_or(StoreError::BadCursor)?)
+            }
+            (SortKind::Number, Value::Number(n)) => sql.float(n.as_f64().ok_or(StoreError::BadCursor)?),
+            _ => return Err(StoreError::BadCursor),
+        };
+        let op = if key.descending != backwards { "<" } else { ">" };
+        condition = if condition.is_empty() {
+            format!("{} {op} {bound}", key.sql)
+        } else {
+            format!("({} {op} {bound} OR ({} = {bound} AND {condition}))", key.sql, key.sql)
+        };
+    }
+    Ok(format!("({condition})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_refuse_tampering() {
+        let cursor = Cursor { d: 'a', v: vec![Value::from(5), Value::from("abc")] };
+        assert_eq!(Cursor::decode(&cursor.encode(), 2).unwrap(), cursor);
+        assert!(Cursor::decode(&cursor.encode(), 3).is_err());
+        assert!(Cursor::decode("not-a-cursor", 2).is_err());
+    }
+
+    #[test]
+    fn keyset_conditions_nest_keys_in_order() {
+        let mut sql = Sql::default();
+        let keys = [
+            SortExpr { sql: "k1".into(), kind: SortKind::Date, descending: true },
+            SortExpr { sql: "h.res_id".into(), kind: SortKind::Id, descending: false },
+        ];
+        let text = keyset_condition(&mut sql, &keys, &[Value::from(7), Value::from("x")], false).unwrap();
+        assert_eq!(text, "((k1 < $2 OR (k1 = $2 AND h.res_id > $1)))");
+        let back = keyset_condition(&mut Sql::default(), &keys, &[Value::from(7), Value::from("x")], true).unwrap();
+        assert!(back.contains("k1 > $2") && back.contains("h.res_id < $1"), "{back}");
+    }
+}
