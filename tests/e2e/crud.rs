@@ -99,7 +99,7 @@ async fn update_as_create_with_client_id(db: Db) {
     let again = server.put("Observation/bp-1", &obs).await;
     assert_eq!(again.expect(200)["meta"]["versionId"], "2");
     // The same id under another type is another resource.
-    let other = json!({"resourceType": "Condition", "id": "bp-1"});
+    let other = json!({"resourceType": "Condition", "id": "bp-1", "subject": {"reference": "Patient/p1"}});
     assert_eq!(server.put("Condition/bp-1", &other).await.expect(201)["meta"]["versionId"], "1");
 }
 
@@ -177,14 +177,15 @@ async fn server_owns_id_and_meta(db: Db) {
 
 async fn prefer_return_and_conditional_read(db: Db) {
     let server = Server::start(db).await;
-    let planned = json!({"resourceType": "Encounter", "status": "planned"});
+    let class = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"});
+    let planned = json!({"resourceType": "Encounter", "status": "planned", "class": class});
     let minimal = server.post_with("Encounter", &planned, &[("prefer", "return=minimal")]).await;
     assert_eq!(minimal.status, 201);
     assert!(minimal.bytes.is_empty());
     let location = minimal.header("location").unwrap().to_owned();
     let id = location.split('/').rev().nth(2).unwrap().to_owned();
 
-    let arrived = json!({"resourceType": "Encounter", "id": id, "status": "arrived"});
+    let arrived = json!({"resourceType": "Encounter", "id": id, "status": "arrived", "class": class});
     let outcome = server.put_with(&format!("Encounter/{id}"), &arrived, &[("prefer", "return=OperationOutcome")]).await;
     assert_eq!(outcome.expect(200)["resourceType"], "OperationOutcome");
 

@@ -56,7 +56,7 @@ async fn sigkill_loses_no_acknowledged_write(db: Db) {
     let mut acknowledged = Vec::new();
     for n in 0..30 {
         let reply = server
-            .post("Observation", &json!({"resourceType": "Observation", "status": "final", "valueInteger": n}))
+            .post("Observation", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "count"}, "valueInteger": n}))
             .await;
         acknowledged.push(reply.expect(201));
     }

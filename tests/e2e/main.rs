@@ -20,3 +20,4 @@ mod search;
 mod store;
 mod transport;
 mod upgrade;
+mod validation;

@@ -40,6 +40,7 @@ async fn capability_statement_lists_what_is_implemented(db: Db) {
         let params: Vec<&str> =
             resource["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert!(params.contains(&"_id") && params.contains(&"_lastUpdated"), "{}", resource["type"]);
+        assert_eq!(resource["operation"][0]["name"], "validate", "{}", resource["type"]);
         assert_eq!(resource["conditionalCreate"], true);
         assert_eq!(resource["conditionalDelete"], "single");
         assert_eq!(resource["updateCreate"], true);
@@ -58,7 +59,11 @@ async fn capability_statement_lists_what_is_implemented(db: Db) {
     assert!(observation["searchInclude"].as_array().unwrap().iter().any(|i| i == "Observation:subject"));
     assert!(patient["searchRevInclude"].as_array().unwrap().iter().any(|i| i == "Observation:subject"));
     // Each advertised type really works.
-    for res_type in ["Patient", "Observation", "VisionPrescription"] {
-        server.post(res_type, &serde_json::json!({"resourceType": res_type})).await.expect(201);
+    for body in [
+        serde_json::json!({"resourceType": "Patient"}),
+        serde_json::json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}),
+        serde_json::json!({"resourceType": "VisionPrescription"}),
+    ] {
+        server.post(body["resourceType"].as_str().unwrap(), &body).await.expect(201);
     }
 }

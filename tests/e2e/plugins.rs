@@ -100,12 +100,12 @@ const SSN: &str = "http://hl7.org/fhir/sid/us-ssn";
 const CLINICAL_BINDINGS: &str = r#"
 [[binding]]
 plugin = "consent"
-interactions = ["read", "vread", "history"]
+interactions = ["read", "vread", "history", "search"]
 order = 10
 
 [[binding]]
 plugin = "redact"
-interactions = ["read", "vread", "history"]
+interactions = ["read", "vread", "history", "search"]
 order = 20
 
 [[binding]]
@@ -158,6 +158,11 @@ async fn policy_plugins_change_real_responses(db: Db) {
         server.client_with(Some(&dev_token_with_roles(&server.data_dir, "user/*.rs", None, &["privacy-officer"])));
     let full = server.send(officer.get(server.url(&format!("Patient/{patient_id}")))).await.expect(200);
     assert!(full.to_string().contains("999-12-3456"), "{full}");
+    // Search results pass the same policies: redacted, and no count that could reveal more.
+    let found = server.get("Patient?identifier=MRN-77&_total=accurate").await.expect(200);
+    assert_eq!(found["entry"][0]["resource"]["id"], patient_id.as_str(), "{found}");
+    assert!(!found.to_string().contains("999-12-3456"), "{found}");
+    assert!(found.get("total").is_none(), "{found}");
 
     // validate: an Observation without an effective time is refused, with the rule named.
     let mut observation = json!({
@@ -188,6 +193,13 @@ async fn policy_plugins_change_real_responses(db: Db) {
     assert!(message.contains("denied by policy 'consent'"), "{message}");
     server.get(&format!("Observation/{observation_id}/_history")).await.expect_outcome(403, "forbidden");
     server.get(&format!("Observation/{observation_id}/_history/1")).await.expect_outcome(403, "forbidden");
+    // Searches leave the denied records out (the search itself succeeds).
+    let found = server.get("Observation?code=8867-4").await.expect(200);
+    let matches = found["entry"].as_array().map_or(0, |e| e.iter().filter(|e| e["search"]["mode"] == "match").count());
+    assert_eq!(matches, 0, "{found}");
+    let request = server.client.get(server.url("Observation?code=8867-4")).header("x-purpose-of-use", "PUBHLTH");
+    let found = server.send(request).await.expect(200);
+    assert_eq!(found["entry"][0]["resource"]["id"], observation_id.as_str(), "{found}");
     // ... except for the purpose of use it permits ...
     let public_health = server.client.get(server.url(&format!("Observation/{observation_id}")));
     server.send(public_health.header("x-purpose-of-use", "PUBHLTH")).await.expect(200);

@@ -94,6 +94,7 @@ fn describe(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
         ("GET", []) | ("POST", ["_search"]) => ("search-system".into(), None, None, None),
         ("POST", []) => ("bundle".into(), None, None, None),
         ("POST", [t]) => ("create".into(), owned(t), None, None),
+        ("POST", [t, "$validate"]) => ("operation-validate".into(), owned(t), None, None),
         ("GET", [t]) | ("POST", [t, "_search"]) if t.starts_with(|c: char| c.is_ascii_uppercase()) => {
             ("search-type".into(), owned(t), None, None)
         }

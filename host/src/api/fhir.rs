@@ -42,6 +42,7 @@ pub fn routes() -> Router<SharedState> {
             get(super::search::search_type).post(create).put(conditional_update).delete(conditional_delete),
         )
         .route("/{type}/_search", axum::routing::post(super::search::search_type_post))
+        .route("/{type}/$validate", axum::routing::post(validate_operation))
         .route("/_history", get(super::feeds::system_history))
         .route("/{type}/_history", get(super::feeds::type_history))
         .route("/{type}/{id}", get(read).put(update).delete(delete).patch(patch))
@@ -184,6 +185,38 @@ async fn patch(
     pinned.insert(header::IF_MATCH, HeaderValue::from_str(&etag(version)).map_err(|_| FhirError::internal())?);
     let body = serde_json::to_vec(&document).map_err(|_| FhirError::internal())?;
     update_resource(&state, &principal, &res_type, &id, &pinned, &body).await
+}
+
+/// `POST /{type}/$validate`: checks a resource (sent as is, or as the `resource` parameter of
+/// a Parameters resource) without storing it; 200 with an OperationOutcome listing every issue
+/// (an informational one when there are none). Needs a create or update scope on the type.
+async fn validate_operation(
+    Extension(principal): Extension<Principal>,
+    Path(res_type): Path<String>,
+    FhirBody(body): FhirBody,
+) -> Result<Response, FhirError> {
+    check_type_name(&res_type)?;
+    principal.access(Interaction::Create, &res_type).or_else(|_| principal.access(Interaction::Update, &res_type))?;
+    let value: Value = crate::fhir::json::parse_strict(&body)
+        .map_err(|e| FhirError::bad_request(IssueType::Structure, format!("the body is not valid JSON: {e}")))?;
+    let resource = if value.get("resourceType").and_then(Value::as_str) == Some("Parameters") {
+        value["parameter"]
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["name"] == "resource"))
+            .map(|p| p["resource"].clone())
+            .ok_or_else(|| {
+                FhirError::bad_request(IssueType::Required, "Parameters must carry a 'resource' parameter")
+            })?
+    } else {
+        value
+    };
+    let bytes = serde_json::to_vec(&resource).map_err(|_| FhirError::internal())?;
+    let outcome = match IncomingResource::parse(&bytes, &res_type) {
+        Ok(_) => operation_outcome("information", IssueType::Informational, "no issues found", None),
+        Err(error) if error.status == StatusCode::BAD_REQUEST => error.outcome(),
+        Err(error) => return Err(error),
+    };
+    Ok(fhir_json(StatusCode::OK, serde_json::to_vec(&outcome).map_err(|_| FhirError::internal())?))
 }
 
 /// `PUT /{type}?search`: updates the one match, creates when there is none (with the body's

@@ -83,12 +83,16 @@ pub fn capability_statement(implemented: &Implemented<'_>) -> Value {
                 "conditionalDelete": "single",
                 "referencePolicy": ["literal", "local"],
             });
+            let mut operations = vec![
+                json!({"name": "validate", "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}),
+            ];
             if *res_type == "Patient" {
-                resource["operation"] = json!([{
+                operations.push(json!({
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
-                }]);
+                }));
             }
+            resource["operation"] = Value::Array(operations);
             resource
         })
         .collect();

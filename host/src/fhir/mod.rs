@@ -11,6 +11,7 @@ pub mod patch;
 pub mod resource;
 pub mod resource_types;
 pub mod search;
+pub mod validate;
 
 /// The FHIR JSON media type, as sent on every response.
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";

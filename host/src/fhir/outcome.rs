@@ -25,6 +25,7 @@ pub enum IssueType {
     Conflict,
     TooLong,
     TooCostly,
+    CodeInvalid,
     Exception,
     Transient,
     Informational,
@@ -46,6 +47,7 @@ impl IssueType {
             IssueType::Conflict => "conflict",
             IssueType::TooLong => "too-long",
             IssueType::TooCostly => "too-costly",
+            IssueType::CodeInvalid => "code-invalid",
             IssueType::Exception => "exception",
             IssueType::Transient => "transient",
             IssueType::Informational => "informational",
@@ -77,11 +79,13 @@ pub struct FhirError {
     pub code: IssueType,
     pub diagnostics: String,
     pub expression: Option<String>,
+    /// Further issues of the same failure (e.g. every validation problem of a resource).
+    pub more: Vec<(IssueType, String, Option<String>)>,
 }
 
 impl FhirError {
     pub fn new(status: StatusCode, code: IssueType, diagnostics: impl Into<String>) -> Self {
-        FhirError { status, code, diagnostics: diagnostics.into(), expression: None }
+        FhirError { status, code, diagnostics: diagnostics.into(), expression: None, more: Vec::new() }
     }
 
     pub fn at(mut self, expression: impl Into<String>) -> Self {
@@ -120,7 +124,17 @@ impl FhirError {
     }
 
     pub fn outcome(&self) -> Value {
-        operation_outcome("error", self.code, &self.diagnostics, self.expression.as_deref())
+        let mut outcome = operation_outcome("error", self.code, &self.diagnostics, self.expression.as_deref());
+        if let Some(Value::Array(issues)) = outcome.get_mut("issue") {
+            for (code, diagnostics, expression) in &self.more {
+                let mut issue = json!({"severity": "error", "code": code.code(), "diagnostics": diagnostics});
+                if let Some(expression) = expression {
+                    issue["expression"] = json!([expression]);
+                }
+                issues.push(issue);
+            }
+        }
+        outcome
     }
 }
 

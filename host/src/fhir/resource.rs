@@ -85,6 +85,10 @@ impl IncomingResource {
             return Err(FhirError::bad_request(IssueType::Structure, "meta must be a JSON object")
                 .at(format!("{expected_type}.meta")));
         }
+        let issues = super::validate::validate(expected_type, &fields);
+        if !issues.is_empty() {
+            return Err(super::validate::invalid(issues));
+        }
         Ok(IncomingResource { fields })
     }
 

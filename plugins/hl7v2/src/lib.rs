@@ -73,6 +73,28 @@ fn timestamp(ts: &str, date_only: bool) -> Option<String> {
     Some(format!("{date}T{}:{}:{seconds}Z", part(8, 10)?, part(10, 12)?))
 }
 
+/// Leaves out what an HL7 v2 message left empty: FHIR JSON allows no empty strings, arrays or
+/// objects (the server refuses them).
+fn pruned(value: Value) -> Value {
+    match value {
+        Value::Object(object) => {
+            Value::Object(object.into_iter().map(|(k, v)| (k, pruned(v))).filter(|(_, v)| !is_empty(v)).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(pruned).filter(|v| !is_empty(v)).collect()),
+        other => other,
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::Null => true,
+        _ => false,
+    }
+}
+
 fn patient(pid: &Segment, config: &Value) -> (Value, Option<Value>) {
     let mut patient = Map::new();
     patient.insert("resourceType".into(), json!("Patient"));
@@ -193,12 +215,12 @@ impl Guest for Hl7v2 {
         let (event_type, trigger) = (msh.component(kind, 1), msh.component(kind, 2));
         let pid = segments.iter().find(|s| s.name() == "PID").ok_or("the message has no PID segment")?;
         let (patient, identifier) = patient(pid, &config);
-        let mut resources = vec![patient.to_string()];
+        let mut resources = vec![pruned(patient).to_string()];
         match (event_type, trigger) {
             ("ADT", "A01" | "A04" | "A08" | "A28" | "A31") => {}
             ("ORU", "R01") => {
                 for obx in segments.iter().filter(|s| s.name() == "OBX") {
-                    resources.push(observation(obx, identifier.as_ref())?.to_string());
+                    resources.push(pruned(observation(obx, identifier.as_ref())?).to_string());
                 }
             }
             _ => return Err(format!("unsupported message type {event_type}^{trigger}")),
