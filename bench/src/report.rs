@@ -92,7 +92,12 @@ impl Report {
             "{:<34} {:>10} {:>8} {:>8} {:>8}   {:<30} {:>10} {:>8}   {:>6}  target",
             "subject", "req/s", "p50 ms", "p95 ms", "p99 ms", "baseline", "req/s", "p50 ms", "ratio"
         );
+        let mut case = "";
         for c in &self.comparisons {
+            if c.case != case {
+                case = &c.case;
+                println!("[{case}]");
+            }
             let verdict = match c.met {
                 Some(true) => "met",
                 Some(false) => "MISSED",

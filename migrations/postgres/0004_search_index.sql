@@ -17,7 +17,7 @@ CREATE TABLE search_index (
 CREATE INDEX search_index_value ON search_index (res_type, param, val, sys);
 CREATE INDEX search_index_date ON search_index (res_type, param, date_lo, date_hi);
 CREATE INDEX search_index_number ON search_index (res_type, param, num);
-CREATE INDEX search_index_resource ON search_index (res_type, res_id);
+CREATE INDEX search_index_resource ON search_index (res_type, res_id, param);
 
 -- Type- and system-level history read versions newest first.
 CREATE INDEX resource_version_changed ON resource_version (last_updated_us);

@@ -99,6 +99,13 @@ async fn an_older_schema_is_migrated_on_request_and_reads_back(db: Db) {
     }
     assert_eq!(server.get("Patient/fx-pat-1").await.expect(200)["active"], true);
     server.get("Organization/fx-org-1").await.expect_outcome(410, "deleted");
+    // Data written before search existed was indexed at start-up; deleted resources were not.
+    let found = server.get("Patient?family=fixturesson&birthdate=1970-05-06").await.expect(200);
+    assert_eq!(found["entry"][0]["resource"]["id"], "fx-pat-1", "{found}");
+    let found = server.get("Observation?patient=fx-pat-1&code=http://loinc.org|8867-4").await.expect(200);
+    assert_eq!(found["entry"][0]["resource"]["id"], "fx-obs-1", "{found}");
+    let found = server.get("Organization?name=fixture").await.expect(200);
+    assert!(found.get("entry").is_none_or(|e| e.as_array().unwrap().is_empty()), "{found}");
     // The new schema works: writes, and an audit chain that verifies.
     server.put("Patient/fx-pat-1", &serde_json::json!({"resourceType": "Patient", "id": "fx-pat-1"})).await.expect(200);
     let mut verify = vec!["audit", "verify"];

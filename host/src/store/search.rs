@@ -227,10 +227,35 @@ impl Store {
         Ok(SearchPage { records, next, prev, total })
     }
 
+    /// The conditions on `h`. The most selective filter (by its kind: ids and references
+    /// first, dates and quantities last) becomes an `IN (subquery)` that drives the search;
+    /// the others are correlated `EXISTS` checks of each candidate, so a broad parameter
+    /// (`code=`, `date=ge...`) never materialises all its matches.
     fn where_clause(&self, sql: &mut Sql, types: &Types<'_>, query: &SearchQuery, scope: &SearchScope) -> String {
         let mut parts = vec![types.condition(sql, "h.res_type"), "h.deleted = 0".to_owned()];
-        for filter in query.filters.iter().chain(&scope.filters) {
-            parts.push(head_filter(sql, types, filter, "h"));
+        let mut filters: Vec<&Filter> = query.filters.iter().chain(&scope.filters).collect();
+        filters.sort_by_key(|f| selectivity_rank(f));
+        for (position, filter) in filters.into_iter().enumerate() {
+            match filter {
+                Filter::Param { param, condition, negated }
+                    if position > 0 && !param.is_special() && !matches!(condition, Condition::Missing(_)) =>
+                {
+                    let row = row_condition(sql, condition);
+                    let p = sql.text(param.code);
+                    // SQLite would otherwise pick the value index and scan every row with that
+                    // value for each candidate; PostgreSQL's planner chooses well on its own.
+                    let hint = match self.backend {
+                        super::Backend::Sqlite => " INDEXED BY search_index_resource",
+                        super::Backend::Postgres => "",
+                    };
+                    parts.push(format!(
+                        "{}EXISTS (SELECT 1 FROM search_index s{hint} WHERE s.res_type = h.res_type \
+                         AND s.res_id = h.res_id AND s.param = {p} AND ({row}))",
+                        if *negated { "NOT " } else { "" }
+                    ));
+                }
+                other => parts.push(head_filter(sql, types, other, "h")),
+            }
         }
         parts.join(" AND ")
     }
@@ -474,6 +499,12 @@ impl Store {
             progress(done, total);
             after = batch.last().cloned().unwrap_or_default();
         }
+        // Fresh planner statistics for the rebuilt index.
+        let analyze = match self.backend {
+            super::Backend::Sqlite => "PRAGMA optimize",
+            super::Backend::Postgres => "ANALYZE search_index",
+        };
+        sqlx::raw_sql(analyze).execute(&self.writer).await?;
         sqlx::query(
             "INSERT INTO search_index_state (id, fingerprint) VALUES (1, $1) \
              ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint",
@@ -567,6 +598,26 @@ fn head_filter(sql: &mut Sql, types: &Types<'_>, filter: &Filter, alias: &str) -
                  AND r.sys = {t} AND r.res_id IN ({inner_ids}))"
             )
         }
+    }
+}
+
+/// How few resources a filter is likely to match, by its kind alone (lower: fewer).
+fn selectivity_rank(filter: &Filter) -> u8 {
+    match filter {
+        Filter::Nothing => 0,
+        Filter::Param { negated: true, .. } | Filter::Param { condition: Condition::Missing(_), .. } => 9,
+        Filter::Param { param, condition, .. } => match condition {
+            _ if param.code == "_id" => 0,
+            Condition::Reference(_) | Condition::Chain { .. } => 1,
+            _ if param.is_blind() => 1,
+            Condition::String(_) => 2,
+            Condition::Token(_) => 3,
+            Condition::Composite(_) => 4,
+            _ if param.code == "_lastUpdated" => 6,
+            Condition::Date(_) | Condition::Number(_) | Condition::Quantity(_) => 5,
+            Condition::Missing(_) => 9,
+        },
+        Filter::Has { .. } => 2,
     }
 }
 
