@@ -229,7 +229,7 @@ fn set<'a>(ids: impl IntoIterator<Item = &'a String>) -> BTreeSet<String> {
 
 async fn search_table(db: Db) {
     let server = Server::start(db).await;
-    let clinic = load(&server, 60).await;
+    let clinic = load(&server, 200).await;
     let patients = &clinic.patients;
     let obs = &clinic.observations;
 

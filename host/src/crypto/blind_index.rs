@@ -94,3 +94,27 @@ mod tests {
         assert_ne!(family("Smith"), other.token("Patient.family", Normalization::Text, "Smith"), "per key");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Normalising twice changes nothing, so a stored token and a search token computed from
+        /// an already-normalised value agree.
+        #[test]
+        fn normalisation_is_idempotent(value in "\\PC{0,40}") {
+            for kind in [Normalization::Text, Normalization::Exact, Normalization::Phone, Normalization::Email] {
+                let once = normalize(kind, &value);
+                prop_assert_eq!(normalize(kind, &once), once.clone(), "{:?}", kind);
+            }
+        }
+
+        /// Case never matters for names.
+        #[test]
+        fn names_ignore_case(value in "[a-zA-Z ]{0,30}") {
+            prop_assert_eq!(normalize(Normalization::Text, &value), normalize(Normalization::Text, &value.to_uppercase()));
+        }
+    }
+}

@@ -303,8 +303,13 @@ impl Store {
             let t = sql.text(res_type);
             let list: Vec<String> = chunk.iter().map(|id| sql.text(id.clone())).collect();
             let param_list: Vec<String> = params.iter().map(|p| sql.text(*p)).collect();
+            // By resource: SQLite would otherwise walk every row of the parameter.
+            let hint = match self.backend {
+                super::Backend::Sqlite => " INDEXED BY search_index_resource",
+                super::Backend::Postgres => "",
+            };
             let mut text = format!(
-                "SELECT DISTINCT sys, val FROM search_index WHERE res_type = {t} AND res_id IN ({}) \
+                "SELECT DISTINCT sys, val FROM search_index{hint} WHERE res_type = {t} AND res_id IN ({}) \
                  AND param IN ({}) AND sys IS NOT NULL AND val IS NOT NULL",
                 list.join(", "),
                 param_list.join(", ")

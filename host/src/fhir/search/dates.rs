@@ -144,3 +144,34 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_text_parses_or_is_refused_without_panicking(text in "\\PC{0,40}") {
+            if let Some(range) = parse_date_range(&text) {
+                prop_assert!(range.lo <= range.hi);
+            }
+        }
+
+        /// Partial dates nest: a day lies within its month, which lies within its year, and a
+        /// time within its day (so `eq2024` finds everything of 2024, as the prefixes expect).
+        #[test]
+        fn partial_dates_nest(year in 1u32..9999, month in 1u32..=12, day in 1u32..=28, hour in 0u32..24, minute in 0u32..60) {
+            let y = parse_date_range(&format!("{year:04}")).unwrap();
+            let m = parse_date_range(&format!("{year:04}-{month:02}")).unwrap();
+            let d = parse_date_range(&format!("{year:04}-{month:02}-{day:02}")).unwrap();
+            let t = parse_date_range(&format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:00Z")).unwrap();
+            prop_assert!(y.lo <= m.lo && m.hi <= y.hi);
+            prop_assert!(m.lo <= d.lo && d.hi <= m.hi);
+            prop_assert!(d.lo <= t.lo && t.hi <= d.hi);
+            prop_assert_eq!(t.hi - t.lo, 999_999);
+        }
+    }
+}

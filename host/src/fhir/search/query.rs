@@ -814,3 +814,41 @@ mod tests {
         assert!(parse("Observation", "_include=Patient:organization", true).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::crypto::SecretKey;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// Whatever a client sends, parsing answers (a query or an error) and never panics.
+        #[test]
+        fn parsing_never_panics(
+            pairs in proptest::collection::vec(("[_a-z:.\\-]{0,24}", "\\PC{0,40}"), 0..6),
+            strict in any::<bool>(),
+            res_type in prop::sample::select(vec!["Patient", "Observation", "Encounter", "Basic"]),
+        ) {
+            let key = BlindIndexKey::new(SecretKey::generate());
+            let parser = Parser { key: &key, base_url: "https://h/fhir", strict };
+            let owned: Vec<(String, String)> = pairs.into_iter().collect();
+            let _ = parser.parse(vec![res_type.to_owned()], &owned);
+        }
+
+        /// Known parameters with arbitrary values: still an answer, and a malformed value is
+        /// never silently ignored.
+        #[test]
+        fn values_of_known_parameters_are_parsed_or_refused(
+            name in prop::sample::select(vec!["date", "value-quantity", "code", "subject", "identifier", "code-value-quantity", "_count", "_sort", "_include"]),
+            value in "\\PC{0,30}",
+        ) {
+            let key = BlindIndexKey::new(SecretKey::generate());
+            let parser = Parser { key: &key, base_url: "https://h/fhir", strict: false };
+            if let Err(error) = parser.parse(vec!["Observation".to_owned()], &[(name.to_owned(), value)]) {
+                prop_assert!(!error.message.is_empty());
+            }
+        }
+    }
+}
