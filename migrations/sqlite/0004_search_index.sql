@@ -3,6 +3,7 @@
 -- (names, identifiers, telecom, addresses, birth dates) are never stored here: only their
 -- HMAC blind-index tokens (hex, in `val`). Codes, references to opaque ids and clinical dates
 -- and quantities are stored plain so they can be range-searched and sorted. See docs/search.md.
+-- The value, date and number indexes are partial: a row is in only the ones its values need.
 CREATE TABLE search_index (
     res_type TEXT    NOT NULL,
     res_id   TEXT    NOT NULL,
@@ -14,9 +15,9 @@ CREATE TABLE search_index (
     date_lo  INTEGER,           -- date ranges, microseconds since the epoch, inclusive
     date_hi  INTEGER
 );
-CREATE INDEX search_index_value ON search_index (res_type, param, val, sys);
-CREATE INDEX search_index_date ON search_index (res_type, param, date_lo, date_hi);
-CREATE INDEX search_index_number ON search_index (res_type, param, num);
+CREATE INDEX search_index_value ON search_index (res_type, param, val, sys) WHERE val IS NOT NULL;
+CREATE INDEX search_index_date ON search_index (res_type, param, date_lo, date_hi) WHERE date_lo IS NOT NULL;
+CREATE INDEX search_index_number ON search_index (res_type, param, num) WHERE num IS NOT NULL;
 CREATE INDEX search_index_resource ON search_index (res_type, res_id, param);
 
 -- Type- and system-level history read versions newest first.
