@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::SharedState;
 use super::extract::{FhirBody, ReturnPreference, return_preference};
-use super::fhir::{authorize_one, fhir_json, gone, live_version, not_found, require, store_error, wake_delivery};
+use super::fhir::{fhir_json, live_version, read_live, require, store_error, wake_delivery};
 use super::gate::{authorize_write, caller};
 use super::search::{ReturnedIds, matching_ids, pairs_of, search_bundle};
 use crate::auth::{Interaction, Principal};
@@ -586,22 +586,7 @@ async fn read_entry(
     let fail = |e: FhirError| Failure::of(e, p.index);
     match &p.id {
         Some(id) => {
-            let access = principal.access(Interaction::Read, &p.res_type).map_err(fail)?;
-            let record = state
-                .store
-                .read_current(&p.res_type, id)
-                .await
-                .map_err(|e| fail(store_error(e)))?
-                .ok_or_else(|| fail(not_found(&p.res_type, id)))?;
-            if record.deleted {
-                return Err(fail(gone(&record)));
-            }
-            if !access.is_unrestricted() {
-                let content: Map<String, Value> =
-                    record.body.as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
-                require(&access, &p.res_type, id, &content).map_err(fail)?;
-            }
-            let record = match authorize_one(state, caller, PolicyInteraction::Read, record).await.map_err(fail)? {
+            let record = match read_live(state, principal, caller, &p.res_type, id).await.map_err(fail)? {
                 Ok(record) => record,
                 Err(response) => return Err(Failure::of_response(response).await),
             };

@@ -2,8 +2,6 @@
 //! system-level `_history`. Both page with opaque cursors and pass every record through the
 //! token's reach and the policy plugins, like search.
 
-use std::collections::BTreeMap;
-
 use axum::Extension;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -13,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::SharedState;
 use super::fhir::{fhir_json, store_error};
-use super::gate::{authorize_records, caller};
+use super::gate::{admit_records, caller};
 use super::search::{ReturnedIds, pairs_of};
 use crate::auth::{Interaction, Principal, forbidden};
 use crate::fhir::bundle::{Link, history_bundle};
@@ -22,8 +20,8 @@ use crate::fhir::instant::{now_us, parse_instant, to_fhir_instant};
 use crate::fhir::outcome::{FhirError, IssueType};
 use crate::fhir::resource::{check_id, check_type_name};
 use crate::fhir::resource_types::is_resource_type;
-use crate::policy::{Caller, PolicyInteraction};
-use crate::store::{StoreError, VersionRecord};
+use crate::policy::PolicyInteraction;
+use crate::store::StoreError;
 
 const DEFAULT_COUNT: usize = 100;
 const MAX_COUNT: usize = 1000;
@@ -94,41 +92,6 @@ fn page_url(base: &str, path: &str, paging: &Paging, cursor: Option<&str>) -> St
     format!("{base}/{path}?{}", query.finish())
 }
 
-/// Keeps the records the token may read and the policies allow (redacted as obliged);
-/// deletion markers only for principals who reach the whole type.
-async fn admit(
-    state: &SharedState,
-    principal: &Principal,
-    caller: &Caller,
-    interaction: PolicyInteraction,
-    records: Vec<VersionRecord>,
-) -> Result<Vec<VersionRecord>, FhirError> {
-    let mut by_type: BTreeMap<String, Vec<(usize, VersionRecord)>> = BTreeMap::new();
-    for (position, record) in records.into_iter().enumerate() {
-        let Ok(access) = principal.access(Interaction::Read, &record.res_type) else { continue };
-        if !access.is_unrestricted() {
-            let content = record.body.as_deref().and_then(|b| serde_json::from_slice(b).ok());
-            if !content.is_some_and(|c| access.permits(&record.res_type, &record.id, &c)) {
-                continue;
-            }
-        }
-        by_type.entry(record.res_type.clone()).or_default().push((position, record));
-    }
-    let mut kept = Vec::new();
-    for (res_type, group) in by_type {
-        match state.plugins.policies.plan(&res_type, interaction) {
-            None => kept.extend(group),
-            Some(plan) => {
-                let (positions, records): (Vec<usize>, Vec<VersionRecord>) = group.into_iter().unzip();
-                let judged = authorize_records(state, caller, &plan, interaction, &res_type, records).await?;
-                kept.extend(positions.into_iter().zip(judged).filter_map(|(p, r)| r.ok().map(|r| (p, r))));
-            }
-        }
-    }
-    kept.sort_by_key(|(position, _)| *position);
-    Ok(kept.into_iter().map(|(_, r)| r).collect())
-}
-
 /// `GET /Patient/{id}/$everything`: the patient and every current record in their
 /// compartment (everything sealed under their data key), by type and id, paged.
 pub async fn everything(
@@ -167,7 +130,8 @@ pub async fn everything(
         })?;
     let next = more.then(|| records.last().map(|r| encode_cursor(&[r.res_type.clone(), r.id.clone()]))).flatten();
     let caller = caller(principal, headers)?;
-    let records = admit(state, principal, &caller, PolicyInteraction::Read, records).await?;
+    let reach = |t: &str| principal.access(Interaction::Read, t).ok();
+    let records = admit_records(state, &caller, PolicyInteraction::Read, records, &reach).await?;
     let base = &state.settings.base_url;
     let path = format!("Patient/{id}/$everything");
     let mut links = vec![json!({"relation": "self", "url": page_url(base, &path, &paging, paging.cursor.as_deref())})];
@@ -260,7 +224,8 @@ async fn history(
         })
         .flatten();
     let caller = caller(principal, headers)?;
-    let versions = admit(state, principal, &caller, PolicyInteraction::History, versions).await?;
+    let reach = |t: &str| principal.access(Interaction::Read, t).ok();
+    let versions = admit_records(state, &caller, PolicyInteraction::History, versions, &reach).await?;
     let base = &state.settings.base_url;
     let path = res_type.map_or_else(|| "_history".to_owned(), |t| format!("{t}/_history"));
     let mut links = vec![Link { relation: "self", url: page_url(base, &path, &paging, paging.cursor.as_deref()) }];

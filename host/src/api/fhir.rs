@@ -70,10 +70,8 @@ async fn create(
             [] => {}
             [existing] => {
                 // Already there: answer with it (as a read would), and create nothing.
-                let record = state.store.read_current(&res_type, existing).await.map_err(store_error)?;
-                let record = record.filter(|r| !r.deleted).ok_or_else(|| not_found(&res_type, existing))?;
                 let caller = caller(&principal, &headers)?;
-                return match authorize_one(&state, &caller, PolicyInteraction::Read, record).await? {
+                return match read_live(&state, &principal, &caller, &res_type, existing).await? {
                     Ok(record) => Ok(record_response(record)),
                     Err(response) => Ok(response),
                 };
@@ -347,19 +345,8 @@ async fn read(
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
-    let access = principal.access(Interaction::Read, &res_type)?;
-    let record = state
-        .store
-        .read_current(&res_type, &id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| not_found(&res_type, &id))?;
-    if record.deleted {
-        return Err(gone(&record));
-    }
-    require_record(&access, &record)?;
     let caller = caller(&principal, &headers)?;
-    let record = match authorize_one(&state, &caller, PolicyInteraction::Read, record).await? {
+    let record = match read_live(&state, &principal, &caller, &res_type, &id).await? {
         Ok(record) => record,
         Err(response) => return Ok(response),
     };
@@ -592,6 +579,26 @@ async fn history(
         FhirError::internal()
     })?;
     Ok(fhir_json(StatusCode::OK, bundle))
+}
+
+/// The current version of `res_type/id` as `principal` may read it: 404, 410 or 403 as
+/// errors, a policy denial as the response to send (`Ok(Err(..))`), else the (possibly
+/// redacted) record. Shared by reads, Bundle GET entries and conditional creates.
+pub(super) async fn read_live(
+    state: &SharedState,
+    principal: &Principal,
+    caller: &crate::policy::Caller,
+    res_type: &str,
+    id: &str,
+) -> Result<Result<VersionRecord, Response>, FhirError> {
+    let access = principal.access(Interaction::Read, res_type)?;
+    let record =
+        state.store.read_current(res_type, id).await.map_err(store_error)?.ok_or_else(|| not_found(res_type, id))?;
+    if record.deleted {
+        return Err(gone(&record));
+    }
+    require_record(&access, &record)?;
+    authorize_one(state, caller, PolicyInteraction::Read, record).await
 }
 
 /// Runs the read policies on one record: the (possibly redacted) record, or the denial.

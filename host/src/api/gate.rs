@@ -6,7 +6,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::SharedState;
-use crate::auth::{BREAK_GLASS_ROLE, Principal, forbidden};
+use std::collections::BTreeMap;
+
+use crate::auth::{Access, BREAK_GLASS_ROLE, Principal, forbidden};
 use crate::fhir::compartment::data_key_id;
 use crate::fhir::outcome::{FhirError, IssueType};
 use crate::plugins::bindings::types::{Severity, SubjectResource};
@@ -123,6 +125,47 @@ pub async fn authorize_records(
             }
         })
         .collect())
+}
+
+/// Keeps, in order, the records within `reach` (the access a type gives this caller; `None`:
+/// the type is out of reach) and allowed by the policies bound to `interaction`, redacted as
+/// obliged. Restricted access is checked record by record (deletion markers, having no content
+/// to judge, pass only unrestricted access); the policies judge each type's records in one
+/// batch call. Denied records are left out.
+pub async fn admit_records(
+    state: &SharedState,
+    caller: &Caller,
+    interaction: PolicyInteraction,
+    records: Vec<VersionRecord>,
+    reach: &(dyn Fn(&str) -> Option<Access> + Sync),
+) -> Result<Vec<VersionRecord>, FhirError> {
+    let mut accesses: BTreeMap<String, Option<Access>> = BTreeMap::new();
+    let mut by_type: BTreeMap<String, Vec<(usize, VersionRecord)>> = BTreeMap::new();
+    for (position, record) in records.into_iter().enumerate() {
+        let access = accesses.entry(record.res_type.clone()).or_insert_with(|| reach(&record.res_type));
+        let Some(access) = access else { continue };
+        if !access.is_unrestricted() {
+            let content: Option<Map<String, Value>> =
+                record.body.as_deref().and_then(|b| serde_json::from_slice(b).ok());
+            if !content.is_some_and(|c| access.permits(&record.res_type, &record.id, &c)) {
+                continue;
+            }
+        }
+        by_type.entry(record.res_type.clone()).or_default().push((position, record));
+    }
+    let mut kept: Vec<(usize, VersionRecord)> = Vec::new();
+    for (res_type, group) in by_type {
+        match state.plugins.policies.plan(&res_type, interaction) {
+            None => kept.extend(group),
+            Some(plan) => {
+                let (positions, records): (Vec<usize>, Vec<VersionRecord>) = group.into_iter().unzip();
+                let judged = authorize_records(state, caller, &plan, interaction, &res_type, records).await?;
+                kept.extend(positions.into_iter().zip(judged).filter_map(|(p, r)| r.ok().map(|r| (p, r))));
+            }
+        }
+    }
+    kept.sort_by_key(|(position, _)| *position);
+    Ok(kept.into_iter().map(|(_, r)| r).collect())
 }
 
 /// Runs the write policies (authorize, then validate) on an incoming resource. `Err` is the

@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::SharedState;
 use super::fhir::{fhir_json, store_error};
-use super::gate::{authorize_records, caller};
+use super::gate::{admit_records, caller};
 use crate::auth::{Access, Interaction, Principal};
 use crate::fhir::instant::{now_us, to_fhir_instant};
 use crate::fhir::outcome::{FhirError, IssueType};
@@ -27,7 +27,7 @@ use crate::fhir::search::query::{
     Condition, Filter, Include, MAX_INCLUDE_DEPTH, Parser, SearchError, SearchQuery, Summary, Total,
 };
 use crate::fhir::search::registry::{self, Kind};
-use crate::policy::{Caller, PolicyInteraction};
+use crate::policy::PolicyInteraction;
 use crate::store::{SearchScope, VersionRecord};
 
 /// Included resources (`_include`, `_revinclude`) per page at most; beyond, the search is
@@ -282,7 +282,8 @@ pub(super) async fn search_bundle(
     })?;
 
     // Matches: re-check against the token, then the policies.
-    let matches = admit(state, &caller, &type_access, page.records).await?;
+    let reach = |t: &str| type_access.get(t).map(|a| a.access.clone());
+    let matches = admit_records(state, &caller, PolicyInteraction::Search, page.records, &reach).await?;
     let included = if query.includes.is_empty() && query.revincludes.is_empty() {
         Vec::new()
     } else {
@@ -294,7 +295,8 @@ pub(super) async fn search_bundle(
                 reachable.insert(t, TypeAccess { access, scoped_in_sql });
             }
         }
-        admit(state, &caller, &reachable, found).await?
+        let reach = |t: &str| reachable.get(t).map(|a| a.access.clone());
+        admit_records(state, &caller, PolicyInteraction::Search, found, &reach).await?
     };
 
     let base = &state.settings.base_url;
@@ -415,41 +417,6 @@ fn restrict_in_sql(parser: &Parser<'_>, res_type: &str, access: &Access, filters
         }
     }
     complete
-}
-
-/// Keeps the records the token reaches and the policies allow (redacted as obliged).
-async fn admit(
-    state: &SharedState,
-    caller: &Caller,
-    accesses: &BTreeMap<String, TypeAccess>,
-    records: Vec<VersionRecord>,
-) -> Result<Vec<VersionRecord>, FhirError> {
-    let mut by_type: BTreeMap<String, Vec<(usize, VersionRecord)>> = BTreeMap::new();
-    for (position, record) in records.into_iter().enumerate() {
-        let Some(type_access) = accesses.get(&record.res_type) else { continue };
-        if !type_access.access.is_unrestricted() {
-            let content: Option<Map<String, Value>> =
-                record.body.as_deref().and_then(|b| serde_json::from_slice(b).ok());
-            if !content.is_some_and(|c| type_access.access.permits(&record.res_type, &record.id, &c)) {
-                continue;
-            }
-        }
-        by_type.entry(record.res_type.clone()).or_default().push((position, record));
-    }
-    let mut kept: Vec<(usize, VersionRecord)> = Vec::new();
-    for (res_type, group) in by_type {
-        match state.plugins.policies.plan(&res_type, PolicyInteraction::Search) {
-            None => kept.extend(group),
-            Some(plan) => {
-                let (positions, records): (Vec<usize>, Vec<VersionRecord>) = group.into_iter().unzip();
-                let judged =
-                    authorize_records(state, caller, &plan, PolicyInteraction::Search, &res_type, records).await?;
-                kept.extend(positions.into_iter().zip(judged).filter_map(|(p, r)| r.ok().map(|r| (p, r))));
-            }
-        }
-    }
-    kept.sort_by_key(|(position, _)| *position);
-    Ok(kept.into_iter().map(|(_, r)| r).collect())
 }
 
 /// The resources `_include` and `_revinclude` add to a page of matches, iterating (for

@@ -391,13 +391,7 @@ impl Store {
             conditions.join(" AND ")
         );
         let rows = sql.query(text).fetch_all(&self.reader).await?;
-        let more = rows.len() > limit;
-        let mut records = Vec::with_capacity(rows.len().min(limit));
-        for row in rows.iter().take(limit) {
-            let (res_type, id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
-            records.push(self.version_record_at(&res_type, &id, row, 2)?);
-        }
-        Ok((records, more))
+        self.version_page(&rows, limit, false)
     }
 
     /// Versions of every resource (of `res_type`, if given), newest first: those changed at
@@ -434,18 +428,28 @@ impl Store {
             conditions.join(" AND ")
         );
         let rows = sql.query(text).fetch_all(&self.reader).await?;
-        let more = rows.len() > limit;
+        // Erased records stay erased in history too.
+        self.version_page(&rows, limit, true)
+    }
+
+    /// Decodes up to `limit` rows of (type, id, version columns...) into records, and whether
+    /// more rows followed. Erased records are skipped if `skip_erased`, an error otherwise.
+    fn version_page(
+        &self,
+        rows: &[sqlx::any::AnyRow],
+        limit: usize,
+        skip_erased: bool,
+    ) -> Result<(Vec<VersionRecord>, bool), StoreError> {
         let mut records = Vec::with_capacity(rows.len().min(limit));
         for row in rows.iter().take(limit) {
             let (res_type, id): (String, String) = (row.try_get(0)?, row.try_get(1)?);
             match self.version_record_at(&res_type, &id, row, 2) {
                 Ok(record) => records.push(record),
-                // Erased records stay erased in history too.
-                Err(StoreError::Erased) => {}
+                Err(StoreError::Erased) if skip_erased => {}
                 Err(other) => return Err(other),
             }
         }
-        Ok((records, more))
+        Ok((records, rows.len() > limit))
     }
 
     /// Whether the index was built with the registry whose fingerprint is `fingerprint`.
