@@ -408,7 +408,9 @@ impl Store {
             return Ok(None);
         }
         insert_version(tx, res_type, id, version, last_updated_us, Some((key_id, &sealed))).await?;
-        search::replace_index(tx, res_type, id, &search::index_entries_of(res_type, &body, index_key)).await?;
+        let entries = search::index_entries_of(res_type, &body, index_key);
+        // A resource that never existed has no rows to replace.
+        search::write_index(tx, res_type, id, &entries, head.is_some()).await?;
         let (kind, targets) = if live.is_none() { ("created", &events.created) } else { ("updated", &events.updated) };
         plugins::enqueue_events(tx, targets, res_type, id, version, kind, last_updated_us).await?;
         Ok(Some(WriteResult { version, last_updated_us, body, created: live.is_none() }))
@@ -460,7 +462,7 @@ impl Store {
             }
             insert_version(&mut tx, item.res_type, item.id, 1, last_updated_us, Some((item.key_id, &sealed))).await?;
             let entries = search::index_entries_of(item.res_type, &body, &index_key);
-            search::replace_index(&mut tx, item.res_type, item.id, &entries).await?;
+            search::write_index(&mut tx, item.res_type, item.id, &entries, false).await?;
             plugins::enqueue_events(&mut tx, item.events, item.res_type, item.id, 1, "created", last_updated_us)
                 .await?;
             written.push(WriteResult { version: 1, last_updated_us, body, created: true });
@@ -768,7 +770,7 @@ async fn delete_in(
         return Ok(None);
     }
     insert_version(tx, res_type, id, version, last_updated_us, None).await?;
-    search::replace_index(tx, res_type, id, &[]).await?;
+    search::write_index(tx, res_type, id, &[], true).await?;
     plugins::enqueue_events(tx, events, res_type, id, version, "deleted", last_updated_us).await?;
     Ok(Some(DeleteResult::Deleted { version }))
 }

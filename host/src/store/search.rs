@@ -501,7 +501,7 @@ impl Store {
                     Ok(None) | Err(StoreError::Erased) => Vec::new(),
                     Err(other) => return Err(other),
                 };
-                replace_index(&mut tx, res_type, id, &entries).await?;
+                write_index(&mut tx, res_type, id, &entries, true).await?;
             }
             tx.commit().await?;
             done += batch.len() as u64;
@@ -537,18 +537,22 @@ pub(super) fn index_entries_of(
     }
 }
 
-/// Replaces the index rows of one resource inside a write transaction.
-pub(super) async fn replace_index(
+/// Writes the index rows of one resource inside a write transaction, first removing its old
+/// rows when it `existed` before (a new resource has none).
+pub(super) async fn write_index(
     conn: &mut AnyConnection,
     res_type: &str,
     id: &str,
     entries: &[IndexEntry],
+    existed: bool,
 ) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM search_index WHERE res_type = $1 AND res_id = $2")
-        .bind(res_type)
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    if existed {
+        sqlx::query("DELETE FROM search_index WHERE res_type = $1 AND res_id = $2")
+            .bind(res_type)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+    }
     for chunk in entries.chunks(INSERT_CHUNK) {
         let mut sql = Sql::default();
         let mut rows = Vec::with_capacity(chunk.len());
