@@ -42,6 +42,10 @@ enum Command {
         /// Where to write the JSON report.
         #[arg(long, default_value = "bench/results/latest.json")]
         output: PathBuf,
+        /// Patients (each with 10 observations) loaded for cases 4 and 5; default 1,000 in
+        /// quick mode and 100,000 in full mode.
+        #[arg(long)]
+        search_patients: Option<usize>,
     },
     /// The TLS floor: axum on Hearth's own TLS listener, returning a fixed small JSON.
     Floor {
@@ -64,8 +68,8 @@ fn main() {
             let settings = (*args).resolve().unwrap_or_else(|e| panic!("{e}"));
             runtime.block_on(hearth::serve::run(settings)).unwrap_or_else(|e| panic!("{e}"));
         }
-        Command::All { quick, concurrency, postgres_url, cases, output } => {
-            runtime.block_on(all(quick, concurrency, &postgres_url, &cases, &output));
+        Command::All { quick, concurrency, postgres_url, cases, output, search_patients } => {
+            runtime.block_on(all(quick, concurrency, &postgres_url, &cases, &output, search_patients));
         }
     }
 }
@@ -130,7 +134,14 @@ fn client_for(scratch: &Scratch, name: &str, concurrency: usize) -> reqwest::Cli
     load::client(&data.join("tls/ca.pem"), concurrency, Some(&token))
 }
 
-async fn all(quick: bool, concurrency: usize, postgres_url: &str, cases: &[u32], output: &Path) {
+async fn all(
+    quick: bool,
+    concurrency: usize,
+    postgres_url: &str,
+    cases: &[u32],
+    output: &Path,
+    search_patients: Option<usize>,
+) {
     let wanted = |case: u32| cases.is_empty() || cases.contains(&case);
     let spec = if quick {
         LoadSpec {
@@ -280,7 +291,8 @@ async fn all(quick: bool, concurrency: usize, postgres_url: &str, cases: &[u32],
 
     // Case 5 (search over a loaded data set) and the transaction-Bundle part of case 4.
     if wanted(4) || wanted(5) {
-        let (patients, per_patient) = if quick { (1_000, 10) } else { (100_000, 10) };
+        let patients = search_patients.unwrap_or(if quick { 1_000 } else { 100_000 });
+        let per_patient = 10;
         eprintln!(
             "case 4/5: ingest {patients} patients x {per_patient} observations as transaction Bundles, then search"
         );
