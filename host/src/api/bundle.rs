@@ -152,9 +152,7 @@ pub async fn bundle(
         "type": format!("{kind}-response"),
         "entry": entry,
     });
-    let mut response = fhir_json(StatusCode::OK, serde_json::to_vec(&bundle).map_err(|_| FhirError::internal())?);
-    response.extensions_mut().insert(ReturnedIds(returned));
-    Ok(response)
+    ReturnedIds(returned).respond(&bundle)
 }
 
 /// Batch entries run one by one; their errors name entry 0 of a one-entry run: fix the index.

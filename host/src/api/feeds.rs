@@ -158,9 +158,7 @@ pub async fn everything(
         "link": links,
         "entry": entries,
     });
-    let mut response = fhir_json(StatusCode::OK, serde_json::to_vec(&bundle).map_err(|_| FhirError::internal())?);
-    response.extensions_mut().insert(ReturnedIds(returned));
-    Ok(response)
+    ReturnedIds(returned).respond(&bundle)
 }
 
 /// `GET /{type}/_history`

@@ -40,6 +40,15 @@ const MAX_SYSTEM_TYPES: usize = 20;
 #[derive(Debug, Clone)]
 pub struct ReturnedIds(pub Vec<String>);
 
+impl ReturnedIds {
+    /// A 200 answer with `bundle`, carrying these ids for the audit entry.
+    pub fn respond(self, bundle: &Value) -> Result<Response, FhirError> {
+        let mut response = fhir_json(StatusCode::OK, serde_json::to_vec(bundle).map_err(|_| FhirError::internal())?);
+        response.extensions_mut().insert(self);
+        Ok(response)
+    }
+}
+
 pub async fn search_type(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
@@ -229,9 +238,7 @@ async fn run(
     path: &str,
 ) -> Result<Response, FhirError> {
     let (bundle, returned) = search_bundle(state, principal, headers, types, pairs, compartment, path).await?;
-    let mut response = fhir_json(StatusCode::OK, serde_json::to_vec(&bundle).map_err(|_| FhirError::internal())?);
-    response.extensions_mut().insert(ReturnedIds(returned));
-    Ok(response)
+    ReturnedIds(returned).respond(&bundle)
 }
 
 /// Runs a search: the searchset Bundle and the `Type/id` of every resource in it.
