@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::audit::{AuditEvent, AuditSigner, Outcome, canonical_entry, verify_chain};
+use crate::audit::{AuditEvent, AuditSigner, Outcome, verify_chain};
 use crate::config::StorageSettings;
 use crate::crypto::{FileKeyProvider, KeyError, KeyProvider};
 use crate::fhir::compartment::patient_key_id;
@@ -100,7 +100,7 @@ async fn audit_cli_action(
         resource_id: resource_id.map(str::to_owned),
         ..AuditEvent::default()
     };
-    store.append_audit(1, &|_, seq| canonical_entry(seq, &event)).await?;
+    store.append_audit(&[&event]).await?;
     Ok(())
 }
 

@@ -118,6 +118,24 @@ async fn ensure_search_index(store: &Store) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Gives audit entries written before the audit lookups existed their lookup rows, so
+/// `GET /AuditEvent` finds them too.
+async fn index_audit_backlog(store: &Store) -> Result<(), StartError> {
+    let last_logged = std::sync::atomic::AtomicU64::new(0);
+    let done = store
+        .index_audit_backlog(&|done, total| {
+            let tenth = u64::try_from((done * 10).checked_div(total).unwrap_or(10)).unwrap_or(10);
+            if last_logged.swap(tenth, std::sync::atomic::Ordering::Relaxed) != tenth {
+                tracing::info!(done, total, "audit lookups: {}% of the older entries indexed", tenth * 10);
+            }
+        })
+        .await?;
+    if done > 0 {
+        tracing::info!(entries = done, "audit lookups ready");
+    }
+    Ok(())
+}
+
 /// The key provider the settings name.
 pub fn key_provider(settings: &StorageSettings) -> Box<dyn KeyProvider> {
     match &settings.keys {
@@ -149,6 +167,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
     let tokens = Arc::new(token_verifier(&settings)?);
     let signer = crate::audit::AuditSigner::load(&settings.storage.audit_key, true)?;
     let store = open_store(&settings.storage).await?;
+    index_audit_backlog(&store).await?;
     let audit = crate::audit::AuditLog::start(store.clone(), signer, settings.audit_checkpoint_every);
     tracing::info!(backend = store.backend().name(), "database ready");
     ensure_search_index(&store).await?;

@@ -7,7 +7,11 @@ use sqlx::Row;
 use crate::harness::{Db, Launch, Server};
 use crate::on_both_databases;
 
-on_both_databases!(every_request_is_audited_without_clinical_content, verify_catches_each_kind_of_tampering);
+on_both_databases!(
+    every_request_is_audited_without_clinical_content,
+    verify_catches_each_kind_of_tampering,
+    the_audit_log_is_searchable_as_fhir_audit_events
+);
 
 fn verify(server: &Server) -> (bool, String) {
     let output = server.hearth(&["audit", "verify"]);
@@ -179,4 +183,134 @@ async fn verify_catches_each_kind_of_tampering(db: Db) {
     sqlx::query("DELETE FROM audit_entry WHERE seq > 21").execute(&mut conn).await.unwrap();
     let (ok, text) = verify(&server);
     assert!(!ok && text.contains("ends at entry 21 but 23"), "{text}");
+}
+
+/// The `AuditEvent` resources of a search Bundle (its matches), newest first unless sorted.
+fn matches(bundle: &Value) -> Vec<Value> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| {
+            entries.iter().filter(|e| e["search"]["mode"] == "match").map(|e| e["resource"].clone()).collect()
+        })
+        .unwrap_or_default()
+}
+
+fn subtypes(events: &[Value]) -> Vec<String> {
+    events.iter().map(|e| e["subtype"][0]["code"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn the_audit_log_is_searchable_as_fhir_audit_events(db: Db) {
+    let server = Server::start(db).await;
+    // A clinic's morning: e2e-tester registers two patients and an observation; dr-b reads.
+    let secret_name = "Quillingsworth";
+    server
+        .put("Patient/ae-p1", &json!({"resourceType": "Patient", "id": "ae-p1", "name": [{"family": secret_name}]}))
+        .await
+        .expect(201);
+    server.put("Patient/ae-p2", &json!({"resourceType": "Patient", "id": "ae-p2"})).await.expect(201);
+    let created = server
+        .post(
+            "Observation",
+            &json!({"resourceType": "Observation", "status": "final", "code": {"text": "bp"},
+            "subject": {"reference": "Patient/ae-p1"}}),
+        )
+        .await;
+    created.expect(201);
+    let observation = created.header("location").unwrap().split('/').nth_back(2).unwrap().to_owned();
+    let dr_b = server.client_as("dr-b", "user/*.rs");
+    server.send(dr_b.get(server.url(&format!("Observation/{observation}")))).await.expect(200);
+    server.send(dr_b.get(server.url("Observation?subject=Patient/ae-p1"))).await.expect(200);
+    server.send(dr_b.get(server.url("Patient/ae-p2"))).await.expect(200);
+    server
+        .send(dr_b.post(server.url("Patient")).header("content-type", "application/fhir+json").body("{}"))
+        .await
+        .expect_outcome(403, "forbidden");
+    let before_queries = crate::harness::fhir_now();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    // Only an auditor reads the log, and nobody writes it.
+    server.get("AuditEvent").await.expect_outcome(403, "forbidden");
+    let auditor = server.client_as("auditor-1", "admin/audit");
+    let post = auditor.post(server.url("AuditEvent")).header("content-type", "application/fhir+json");
+    server.send(post.body(r#"{"resourceType":"AuditEvent"}"#)).await.expect_outcome(405, "not-supported");
+    server.send(auditor.delete(server.url("AuditEvent/1"))).await.expect_outcome(405, "not-supported");
+    server.get("Patient/ae-p1/AuditEvent").await.expect_outcome(405, "not-supported");
+    let search = |query: &str| server.send(auditor.get(server.url(&format!("AuditEvent?{query}"))));
+
+    // Who saw patient ae-p1's records: dr-b's read of the observation (found through the
+    // record's compartment) and the search that returned it.
+    let seen = matches(&search("patient=Patient/ae-p1&agent=dr-b").await.expect(200));
+    assert_eq!(subtypes(&seen), ["search-type", "read"], "{seen:#?}");
+    let read = &seen[1];
+    assert_eq!(read["action"], "R");
+    assert_eq!(read["outcome"], "0");
+    assert_eq!(read["agent"][0]["who"]["identifier"]["value"], "dr-b");
+    assert_eq!(read["agent"][0]["network"]["address"], "127.0.0.1");
+    let references: Vec<&str> =
+        read["entity"].as_array().unwrap().iter().filter_map(|e| e["what"]["reference"].as_str()).collect();
+    assert!(references.contains(&format!("Observation/{observation}/_history/1").as_str()), "{references:?}");
+    assert!(references.contains(&"Patient/ae-p1"), "{references:?}");
+    // Everything that touched the patient, by anyone, oldest first (the refused compartment
+    // search for AuditEvents too).
+    let all = matches(&search("patient=ae-p1&_sort=date").await.expect(200));
+    assert_eq!(subtypes(&all), ["update", "create", "read", "search-type", "search-compartment"], "{all:#?}");
+    // What happened to one resource.
+    let observed = matches(&search(&format!("entity=Observation/{observation}&_sort=date")).await.expect(200));
+    assert_eq!(subtypes(&observed), ["create", "read", "search-type"]);
+    // Denials, and combinations (AND across parameters, OR within one).
+    let denied = matches(&search("outcome=8&agent=dr-b").await.expect(200));
+    assert_eq!(subtypes(&denied), ["create"]);
+    assert_eq!(denied[0]["agent"][0]["policy"][0], "scope");
+    let both = matches(&search("agent=dr-b&subtype=read,create").await.expect(200));
+    assert_eq!(subtypes(&both), ["create", "read", "read"]);
+    assert!(matches(&search("agent=dr-b&entity-type=Practitioner").await.expect(200)).is_empty());
+
+    // Paging through everything before the queries, two at a time, matches the chain.
+    let exported = export(&server);
+    let expected: Vec<i64> = exported
+        .iter()
+        .filter(|e| e["at"].as_str().unwrap() <= before_queries.as_str())
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(expected.len(), 7);
+    let mut url = server.url(&format!("AuditEvent?date=le{before_queries}&_sort=date&_count=2"));
+    let mut paged = Vec::new();
+    for _ in 0..10 {
+        let page = server.send(auditor.get(&url)).await.expect(200);
+        paged.extend(matches(&page).iter().map(|e| e["id"].as_str().unwrap().parse::<i64>().unwrap()));
+        let next = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next").cloned();
+        match next {
+            Some(link) => url = link["url"].as_str().unwrap().to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(paged, expected);
+    let newest_first = matches(&search(&format!("date=le{before_queries}")).await.expect(200));
+    assert_eq!(newest_first.first().unwrap()["id"].as_str().unwrap(), expected.last().unwrap().to_string());
+    assert!(matches(&search("date=lt2000-01-01").await.expect(200)).is_empty());
+
+    // One entry by id; the chain hash ties it to the verified chain.
+    let one = server.send(auditor.get(server.url(&format!("AuditEvent/{}", expected[0])))).await.expect(200);
+    assert_eq!(
+        (one["resourceType"].as_str(), one["subtype"][0]["code"].as_str()),
+        (Some("AuditEvent"), Some("update"))
+    );
+    assert_eq!(one["extension"][0]["valueString"].as_str().map(str::len), Some(64));
+    server.send(auditor.get(server.url("AuditEvent/999999"))).await.expect_outcome(404, "not-found");
+
+    // Unknown parameters: reported (lenient) or refused (strict); bad values refused.
+    let lenient = search("family=x").await.expect(200);
+    assert!(lenient.to_string().contains("ignored parameters"), "{lenient}");
+    let strict = auditor.get(server.url("AuditEvent?family=x")).header("prefer", "handling=strict");
+    server.send(strict).await.expect_outcome(400, "value");
+    search("date=yesterday").await.expect_outcome(400, "value");
+    search("_count=100000").await.expect_outcome(400, "value");
+
+    // Reading the log is audited too, and nothing clinical is in any of it.
+    let reads = matches(&search("agent=auditor-1&subtype=search-type&_count=1000").await.expect(200));
+    assert!(reads.len() >= 10, "{}", reads.len());
+    let everything = search("_count=1000").await.expect(200).to_string();
+    assert!(!everything.contains(secret_name));
+    let (ok, text) = verify(&server);
+    assert!(ok, "{text}");
 }

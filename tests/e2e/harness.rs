@@ -184,6 +184,11 @@ impl Server {
         dev_token(&self.data_dir, scope, patient)
     }
 
+    /// A client whose token names subject `sub` with `scope`.
+    pub fn client_as(&self, sub: &str, scope: &str) -> reqwest::Client {
+        self.client_with(Some(&dev_token_for(&self.data_dir, sub, scope, None, &[])))
+    }
+
     /// A client for this server carrying `token` (or none).
     pub fn client_with(&self, token: Option<&str>) -> reqwest::Client {
         client_trusting(&self.ca, false, token)
@@ -429,8 +434,13 @@ pub fn dev_token(data_dir: &Path, scope: &str, patient: Option<&str>) -> String 
 
 /// [`dev_token`] with roles (`--role`).
 pub fn dev_token_with_roles(data_dir: &Path, scope: &str, patient: Option<&str>, roles: &[&str]) -> String {
+    dev_token_for(data_dir, "e2e-tester", scope, patient, roles)
+}
+
+/// A dev token for subject `sub`.
+pub fn dev_token_for(data_dir: &Path, sub: &str, scope: &str, patient: Option<&str>, roles: &[&str]) -> String {
     let data = data_dir.to_str().unwrap();
-    let mut args = vec!["token", "issue", "--data-dir", data, "--sub", "e2e-tester", "--scope", scope, "--ttl", "1h"];
+    let mut args = vec!["token", "issue", "--data-dir", data, "--sub", sub, "--scope", scope, "--ttl", "1h"];
     if let Some(patient) = patient {
         args.extend(["--patient", patient]);
     }
@@ -554,4 +564,18 @@ impl TestIssuer {
             "iss": self.iss, "aud": self.audience, "sub": sub, "scope": scope, "iat": now, "exp": now + 600
         }))
     }
+}
+
+/// The current UTC time as a FHIR instant to the second (`2026-11-28T10:00:00Z`).
+pub fn fhir_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    )
 }

@@ -45,7 +45,7 @@ pub fn component(crate_name: &str) -> Vec<u8> {
     std::fs::read(plugin_dir().join(format!("hearth_plugin_{crate_name}.wasm"))).expect("plugin component")
 }
 
-fn admin(server: &Server) -> reqwest::Client {
+pub fn admin(server: &Server) -> reqwest::Client {
     server.client_with(Some(&server.token("admin/plugins", None)))
 }
 
@@ -81,7 +81,7 @@ pub fn policies(text: &str) -> tempfile::TempDir {
     dir
 }
 
-fn with_policies(dir: &Path) -> Launch {
+pub fn with_policies(dir: &Path) -> Launch {
     Launch { extra_args: vec!["--policies".into(), dir.to_str().unwrap().into()], ..Launch::default() }
 }
 
@@ -89,7 +89,7 @@ async fn reload(server: &Server) -> Reply {
     server.send(admin(server).post(server.url("admin/policies/reload"))).await
 }
 
-fn id_from_location(reply: &Reply) -> String {
+pub fn id_from_location(reply: &Reply) -> String {
     let location = reply.header("location").expect("Location header");
     location.split('/').rev().nth(2).expect("id in Location").to_owned()
 }
@@ -246,6 +246,37 @@ async fn policy_plugins_change_real_responses(db: Db) {
     let after = reported[1]["seq"].as_i64().unwrap();
     let later = server.send(auditor.get(server.url(&format!("admin/break-glass?after={after}")))).await.expect(200);
     assert_eq!(later["entries"], json!([]));
+    // A second person reviews the access; the verdict goes into the chain.
+    let access = reported[0]["seq"].as_i64().unwrap();
+    let review = |client: &reqwest::Client, seq: i64, body: Value| {
+        client
+            .post(server.url(&format!("admin/break-glass/{seq}/review")))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+    };
+    let verdict = json!({"decision": "acknowledged", "comment": "ED admission confirmed with the attending"});
+    let own = review(&auditor, access, verdict.clone());
+    let message = server.send(own).await.expect_outcome(409, "conflict");
+    assert!(message.contains("someone other"), "{message}");
+    let officer = server.client_as("privacy-officer", "admin/audit");
+    let bad = review(&officer, access, json!({"decision": "fine", "comment": "x"}));
+    server.send(bad).await.expect_outcome(400, "value");
+    server.send(review(&officer, 1, verdict.clone())).await.expect_outcome(404, "not-found");
+    server.send(review(&officer, access, verdict)).await.expect(200);
+    let report = server.send(auditor.get(server.url("admin/break-glass"))).await.expect(200);
+    let reviews = &report["entries"][0]["reviews"];
+    assert_eq!(
+        (reviews[0]["reviewer"].as_str(), reviews[0]["decision"].as_str()),
+        (Some("privacy-officer"), Some("acknowledged"))
+    );
+    let pending = server.send(auditor.get(server.url("admin/break-glass?pending=true"))).await.expect(200);
+    let pending: Vec<i64> = pending["entries"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(pending, [after], "only the refused attempt awaits review");
+    // The same accesses as FHIR AuditEvents.
+    let btg = server.send(auditor.get(server.url("AuditEvent?purpose=BTG&_sort=date"))).await.expect(200);
+    let btg: Vec<&Value> = btg["entry"].as_array().unwrap().iter().filter(|e| e["search"]["mode"] == "match").collect();
+    assert_eq!(btg.len(), 2);
+    assert_eq!(btg[0]["resource"]["purposeOfEvent"][0]["text"], "unconscious patient in the emergency department");
     assert!(entries.iter().any(|e| e["action"] == "admin-plugin-load" && e["resource_id"] == "consent"));
 }
 
@@ -513,12 +544,12 @@ async fn only_signed_plugins_load_when_trust_keys_are_configured() {
 }
 
 /// A local HTTP receiver recording every notice; answers 503 to the first `fail_first`.
-struct Receiver {
-    addr: SocketAddr,
-    notices: Arc<Mutex<Vec<Value>>>,
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub notices: Arc<Mutex<Vec<Value>>>,
 }
 
-async fn receiver(fail_first: u64) -> Receiver {
+pub async fn receiver(fail_first: u64) -> Receiver {
     let notices = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::new(AtomicU64::new(0));
     let recorded = notices.clone();

@@ -1,13 +1,16 @@
 //! The administrative API: operations that need an `admin/...` scope and never a clinical one.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::SharedState;
+use super::fhir::store_error;
+use crate::audit::{AuditEvent, Review};
 use crate::auth::Principal;
 use crate::fhir::compartment::patient_key_id;
 use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
@@ -17,20 +20,24 @@ pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/admin/erasure", post(erase_patient))
         .route("/admin/break-glass", axum::routing::get(break_glass_accesses))
+        .route("/admin/break-glass/{seq}/review", post(review_break_glass))
 }
 
 #[derive(Deserialize)]
 struct BreakGlassQuery {
     /// Continue after this audit entry (from the previous page's `next`).
     after: Option<i64>,
+    /// Only accesses no reviewer has acknowledged or escalated yet.
+    #[serde(default)]
+    pending: bool,
 }
 
 /// Entries per page of the break-glass report.
 const BREAK_GLASS_PAGE: usize = 100;
 
-/// `GET /admin/break-glass[?after=SEQ]` (scope `admin/audit`): emergency accesses for review,
-/// oldest first, read from the audit chain: who, when, what, the outcome and the stated reason.
-/// A scan of the chain from `after`; a reviewer keeps the last `seq` seen and continues there.
+/// `GET /admin/break-glass[?after=SEQ][&pending=true]` (scope `admin/audit`): emergency
+/// accesses (and refused attempts) for review, oldest first, read from the audit chain through
+/// its lookups: who, when, what, the outcome, the stated reason, and the reviews so far.
 async fn break_glass_accesses(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
@@ -39,32 +46,106 @@ async fn break_glass_accesses(
     principal.require_admin("audit")?;
     let mut after = query.after.unwrap_or(0);
     let mut found = Vec::new();
-    'scan: loop {
-        let page = state.store.audit_entries(after, 2000).await.map_err(super::fhir::store_error)?;
-        if page.is_empty() {
-            break;
-        }
-        for stored in &page {
+    let mut exhausted = false;
+    while found.len() < BREAK_GLASS_PAGE && !exhausted {
+        let seqs = state.store.audit_seqs_with("purpose", "BTG", after, 500).await.map_err(store_error)?;
+        exhausted = seqs.len() < 500;
+        for stored in state.store.audit_entries_at(&seqs).await.map_err(store_error)? {
             after = stored.seq;
-            let Ok(entry) = serde_json::from_str::<Value>(&stored.entry) else { continue };
-            let Some(reason) = entry.get("break_glass").and_then(Value::as_str) else { continue };
-            found.push(serde_json::json!({
+            let Ok(entry) = serde_json::from_str::<AuditEvent>(&stored.entry) else { continue };
+            let reviews = reviews_of(&state, stored.seq).await?;
+            if query.pending && !reviews.is_empty() {
+                continue;
+            }
+            found.push(json!({
                 "seq": stored.seq,
-                "at": entry["at"],
-                "subject": entry["subject"],
-                "action": entry["action"],
-                "resourceType": entry["resource_type"],
-                "resourceId": entry["resource_id"],
-                "status": entry["status"],
-                "reason": reason,
+                "at": entry.at,
+                "subject": entry.subject,
+                "action": entry.action,
+                "resourceType": entry.resource_type,
+                "resourceId": entry.resource_id,
+                "patients": entry.patients,
+                "status": entry.status,
+                "reason": entry.break_glass,
+                "reviews": reviews,
             }));
             if found.len() == BREAK_GLASS_PAGE {
-                break 'scan;
+                break;
             }
         }
     }
-    let next = (found.len() == BREAK_GLASS_PAGE).then(|| format!("/admin/break-glass?after={after}"));
-    Ok(Json(serde_json::json!({ "entries": found, "next": next })))
+    let pending = if query.pending { "&pending=true" } else { "" };
+    let next = (found.len() == BREAK_GLASS_PAGE).then(|| format!("/admin/break-glass?after={after}{pending}"));
+    Ok(Json(json!({ "entries": found, "next": next })))
+}
+
+/// The reviews recorded for break-glass entry `seq`, oldest first.
+async fn reviews_of(state: &SharedState, seq: i64) -> Result<Vec<Value>, FhirError> {
+    let seqs = state.store.audit_seqs_with("reviews", &seq.to_string(), 0, 100).await.map_err(store_error)?;
+    let mut reviews = Vec::with_capacity(seqs.len());
+    for stored in state.store.audit_entries_at(&seqs).await.map_err(store_error)? {
+        let Ok(entry) = serde_json::from_str::<AuditEvent>(&stored.entry) else { continue };
+        let Some(review) = entry.review.filter(|_| entry.outcome == crate::audit::Outcome::Success) else { continue };
+        reviews.push(json!({
+            "seq": stored.seq,
+            "at": entry.at,
+            "reviewer": entry.subject,
+            "decision": review.decision,
+            "comment": review.comment,
+        }));
+    }
+    Ok(reviews)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReviewRequest {
+    decision: String,
+    comment: String,
+}
+
+/// `POST /admin/break-glass/{seq}/review` `{"decision": "acknowledged"|"escalated",
+/// "comment": TEXT}` (scope `admin/audit`): a reviewer's verdict on emergency access `seq`.
+/// The verdict is itself an audit entry (so it is in the chain, signed and verifiable); a
+/// principal cannot review their own emergency access.
+async fn review_break_glass(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Path(seq): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<Response, FhirError> {
+    principal.require_admin("audit")?;
+    let request: ReviewRequest = serde_json::from_slice(&body).map_err(|_| {
+        FhirError::bad_request(
+            IssueType::Structure,
+            r#"send {"decision": "acknowledged" or "escalated", "comment": "<why, no patient details>"}"#,
+        )
+    })?;
+    if !matches!(request.decision.as_str(), "acknowledged" | "escalated") {
+        return Err(FhirError::bad_request(IssueType::Value, "decision is 'acknowledged' or 'escalated'"));
+    }
+    let comment: String = request.comment.trim().chars().take(500).collect();
+    if comment.is_empty() {
+        return Err(FhirError::bad_request(IssueType::Required, "state a comment for the review"));
+    }
+    let stored = state.store.audit_entries_at(&[seq]).await.map_err(store_error)?.pop();
+    let entry = stored.and_then(|s| serde_json::from_str::<AuditEvent>(&s.entry).ok());
+    let Some(entry) = entry.filter(|e| e.break_glass.is_some()) else {
+        return Err(FhirError::not_found(format!("audit entry {seq} is not an emergency (break-glass) access")));
+    };
+    if entry.subject.as_deref() == Some(principal.subject.as_str()) {
+        return Err(FhirError::new(
+            StatusCode::CONFLICT,
+            IssueType::Conflict,
+            "an emergency access is reviewed by someone other than the person who made it",
+        ));
+    }
+    tracing::info!(seq, decision = %request.decision, by = %principal.subject, "break-glass access reviewed");
+    let message = format!("audit entry {seq}: {}", request.decision);
+    let mut response = Json(operation_outcome("information", IssueType::Informational, &message, None)).into_response();
+    // The audit layer writes the verdict into this request's own entry.
+    response.extensions_mut().insert(Review { decision: request.decision, comment });
+    Ok(response)
 }
 
 #[derive(Deserialize)]

@@ -29,6 +29,7 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
 
     let status = response.status().as_u16();
     let principal = response.extensions().get::<Principal>();
+    let disclosed = response.extensions().get::<super::search::ReturnedIds>();
     let (action, resource_type, mut resource_id, mut version) = describe(&method, &path);
     if action == "create" {
         // The id and version the server assigned are in the Location header.
@@ -58,7 +59,9 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
             matches!(status, 401 | 403).then(|| if status == 401 { "authentication" } else { "scope" }.to_owned())
         }),
         break_glass,
-        returned: response.extensions().get::<super::search::ReturnedIds>().map(|r| r.0.clone()).unwrap_or_default(),
+        returned: disclosed.map(|d| d.ids.clone()).unwrap_or_default(),
+        patients: disclosed.map(|d| d.patients.iter().cloned().collect()).unwrap_or_default(),
+        review: response.extensions().get::<crate::audit::Review>().cloned(),
     };
     match state.audit.record(event).await {
         Ok(()) => response,
@@ -88,6 +91,9 @@ fn describe(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
             (format!("admin-plugin-{op}"), Some("plugin".into()), owned(name), None)
         }
         ("POST", ["admin", "policies", op]) => (format!("admin-policies-{op}"), None, None, None),
+        ("POST", ["admin", "break-glass", seq, "review"]) => {
+            ("admin-break-glass-review".into(), Some("audit".into()), owned(seq), None)
+        }
         ("POST", ["admin", "outbox", id, op]) => (format!("admin-outbox-{op}"), Some("outbox".into()), owned(id), None),
         ("GET", ["admin", area, ..]) => (format!("admin-read-{area}"), None, None, None),
         ("POST", ["$convert"]) => ("operation-convert".into(), None, None, None),

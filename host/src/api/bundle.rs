@@ -115,7 +115,7 @@ pub async fn bundle(
     }
     let caller = caller(&principal, &headers)?;
     let minimal = return_preference(&headers) == ReturnPreference::Minimal;
-    let mut returned = Vec::new();
+    let mut returned = ReturnedIds::default();
     let responses = if kind == "transaction" {
         match transaction(&state, &principal, &caller, &headers, entries, &mut returned).await {
             Ok(responses) => responses,
@@ -152,7 +152,7 @@ pub async fn bundle(
         "type": format!("{kind}-response"),
         "entry": entry,
     });
-    ReturnedIds(returned).respond(&bundle)
+    returned.respond(&bundle)
 }
 
 /// Batch entries run one by one; their errors name entry 0 of a one-entry run: fix the index.
@@ -175,7 +175,7 @@ async fn transaction(
     caller: &Caller,
     headers: &HeaderMap,
     entries: Vec<Value>,
-    returned: &mut Vec<String>,
+    returned: &mut ReturnedIds,
 ) -> Result<Vec<Value>, Failure> {
     let mut planned = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
@@ -313,7 +313,7 @@ async fn transaction(
     for (outcome, &i) in outcomes.into_iter().zip(&write_entries) {
         let p = &planned[i];
         let id = p.id.clone().unwrap_or_default();
-        returned.push(format!("{}/{id}", p.res_type));
+        returned.add_written(&p.res_type, &id, p.resource.as_ref());
         responses[i] = match outcome {
             TxOutcome::Written(written) => {
                 let resource: Value = serde_json::from_slice(&written.body).unwrap_or(Value::Null);
@@ -579,7 +579,7 @@ async fn read_entry(
     caller: &Caller,
     headers: &HeaderMap,
     p: &Planned,
-    returned: &mut Vec<String>,
+    returned: &mut ReturnedIds,
 ) -> Result<Value, Failure> {
     let fail = |e: FhirError| Failure::of(e, p.index);
     match &p.id {
@@ -588,7 +588,7 @@ async fn read_entry(
                 Ok(record) => record,
                 Err(response) => return Err(Failure::of_response(response).await),
             };
-            returned.push(format!("{}/{id}", p.res_type));
+            returned.add(&record);
             let resource: Value =
                 record.body.as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
             Ok(json!({

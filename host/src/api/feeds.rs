@@ -138,12 +138,12 @@ pub async fn everything(
     if let Some(next) = &next {
         links.push(json!({"relation": "next", "url": page_url(base, &path, &paging, Some(next))}));
     }
-    let mut returned = Vec::with_capacity(records.len());
+    let mut returned = ReturnedIds::default();
     let mut entries = Vec::with_capacity(records.len());
     for record in &records {
         let resource: Value =
             record.body.as_deref().and_then(|b| serde_json::from_slice(b).ok()).ok_or_else(FhirError::internal)?;
-        returned.push(format!("{}/{}", record.res_type, record.id));
+        returned.add(record);
         entries.push(json!({
             "fullUrl": format!("{base}/{}/{}", record.res_type, record.id),
             "resource": resource,
@@ -158,7 +158,7 @@ pub async fn everything(
         "link": links,
         "entry": entries,
     });
-    ReturnedIds(returned).respond(&bundle)
+    returned.respond(&bundle)
 }
 
 /// `GET /{type}/_history`
@@ -230,9 +230,10 @@ async fn history(
     if let Some(next) = &next {
         links.push(Link { relation: "next", url: page_url(base, &path, &paging, Some(next)) });
     }
-    let returned = versions.iter().map(|v| format!("{}/{}", v.res_type, v.id)).collect();
+    let mut returned = ReturnedIds::default();
+    versions.iter().for_each(|v| returned.add(v));
     let bundle = history_bundle(base, &versions, None, links).map_err(|_| FhirError::internal())?;
     let mut response = fhir_json(StatusCode::OK, bundle);
-    response.extensions_mut().insert(ReturnedIds(returned));
+    response.extensions_mut().insert(returned);
     Ok(response)
 }

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use super::SharedState;
 use super::extract::{FhirBody, ReturnPreference, if_match, if_none_match_matches, return_preference};
 use super::gate::{authorize_records, authorize_write, caller, denied};
-use super::search::matching_ids;
+use super::search::{ReturnedIds, matching_ids};
 use crate::auth::{Access, Interaction, Principal, forbidden};
 use crate::fhir::bundle::{Link, history_bundle};
 use crate::fhir::instant::{parse_instant, to_http_date};
@@ -115,7 +115,7 @@ async fn create(
         .map_err(store_error)?;
     wake_delivery(&state, !events.is_empty());
     tracing::info!(res_type, id, version = written.version, "created");
-    Ok(write_response(&state, &res_type, &id, written, &headers))
+    Ok(write_response(&state, &res_type, &id, &key_id, written, &headers))
 }
 
 async fn update(
@@ -334,7 +334,7 @@ async fn update_resource(
         .map_err(store_error)?;
     wake_delivery(state, !events.is_empty());
     tracing::info!(res_type, id, version = written.version, created = written.created, "updated");
-    Ok(write_response(state, res_type, id, written, headers))
+    Ok(write_response(state, res_type, id, &key_id, written, headers))
 }
 
 async fn read(
@@ -734,8 +734,10 @@ fn set_version_headers(response: &mut Response, version: i64, last_updated_us: i
 }
 
 fn record_response(record: VersionRecord) -> Response {
+    let disclosed = ReturnedIds::patient_of(&record);
     let mut response = fhir_json(StatusCode::OK, record.body.unwrap_or_default());
     set_version_headers(&mut response, record.version, record.last_updated_us);
+    response.extensions_mut().insert(disclosed);
     response
 }
 
@@ -745,6 +747,7 @@ fn write_response(
     state: &SharedState,
     res_type: &str,
     id: &str,
+    key_id: &str,
     written: WriteResult,
     headers: &HeaderMap,
 ) -> Response {
@@ -763,6 +766,9 @@ fn write_response(
     if written.created {
         let location = format!("{}/{res_type}/{id}/_history/{}", state.settings.base_url, written.version);
         insert_header(&mut response, header::LOCATION, &location);
+    }
+    if let Some(patient) = key_id.strip_prefix("patient/") {
+        response.extensions_mut().insert(ReturnedIds { ids: Vec::new(), patients: [patient.to_owned()].into() });
     }
     response
 }

@@ -17,6 +17,7 @@ use crate::store::Store;
 
 mod admin;
 mod audit;
+mod audit_events;
 mod auth;
 mod bundle;
 mod convert;
@@ -91,6 +92,7 @@ pub fn router(
     });
     // Everything but discovery and health needs a bearer token.
     let protected = fhir::routes()
+        .merge(audit_events::routes())
         .merge(admin::routes())
         .merge(plugins::routes())
         .route("/$convert", axum::routing::post(convert::convert))

@@ -36,11 +36,46 @@ pub const MAX_INCLUDED: usize = 1000;
 /// Types in one system-level search at most.
 const MAX_SYSTEM_TYPES: usize = 20;
 
-/// The ids a response returned, for the audit entry (a response extension).
-#[derive(Debug, Clone)]
-pub struct ReturnedIds(pub Vec<String>);
+/// What a response disclosed, for the audit entry (a response extension): the `Type/id` of
+/// every resource it returned, and the patients whose compartments those resources are in.
+#[derive(Debug, Clone, Default)]
+pub struct ReturnedIds {
+    pub ids: Vec<String>,
+    pub patients: std::collections::BTreeSet<String>,
+}
 
 impl ReturnedIds {
+    /// Notes a returned record.
+    pub fn add(&mut self, record: &VersionRecord) {
+        self.ids.push(format!("{}/{}", record.res_type, record.id));
+        if let Some(patient) = record.patient() {
+            self.patients.insert(patient.to_owned());
+        }
+    }
+
+    /// Notes a resource written or returned without its stored record at hand: its compartment
+    /// is read from `content` when there is some.
+    pub fn add_written(&mut self, res_type: &str, id: &str, content: Option<&Map<String, Value>>) {
+        self.ids.push(format!("{res_type}/{id}"));
+        if let Some(content) = content
+            && let Some(patient) = crate::fhir::compartment::data_key_id(res_type, id, content).strip_prefix("patient/")
+        {
+            self.patients.insert(patient.to_owned());
+        }
+    }
+
+    /// Everything `other` noted, after this.
+    pub fn extend(&mut self, other: ReturnedIds) {
+        self.ids.extend(other.ids);
+        self.patients.extend(other.patients);
+    }
+
+    /// Only the patient of `record` (a single-resource answer, whose id the audit entry names
+    /// already).
+    pub fn patient_of(record: &VersionRecord) -> ReturnedIds {
+        ReturnedIds { ids: Vec::new(), patients: record.patient().map(str::to_owned).into_iter().collect() }
+    }
+
     /// A 200 answer with `bundle`, carrying these ids for the audit entry.
     pub fn respond(self, bundle: &Value) -> Result<Response, FhirError> {
         let mut response = fhir_json(StatusCode::OK, serde_json::to_vec(bundle).map_err(|_| FhirError::internal())?);
@@ -163,7 +198,11 @@ pub(super) fn pairs_of(query: &str) -> Vec<(String, String)> {
     form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
 }
 
-fn form_pairs(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<Vec<(String, String)>, FhirError> {
+pub(super) fn form_pairs(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<(String, String)>, FhirError> {
     let media = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !body.is_empty() && !media.trim_start().starts_with("application/x-www-form-urlencoded") {
         return Err(FhirError::new(
@@ -180,7 +219,7 @@ fn form_pairs(query: Option<&str>, headers: &HeaderMap, body: &[u8]) -> Result<V
 }
 
 /// `Prefer: handling=strict` (unknown parameters are errors) vs the default lenient handling.
-fn strict_handling(headers: &HeaderMap) -> bool {
+pub(super) fn strict_handling(headers: &HeaderMap) -> bool {
     headers
         .get_all("prefer")
         .iter()
@@ -238,7 +277,7 @@ async fn run(
     path: &str,
 ) -> Result<Response, FhirError> {
     let (bundle, returned) = search_bundle(state, principal, headers, types, pairs, compartment, path).await?;
-    ReturnedIds(returned).respond(&bundle)
+    returned.respond(&bundle)
 }
 
 /// Runs a search: the searchset Bundle and the `Type/id` of every resource in it.
@@ -250,7 +289,7 @@ pub(super) async fn search_bundle(
     pairs: Vec<(String, String)>,
     compartment: Option<Filter>,
     path: &str,
-) -> Result<(Value, Vec<String>), FhirError> {
+) -> Result<(Value, ReturnedIds), FhirError> {
     let mut accesses = BTreeMap::new();
     for t in &types {
         accesses.insert(t.clone(), principal.access(Interaction::Search, t)?);
@@ -330,14 +369,14 @@ pub(super) async fn search_bundle(
         links.push(json!({"relation": "previous", "url": link(Some(prev))}));
     }
 
-    let mut returned = Vec::new();
+    let mut returned = ReturnedIds::default();
     let mut entries = Vec::with_capacity(matches.len() + included.len() + 1);
     for record in &matches {
-        returned.push(format!("{}/{}", record.res_type, record.id));
+        returned.add(record);
         entries.push(entry(base, record, "match", &query)?);
     }
     for record in &included {
-        returned.push(format!("{}/{}", record.res_type, record.id));
+        returned.add(record);
         entries.push(entry(base, record, "include", &query)?);
     }
     if !query.ignored.is_empty() {

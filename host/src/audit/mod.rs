@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::Store;
 
+pub mod lookup;
 mod signer;
 mod verify;
 
@@ -54,6 +55,21 @@ pub struct AuditEvent {
     /// the response, and nothing of their content.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub returned: Vec<String>,
+    /// The patients whose compartments the resources read or written are in (ids only), so
+    /// "who saw this patient's records" has an answer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patients: Vec<String>,
+    /// A reviewer's verdict on an emergency access (the entry named by `resource_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
+}
+
+/// A reviewer's verdict on a break-glass access.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Review {
+    /// `acknowledged` (the access was justified) or `escalated` (it needs follow-up).
+    pub decision: String,
+    pub comment: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +143,7 @@ async fn appender(store: Store, signer: AuditSigner, checkpoint_every: i64, mut 
         }
         let events: Vec<&AuditEvent> = batch.iter().map(|p| &p.event).collect();
         let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-        let result = store.append_audit(events.len(), &|index, seq| canonical_entry(seq, events[index])).await;
+        let result = store.append_audit(&events).await;
         let (answer, head) = match result {
             Ok(head) => (Ok(()), Some(head)),
             Err(error) => {

@@ -36,6 +36,33 @@ fn search_param(param: &Param) -> Value {
     entry
 }
 
+/// AuditEvent: the server's own audit log, read-only, with its own search parameters.
+fn audit_event_resource() -> Value {
+    let params: Vec<Value> = crate::audit::lookup::PARAMS
+        .iter()
+        .map(|(code, kind, documentation)| {
+            json!({
+                "name": code,
+                "definition": format!("http://hl7.org/fhir/SearchParameter/AuditEvent-{}", code.trim_start_matches('_')),
+                "type": kind,
+                "documentation": documentation,
+            })
+        })
+        .collect();
+    json!({
+        "type": "AuditEvent",
+        "profile": "http://hl7.org/fhir/StructureDefinition/AuditEvent",
+        "documentation": "The server's tamper-evident audit log (one AuditEvent per hash-chain entry, id = sequence \
+            number, IHE BALP shape). Needs the admin/audit scope; read-only. Newest first unless _sort=date; \
+            _count at most 1000; cursor paging.",
+        "interaction": [{"code": "read"}, {"code": "search-type"}],
+        "versioning": "no-version",
+        "readHistory": false,
+        "updateCreate": false,
+        "searchParam": params,
+    })
+}
+
 /// What the server supports, as the API layer declares it.
 pub struct Implemented<'a> {
     pub base_url: &'a str,
@@ -54,6 +81,9 @@ pub fn capability_statement(implemented: &Implemented<'_>) -> Value {
     let resources: Vec<Value> = R4_RESOURCE_TYPES
         .iter()
         .map(|res_type| {
+            if *res_type == "AuditEvent" {
+                return audit_event_resource();
+            }
             let params: Vec<Value> = registry::of_type(res_type).map(search_param).collect();
             let includes: Vec<String> = registry::of_type(res_type)
                 .filter(|p| p.kind == Kind::Reference)

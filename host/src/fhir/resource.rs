@@ -17,7 +17,16 @@ pub fn is_valid_id(id: &str) -> bool {
 
 /// Checks a resource type named in a URL.
 pub fn check_type_name(res_type: &str) -> Result<(), FhirError> {
-    if is_resource_type(res_type) {
+    if res_type == "AuditEvent" {
+        // The audit log is served by its own routes (api/audit_events.rs), read-only.
+        Err(FhirError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            IssueType::NotSupported,
+            "AuditEvent resources are this server's audit log: read them with GET /AuditEvent or \
+             GET /AuditEvent/{id} (scope admin/audit); they cannot be written, and they are not part of \
+             Bundles, system search, history or compartments",
+        ))
+    } else if is_resource_type(res_type) {
         Ok(())
     } else {
         Err(FhirError::new(

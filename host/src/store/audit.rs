@@ -5,6 +5,8 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use super::{Backend, Store, StoreError};
+use crate::audit::lookup::{AuditQuery, Lookup, date_matches, lookup_of};
+use crate::audit::{AuditEvent, canonical_entry};
 
 /// One stored entry, as the verifier reads it.
 #[derive(Debug, Clone)]
@@ -34,13 +36,9 @@ pub fn chain_hash(prev_hash: &[u8], entry: &[u8]) -> [u8; 32] {
 }
 
 impl Store {
-    /// Appends entries to the chain in one transaction. `render(seq)` gives the canonical
-    /// JSON of the entry that gets sequence number `seq`. Returns the new head.
-    pub async fn append_audit(
-        &self,
-        count: usize,
-        render: &(dyn Fn(usize, i64) -> Vec<u8> + Sync),
-    ) -> Result<(i64, [u8; 32]), StoreError> {
+    /// Appends `events` to the chain in one transaction, with their lookup rows. Returns the
+    /// new head.
+    pub async fn append_audit(&self, events: &[&AuditEvent]) -> Result<(i64, [u8; 32]), StoreError> {
         let mut tx = self.begin_write().await?;
         let head_sql = match self.backend {
             Backend::Sqlite => "SELECT seq, hash FROM audit_head WHERE id = 1",
@@ -49,9 +47,9 @@ impl Store {
         let head = sqlx::query(head_sql).fetch_one(&mut *tx).await?;
         let mut seq: i64 = head.try_get(0)?;
         let mut hash: Vec<u8> = head.try_get(1)?;
-        for index in 0..count {
+        for event in events {
             seq += 1;
-            let entry = render(index, seq);
+            let entry = canonical_entry(seq, event);
             let next = chain_hash(&hash, &entry);
             sqlx::query("INSERT INTO audit_entry (seq, entry, prev_hash, hash) VALUES ($1, $2, $3, $4)")
                 .bind(seq)
@@ -61,6 +59,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             hash = next.to_vec();
+            write_lookup(&mut tx, seq, &lookup_of(event)).await?;
         }
         sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
             .bind(seq)
@@ -129,4 +128,248 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Writes the lookup rows of entry `seq`.
+async fn write_lookup(conn: &mut sqlx::AnyConnection, seq: i64, lookup: &Lookup) -> Result<(), StoreError> {
+    // ON CONFLICT: two hosts starting together may both index an old entry.
+    sqlx::query("INSERT INTO audit_time (seq, at_us) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(seq)
+        .bind(lookup.at_us)
+        .execute(&mut *conn)
+        .await?;
+    // One statement per 100 terms (a search's entry names every resource it returned).
+    for chunk in lookup.terms.chunks(100) {
+        let mut sql = String::from("INSERT INTO audit_term (param, value, seq) VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql + " ON CONFLICT DO NOTHING"));
+        for (param, value) in chunk {
+            query = query.bind(*param).bind(value.as_str()).bind(seq);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Candidate entries per lookup round of a search that checks dates in Rust.
+const SEARCH_BATCH: i64 = 500;
+
+impl Store {
+    /// Writes lookup rows for entries that have none: those appended before the lookups
+    /// existed (migration 5). It works newest first, so the entries with lookups are always the
+    /// newest ones and an interrupted run resumes where it stopped. Returns how many entries
+    /// it indexed; `progress(done, total)` follows it.
+    pub async fn index_audit_backlog(&self, progress: &(dyn Fn(i64, i64) + Sync)) -> Result<i64, StoreError> {
+        let first_indexed: Option<i64> =
+            sqlx::query("SELECT MIN(seq) FROM audit_time").fetch_one(&self.reader).await?.try_get(0)?;
+        let first_entry: Option<i64> =
+            sqlx::query("SELECT MIN(seq) FROM audit_entry").fetch_one(&self.reader).await?.try_get(0)?;
+        let Some(first_entry) = first_entry else { return Ok(0) };
+        let mut below = match first_indexed {
+            Some(seq) => seq,
+            None => self.audit_head().await?.0 + 1,
+        };
+        let total = (below - first_entry).max(0);
+        let mut done = 0;
+        while below > first_entry {
+            let rows = sqlx::query("SELECT seq, entry FROM audit_entry WHERE seq < $1 ORDER BY seq DESC LIMIT 1000")
+                .bind(below)
+                .fetch_all(&self.reader)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            below = last.try_get(0)?;
+            let mut tx = self.begin_write().await?;
+            for row in &rows {
+                let entry: String = row.try_get(1)?;
+                // An entry that is not valid JSON is the verifier's finding; it gets no lookups.
+                if let Ok(event) = serde_json::from_str::<AuditEvent>(&entry) {
+                    write_lookup(&mut tx, row.try_get(0)?, &lookup_of(&event)).await?;
+                }
+            }
+            tx.commit().await?;
+            done += i64::try_from(rows.len()).unwrap_or(0);
+            progress(done, total);
+        }
+        Ok(done)
+    }
+
+    /// One page of `GET /AuditEvent?...`: the matching entries in the search's order, and
+    /// whether more follow.
+    pub async fn search_audit(&self, query: &AuditQuery) -> Result<(Vec<StoredAuditEntry>, bool), StoreError> {
+        let limit = i64::try_from(query.count).unwrap_or(i64::MAX);
+        let mut found: Vec<i64> = Vec::new();
+        let mut cursor = query.cursor;
+        let more = loop {
+            let batch = self.audit_candidates(query, cursor, SEARCH_BATCH).await?;
+            let exhausted = batch.len() < usize::try_from(SEARCH_BATCH).unwrap_or(usize::MAX);
+            cursor = batch.last().map(|(seq, _)| *seq).or(cursor);
+            for (seq, at_us) in batch {
+                if query.dates.iter().all(|&(prefix, range)| date_matches(at_us, prefix, range)) {
+                    if found.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
+                        break;
+                    }
+                    found.push(seq);
+                }
+            }
+            if found.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
+                // One more match means a next page; look for it with the same rules.
+                break self.audit_has_more(query, found.last().copied()).await?;
+            }
+            if exhausted {
+                break false;
+            }
+        };
+        let entries = self.audit_entries_at(&found).await?;
+        Ok((entries, more))
+    }
+
+    async fn audit_has_more(&self, query: &AuditQuery, after: Option<i64>) -> Result<bool, StoreError> {
+        let mut cursor = after;
+        loop {
+            let batch = self.audit_candidates(query, cursor, SEARCH_BATCH).await?;
+            if batch.iter().any(|&(_, at)| query.dates.iter().all(|&(p, r)| date_matches(at, p, r))) {
+                return Ok(true);
+            }
+            if batch.len() < usize::try_from(SEARCH_BATCH).unwrap_or(usize::MAX) {
+                return Ok(false);
+            }
+            cursor = batch.last().map(|(seq, _)| *seq);
+        }
+    }
+
+    /// Entries matching the query's term and id filters, after `cursor` in the search's order,
+    /// with their recorded time (dates are checked by the caller). The first term filter
+    /// drives the lookup through its index; the others are checked per candidate, as is a
+    /// date range that bounds the time index.
+    async fn audit_candidates(
+        &self,
+        query: &AuditQuery,
+        cursor: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mut binds: Vec<BindValue> = Vec::new();
+        let param = |binds: &mut Vec<BindValue>, value: BindValue| {
+            binds.push(value);
+            format!("${}", binds.len())
+        };
+        let (order, after) = if query.ascending { ("ASC", ">") } else { ("DESC", "<") };
+        let mut conditions: Vec<String> = Vec::new();
+        let (from, seq_col) = match query.terms.first() {
+            Some((code, values)) => {
+                let p = param(&mut binds, BindValue::Text((*code).to_owned()));
+                let list: Vec<String> = values.iter().map(|v| param(&mut binds, BindValue::Text(v.clone()))).collect();
+                conditions.push(format!("d.param = {p} AND d.value IN ({})", list.join(", ")));
+                ("audit_term d JOIN audit_time m ON m.seq = d.seq", "d.seq")
+            }
+            None => ("audit_time m", "m.seq"),
+        };
+        for (code, values) in query.terms.iter().skip(1) {
+            let p = param(&mut binds, BindValue::Text((*code).to_owned()));
+            let list: Vec<String> = values.iter().map(|v| param(&mut binds, BindValue::Text(v.clone()))).collect();
+            conditions.push(format!(
+                "EXISTS (SELECT 1 FROM audit_term t WHERE t.param = {p} AND t.value IN ({}) AND t.seq = {seq_col})",
+                list.join(", ")
+            ));
+        }
+        if !query.seqs.is_empty() {
+            let list: Vec<String> = query.seqs.iter().map(|s| param(&mut binds, BindValue::Int(*s))).collect();
+            conditions.push(format!("{seq_col} IN ({})", list.join(", ")));
+        }
+        if let Some(cursor) = cursor {
+            let p = param(&mut binds, BindValue::Int(cursor));
+            conditions.push(format!("{seq_col} {after} {p}"));
+        }
+        // Bound the time index by the widest range every date condition allows.
+        let (lo, hi) = query.dates.iter().fold((i64::MIN, i64::MAX), |(lo, hi), &(prefix, range)| {
+            use crate::fhir::search::query::Prefix;
+            match prefix {
+                Prefix::Eq | Prefix::Ap => (lo.max(range.lo), hi.min(range.hi)),
+                Prefix::Gt | Prefix::Sa => (lo.max(range.hi.saturating_add(1)), hi),
+                Prefix::Ge => (lo.max(range.lo), hi),
+                Prefix::Lt | Prefix::Eb => (lo, hi.min(range.lo.saturating_sub(1))),
+                Prefix::Le => (lo, hi.min(range.hi)),
+                Prefix::Ne => (lo, hi),
+            }
+        });
+        if lo != i64::MIN {
+            let p = param(&mut binds, BindValue::Int(lo));
+            conditions.push(format!("m.at_us >= {p}"));
+        }
+        if hi != i64::MAX {
+            let p = param(&mut binds, BindValue::Int(hi));
+            conditions.push(format!("m.at_us <= {p}"));
+        }
+        let limit_param = param(&mut binds, BindValue::Int(limit));
+        let sql = format!(
+            "SELECT DISTINCT {seq_col}, m.at_us FROM {from} WHERE {} ORDER BY {seq_col} {order} LIMIT {limit_param}",
+            if conditions.is_empty() { "1 = 1".to_owned() } else { conditions.join(" AND ") }
+        );
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in binds {
+            statement = match value {
+                BindValue::Text(text) => statement.bind(text),
+                BindValue::Int(n) => statement.bind(n),
+            };
+        }
+        let rows = statement.fetch_all(&self.reader).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    /// The entries with these sequence numbers, in the order given.
+    pub async fn audit_entries_at(&self, seqs: &[i64]) -> Result<Vec<StoredAuditEntry>, StoreError> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list: Vec<String> = (1..=seqs.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT seq, entry, prev_hash, hash FROM audit_entry WHERE seq IN ({})", list.join(", "));
+        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for seq in seqs {
+            statement = statement.bind(*seq);
+        }
+        let rows = statement.fetch_all(&self.reader).await?;
+        let mut entries: Vec<StoredAuditEntry> = rows
+            .iter()
+            .map(|r| {
+                Ok(StoredAuditEntry {
+                    seq: r.try_get(0)?,
+                    entry: r.try_get(1)?,
+                    prev_hash: r.try_get(2)?,
+                    hash: r.try_get(3)?,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        entries.sort_by_key(|e| seqs.iter().position(|s| *s == e.seq));
+        Ok(entries)
+    }
+
+    /// Sequence numbers of entries with lookup term `param` = `value`, after `after`, oldest
+    /// first, at most `limit`.
+    pub async fn audit_seqs_with(
+        &self,
+        param: &str,
+        value: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq FROM audit_term WHERE param = $1 AND value = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+        )
+        .bind(param)
+        .bind(value)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+}
+
+enum BindValue {
+    Text(String),
+    Int(i64),
 }

@@ -35,6 +35,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0004_search_index.sql"),
         include_str!("../../../migrations/postgres/0004_search_index.sql"),
     ),
+    (
+        5,
+        "audit lookups",
+        include_str!("../../../migrations/sqlite/0005_audit_lookup.sql"),
+        include_str!("../../../migrations/postgres/0005_audit_lookup.sql"),
+    ),
 ];
 
 pub fn migrator(backend: Backend) -> Migrator {

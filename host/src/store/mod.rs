@@ -74,6 +74,16 @@ pub struct VersionRecord {
     pub deleted: bool,
     /// The resource JSON exactly as it is served; `None` for a deletion.
     pub body: Option<Vec<u8>>,
+    /// The data key the version is sealed under (`patient/<id>` for a patient's compartment,
+    /// see `fhir::compartment`); `None` for a deletion.
+    pub key_id: Option<String>,
+}
+
+impl VersionRecord {
+    /// The id of the patient whose compartment holds this version, if any.
+    pub fn patient(&self) -> Option<&str> {
+        self.key_id.as_deref().and_then(|k| k.strip_prefix("patient/"))
+    }
 }
 
 /// What a write requires of the resource's current state.
@@ -622,6 +632,7 @@ impl Store {
             last_updated_us: row.try_get(at + 1)?,
             deleted,
             body,
+            key_id: if deleted { None } else { row.try_get(at + 4)? },
         })
     }
 

@@ -687,7 +687,7 @@ fn split_prefix(value: &str) -> (Prefix, &str) {
     (Prefix::Eq, value)
 }
 
-fn date_value(code: &str, value: &str) -> Result<(Prefix, DateRange), SearchError> {
+pub(crate) fn date_value(code: &str, value: &str) -> Result<(Prefix, DateRange), SearchError> {
     let (prefix, text) = split_prefix(value);
     let range = parse_date_range(text).ok_or_else(|| {
         SearchError::invalid(format!(

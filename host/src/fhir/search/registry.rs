@@ -396,26 +396,6 @@ pub static PARAMS: &[&[Param]] = &[
         reference("Consent", "source-reference", &["source[x]"], &[]),
         plain("Consent", "status", Token, &["status"]),
     ],
-    &[
-        plain("AuditEvent", "action", Token, &["action"]),
-        blind("AuditEvent", "address", Str, &["agent.network.address"], Exact),
-        reference("AuditEvent", "agent", &["agent.who"], &[]),
-        blind("AuditEvent", "agent-name", Str, &["agent.name"], Text),
-        plain("AuditEvent", "agent-role", Token, &["agent.role"]),
-        blind("AuditEvent", "altid", Token, &["agent.altId"], Exact),
-        plain("AuditEvent", "date", Date, &["recorded"]),
-        reference("AuditEvent", "entity", &["entity.what"], &[]),
-        blind("AuditEvent", "entity-name", Str, &["entity.name"], Text),
-        plain("AuditEvent", "entity-role", Token, &["entity.role"]),
-        plain("AuditEvent", "entity-type", Token, &["entity.type"]),
-        plain("AuditEvent", "outcome", Token, &["outcome"]),
-        reference("AuditEvent", "patient", &["agent.who", "entity.what"], PATIENT),
-        plain("AuditEvent", "policy", Uri, &["agent.policy"]),
-        plain("AuditEvent", "site", Token, &["source.site"]),
-        reference("AuditEvent", "source", &["source.observer"], &[]),
-        plain("AuditEvent", "subtype", Token, &["subtype"]),
-        plain("AuditEvent", "type", Token, &["type"]),
-    ],
 ];
 
 /// Every parameter, flattened.
@@ -484,12 +464,13 @@ mod tests {
             "DiagnosticReport",
             "DocumentReference",
             "Consent",
-            "AuditEvent",
         ] {
             assert!(has_own_params(t), "{t}");
         }
         assert_eq!(find("Observation", "_id").map(|p| p.code), Some("_id"));
         assert!(find("Patient", "birthdate").unwrap().is_blind());
         assert!(find("Observation", "birthdate").is_none());
+        // AuditEvent is the audit log, searched through its own lookups (audit::lookup).
+        assert!(!has_own_params("AuditEvent"));
     }
 }
