@@ -12,6 +12,7 @@ mod crud;
 mod encryption;
 mod errors;
 mod feeds;
+mod languages;
 mod lifecycle;
 mod metadata;
 mod mtls;
