@@ -81,7 +81,8 @@ pub fn native_redact(json: &str) -> Decision {
 /// with instance reuse (the default) and once with a fresh instance per call.
 pub fn raw_calls(iterations: usize) -> Result<Vec<CallComparison>, String> {
     let http = reqwest::Client::new();
-    let services = HostServices { store: None, tokio: tokio::runtime::Handle::current(), http };
+    let services =
+        HostServices { store: None, tokio: tokio::runtime::Handle::current(), http, consents: Default::default() };
     let runtime = PluginRuntime::new(services, None)?;
     Ok(vec![
         raw_call(&runtime, iterations, "", "redact authorize, wasm (reused instance)")?,

@@ -9,6 +9,8 @@ pub mod config;
 pub mod crypto;
 pub mod fhir;
 pub mod plugin_commands;
+pub mod plugin_new;
+pub mod plugin_test;
 pub mod plugins;
 pub mod policy;
 pub mod secret_file;

@@ -84,6 +84,62 @@ enum PluginCommand {
         /// The component (.wasm).
         component: PathBuf,
     },
+    /// Create a plugin skeleton that builds and passes its own test: NAME/ with the WIT
+    /// contract, a manifest, a build script, a test script and a first test case.
+    New {
+        /// The language to write the plugin in.
+        #[arg(long, value_enum)]
+        lang: hearth::plugin_new::Lang,
+        /// `policy` (decide and validate) or `integration` (react to changes, convert messages).
+        #[arg(long, default_value = "policy")]
+        world: String,
+        /// The plugin's name (a-z, 0-9, '-').
+        name: String,
+        /// Where to create it (default: the current directory).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Check a signature from `hearth plugin sign` against trusted public keys; prints the key
+    /// that signed, or fails.
+    Verify {
+        /// An Ed25519 public key (PEM or base64) to trust; repeat for several.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// The manifest (TOML or JSON) the plugin will be loaded with.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The file holding the base64 signature.
+        #[arg(long)]
+        signature: PathBuf,
+        /// The component (.wasm).
+        component: PathBuf,
+    },
+    /// List the plugins loaded in a running server (JSON).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Go back to the previous version of a plugin in a running server.
+    Rollback {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The plugin's name.
+        name: String,
+    },
+    /// Run a component against recorded cases (one JSON file each) with the server's runtime
+    /// and the manifest's limits, without a server: prints each answer, its timing and the
+    /// plugin's peak memory; exits 1 when an answer differs from the case's `expect`. The case
+    /// format is described in docs/plugins.md.
+    Test {
+        /// The manifest (TOML or JSON) the plugin will be loaded with.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The folder of `*.json` cases.
+        #[arg(long)]
+        fixtures: PathBuf,
+        /// The component (.wasm).
+        component: PathBuf,
+    },
     /// Upload a component with its manifest (and signature) to a running server.
     Load {
         /// The server's base URL, e.g. https://127.0.0.1:8443.
@@ -104,6 +160,20 @@ enum PluginCommand {
         /// The component (.wasm).
         component: PathBuf,
     },
+}
+
+/// Where a running server's admin API is.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// The server's base URL, e.g. https://127.0.0.1:8443.
+    #[arg(long, env = "HEARTH_SERVER")]
+    server: String,
+    /// A bearer token with the admin/plugins scope.
+    #[arg(long, env = "HEARTH_TOKEN", hide_env_values = true)]
+    token: String,
+    /// PEM CA to trust for the server's certificate (default: the system's roots).
+    #[arg(long)]
+    cacert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +258,42 @@ fn main() -> ExitCode {
                 .map(|signature| println!("{signature}"))
                 .map_err(|e| e.to_string())
         }
+        Command::Plugin(PluginCommand::New { lang, world, name, dir }) => {
+            hearth::plugin_new::plugin_new(&dir, lang, &world, &name)
+                .map(|(_, next)| println!("{next}"))
+                .map_err(|e| e.to_string())
+        }
+        Command::Plugin(PluginCommand::Verify { keys, manifest, signature, component }) => {
+            hearth::plugin_commands::plugin_verify(&keys, &manifest, &component, &signature)
+                .map(|key| println!("signed by {key}"))
+                .map_err(|e| e.to_string())
+        }
+        Command::Plugin(PluginCommand::List { server }) => {
+            let admin = hearth::plugin_commands::Server {
+                url: &server.server,
+                token: &server.token,
+                ca: server.cacert.as_deref(),
+            };
+            runtime
+                .block_on(admin.call(reqwest::Method::GET, "admin/plugins", None))
+                .map(|listed| println!("{listed}"))
+                .map_err(|e| e.to_string())
+        }
+        Command::Plugin(PluginCommand::Rollback { server, name }) => {
+            let admin = hearth::plugin_commands::Server {
+                url: &server.server,
+                token: &server.token,
+                ca: server.cacert.as_deref(),
+            };
+            runtime
+                .block_on(admin.call(reqwest::Method::POST, &format!("admin/plugins/{name}/rollback"), None))
+                .map(|answer| println!("{answer}"))
+                .map_err(|e| e.to_string())
+        }
+        Command::Plugin(PluginCommand::Test { manifest, fixtures, component }) => runtime
+            .block_on(hearth::plugin_test::plugin_test(&component, &manifest, &fixtures))
+            .map(|report| print!("{report}"))
+            .map_err(|e| e.to_string()),
         Command::Plugin(PluginCommand::Load { server, token, cacert, manifest, signature, component }) => {
             let request = hearth::plugin_commands::LoadRequest {
                 server: &server,

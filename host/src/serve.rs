@@ -216,7 +216,12 @@ pub async fn start_plugins(settings: &ServeSettings, store: &Store) -> Result<Pl
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StartError::Plugins(format!("cannot build the HTTP client: {e}")))?;
-    let services = HostServices { store: Some(store.clone()), tokio: tokio::runtime::Handle::current(), http };
+    let services = HostServices {
+        store: Some(store.clone()),
+        tokio: tokio::runtime::Handle::current(),
+        http,
+        consents: Default::default(),
+    };
     let cache = settings.storage.data_dir.join("plugin-cache");
     let runtime = Arc::new(PluginRuntime::new(services, Some(cache)).map_err(StartError::Plugins)?);
     let registry = Arc::new(PluginRegistry::new(runtime, store.clone()));

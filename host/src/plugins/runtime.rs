@@ -68,13 +68,56 @@ pub struct HostServices {
     pub store: Option<Store>,
     pub tokio: tokio::runtime::Handle,
     pub http: reqwest::Client,
+    /// Without a store (`hearth plugin test`): the active Consents `lookup` answers, by
+    /// patient id, as FHIR JSON.
+    pub consents: Arc<Mutex<std::collections::HashMap<String, Vec<String>>>>,
+}
+
+/// The store limits of one instance, recording the most linear memory it ever held.
+struct MeteredLimits {
+    limits: StoreLimits,
+    peak_memory: usize,
+}
+
+impl wasmtime::ResourceLimiter for MeteredLimits {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.peak_memory = self.peak_memory.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 /// The state of one call's store.
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MeteredLimits,
     pub(super) plugin: Arc<Manifest>,
     pub(super) services: Arc<HostServices>,
     pub(super) deadline: Instant,
@@ -118,6 +161,15 @@ pub struct CompiledPlugin {
     ready: Ready,
     /// Instances that finished a call cleanly, ready for the next (`isolation = "reuse"`).
     idle: Mutex<Vec<Idle>>,
+    /// The most linear memory (bytes) any instance of this plugin has held.
+    peak_memory: std::sync::atomic::AtomicUsize,
+}
+
+impl CompiledPlugin {
+    /// The most linear memory (bytes) any instance of this plugin has held so far.
+    pub fn peak_memory(&self) -> usize {
+        self.peak_memory.load(Ordering::Relaxed)
+    }
 }
 
 enum Ready {
@@ -227,7 +279,14 @@ impl PluginRuntime {
                 Ready::Integration(IntegrationPre::new(pre).map_err(|e| wrong(e.to_string()))?)
             }
         };
-        Ok(CompiledPlugin { manifest: Arc::new(manifest), sha256, size: bytes.len(), ready, idle: Mutex::default() })
+        Ok(CompiledPlugin {
+            manifest: Arc::new(manifest),
+            sha256,
+            size: bytes.len(),
+            ready,
+            idle: Mutex::default(),
+            peak_memory: std::sync::atomic::AtomicUsize::new(0),
+        })
     }
 
     fn component(&self, bytes: &[u8], sha256: &str) -> Result<Component, LoadError> {
@@ -268,14 +327,17 @@ impl PluginRuntime {
         let state = CallState {
             wasi,
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size((limits.memory_mib as usize) << 20)
-                .instances(64)
-                .memories(8)
-                .tables(64)
-                .table_elements(200_000)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: MeteredLimits {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size((limits.memory_mib as usize) << 20)
+                    .instances(64)
+                    .memories(8)
+                    .tables(64)
+                    .table_elements(200_000)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                peak_memory: 0,
+            },
             plugin: plugin.manifest.clone(),
             services: self.services.clone(),
             deadline: Instant::now(),
@@ -311,7 +373,9 @@ impl PluginRuntime {
             }
         };
         arm(&mut idle.store, &plugin.manifest);
-        let result = call(&mut idle.store, &idle.instance).map_err(|e| failure(&plugin.manifest, e))?;
+        let result = call(&mut idle.store, &idle.instance).map_err(|e| failure(&plugin.manifest, e));
+        plugin.peak_memory.fetch_max(idle.store.data().limits.peak_memory, Ordering::Relaxed);
+        let result = result?;
         idle.calls += 1;
         if reuse && idle.calls < MAX_CALLS_PER_INSTANCE {
             let mut pool = plugin.idle.lock().unwrap_or_else(|e| e.into_inner());
