@@ -541,6 +541,68 @@ async fn only_signed_plugins_load_when_trust_keys_are_configured() {
     let unsigned = cli_load(None);
     assert!(!unsigned.status.success());
     assert!(String::from_utf8_lossy(&unsigned.stderr).contains("only loads signed plugins"));
+
+    // `hearth plugin verify` checks a signature offline, against the trusted public keys.
+    let verify = |manifest: &Path| {
+        hearth_command(&[
+            "plugin",
+            "verify",
+            "--key",
+            keys.path().join("release.pub").to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--signature",
+            signature_file.to_str().unwrap(),
+            component_file.to_str().unwrap(),
+        ])
+    };
+    let verified = verify(&manifest_file);
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+    assert_eq!(String::from_utf8_lossy(&verified.stdout).trim(), "signed by release");
+    let changed = keys.path().join("changed.toml");
+    std::fs::write(&changed, "name = \"validate\"\nversion = \"2\"\nworld = \"policy\"\n").unwrap();
+    let refused = verify(&changed);
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("does not match"));
+
+    // `hearth plugin list` and `rollback` against the running server: a second signed version,
+    // then back to the first.
+    let server_args =
+        ["--server", server.base.as_str(), "--token", token.as_str(), "--cacert", server.ca.to_str().unwrap()];
+    let signed2 = hearth_command(&[
+        "plugin",
+        "sign",
+        "--key",
+        key.to_str().unwrap(),
+        "--manifest",
+        changed.to_str().unwrap(),
+        component_file.to_str().unwrap(),
+    ]);
+    let signature2 = keys.path().join("validate2.sig");
+    std::fs::write(&signature2, String::from_utf8(signed2.stdout).unwrap().trim()).unwrap();
+    let mut args = vec!["plugin", "load"];
+    args.extend(server_args);
+    args.extend([
+        "--manifest",
+        changed.to_str().unwrap(),
+        "--signature",
+        signature2.to_str().unwrap(),
+        component_file.to_str().unwrap(),
+    ]);
+    assert!(hearth_command(&args).status.success());
+    let mut args = vec!["plugin", "rollback"];
+    args.extend(server_args);
+    args.push("validate");
+    let rolled = hearth_command(&args);
+    assert!(rolled.status.success(), "{}", String::from_utf8_lossy(&rolled.stderr));
+    let mut args = vec!["plugin", "list"];
+    args.extend(server_args);
+    let listed = hearth_command(&args);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("validate"), "{listed}");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let active = &listed["plugins"][0];
+    assert_eq!((active["version"].as_str(), active["seq"].as_i64()), (Some("1"), Some(1)), "rolled back: {listed}");
 }
 
 /// A local HTTP receiver recording every notice; answers 503 to the first `fail_first`.

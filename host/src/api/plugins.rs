@@ -83,6 +83,7 @@ fn plugin_json(plugin: &ActivePlugin) -> Value {
         "keyValue": manifest.key_value,
         "limits": manifest.limits(),
         "stats": stats_json(&plugin.stats),
+        "peakMemoryBytes": plugin.compiled.peak_memory(),
     })
 }
 
