@@ -238,6 +238,12 @@ async fn all(
             Ok(comparisons) => calls.extend(comparisons),
             Err(error) => notes.push(format!("raw plugin call case skipped: {error}")),
         }
+        // The consent plugin in JavaScript and Python next to its Rust twin (the plugin issue's
+        // per-language cost table).
+        let (languages, skipped) =
+            tokio::task::block_in_place(|| hearth_bench::plugins::language_calls(if quick { 500 } else { 5_000 }));
+        calls.extend(languages);
+        notes.extend(skipped);
         match policy_cases(spec, &hearth_bin, &scratch, seed_patients).await {
             Ok(found) => comparisons.extend(found),
             Err(error) => notes.push(format!("policy-gated read cases skipped: {error}")),

@@ -164,6 +164,131 @@ fn raw_call(
     })
 }
 
+/// Where `bench/run` put the JavaScript and Python builds of the consent plugin.
+fn language_component(lang: &str) -> PathBuf {
+    let dir = std::env::var_os("HEARTH_BENCH_LANG_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target/plugins/languages"));
+    dir.join(format!("consent_{lang}.wasm"))
+}
+
+/// The consent plugin in JavaScript and Python against the same plugin in Rust, in one process:
+/// component size, compile time, and `authorize` with a reused and with a fresh instance (the
+/// fresh one is instantiation plus the call). The request reads a patient's Observation while a
+/// denying Consent is on file, so every call does the lookup and returns a denial.
+/// Languages whose component is missing are named in the error list, not measured.
+pub fn language_calls(iterations: usize) -> (Vec<CallComparison>, Vec<String>) {
+    let consent = json!({"resourceType": "Consent", "id": "c1", "status": "active",
+        "patient": {"reference": "Patient/p1"}, "provision": {"type": "deny"}});
+    let services = HostServices {
+        store: None,
+        tokio: tokio::runtime::Handle::current(),
+        http: reqwest::Client::new(),
+        consents: std::sync::Arc::new(std::sync::Mutex::new(
+            [("p1".to_owned(), vec![consent.to_string()])].into_iter().collect(),
+        )),
+    };
+    let mut skipped = Vec::new();
+    let runtime = match PluginRuntime::new(services, None) {
+        Ok(runtime) => runtime,
+        Err(error) => return (Vec::new(), vec![error]),
+    };
+    let mut found = Vec::new();
+    for lang in ["javascript", "python"] {
+        let path = language_component(lang);
+        let Ok(bytes) = std::fs::read(&path) else {
+            skipped.push(format!("{lang} consent plugin not built ({}); bench/run builds it", path.display()));
+            continue;
+        };
+        for (isolation, label, count) in
+            [("", "reused instance", iterations), ("isolation = \"per-call\"\n", "fresh instance", iterations / 10)]
+        {
+            match compare_to_rust(&runtime, lang, &bytes, isolation, label, count.max(20)) {
+                Ok(comparison) => found.push(comparison),
+                Err(error) => skipped.push(format!("{lang} {label}: {error}")),
+            }
+        }
+    }
+    (found, skipped)
+}
+
+fn compare_to_rust(
+    runtime: &PluginRuntime,
+    lang: &str,
+    bytes: &[u8],
+    isolation: &str,
+    label: &str,
+    iterations: usize,
+) -> Result<CallComparison, String> {
+    let manifest = |version: &str| {
+        Manifest::parse(&format!(
+            "name = \"consent\"\nversion = \"{version}\"\nworld = \"policy\"\n{isolation}\n[limits]\ntimeout_ms = 1000\nmemory_mib = 128\n"
+        ))
+        .map_err(|e| e.to_string())
+    };
+    let rust_bytes = std::fs::read(component_path("consent")).map_err(|e| format!("consent component: {e}"))?;
+    let rust = runtime.load(manifest("rust")?, &rust_bytes).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let plugin = runtime.load(manifest(lang)?, bytes).map_err(|e| e.to_string())?;
+    let compile_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let request = Request {
+        principal: Principal {
+            subject: "dr-a".into(),
+            scopes: vec!["user/*.rs".into()],
+            roles: Vec::new(),
+            purpose_of_use: Some("TREAT".into()),
+            break_glass_reason: None,
+            patient: None,
+        },
+        interaction: Interaction::Read,
+        config: "{}".into(),
+    };
+    let resources = [SubjectResource {
+        resource_type: "Observation".into(),
+        id: Some("o1".into()),
+        compartment: Some("p1".into()),
+        json: Some(
+            r#"{"resourceType":"Observation","id":"o1","status":"final","subject":{"reference":"Patient/p1"}}"#.into(),
+        ),
+    }];
+    // Both must deny, or the comparison means nothing.
+    for (name, p) in [("rust", &rust), (lang, &plugin)] {
+        match runtime.authorize(p, &request, &resources).map_err(|e| e.to_string())?.first() {
+            Some(Decision::Deny(_)) => {}
+            other => return Err(format!("the {name} consent plugin answered {other:?}, not a denial")),
+        }
+    }
+    let (mut subject, mut baseline) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
+    let block = 10;
+    for _ in 0..iterations.div_ceil(block) {
+        for (p, into) in [(&plugin, &mut subject), (&rust, &mut baseline)] {
+            for _ in 0..block {
+                let t = Instant::now();
+                let decisions = runtime.authorize(p, &request, &resources).map_err(|e| e.to_string())?;
+                into.push(t.elapsed().as_secs_f64() * 1e6);
+                std::hint::black_box(decisions);
+            }
+        }
+    }
+    subject.sort_by(f64::total_cmp);
+    baseline.sort_by(f64::total_cmp);
+    let (subject_p50, baseline_p50) = (percentile(&subject, 0.5), percentile(&baseline, 0.5));
+    Ok(CallComparison {
+        case: "3 policy plugins, by language".into(),
+        subject: format!("consent authorize, {lang} ({label}, peak memory {} KiB)", plugin.peak_memory() / 1024),
+        baseline: format!("the same plugin in Rust ({} KiB)", rust.peak_memory() / 1024),
+        subject_p50_us: subject_p50,
+        subject_p99_us: percentile(&subject, 0.99),
+        baseline_p50_us: baseline_p50,
+        baseline_p99_us: percentile(&baseline, 0.99),
+        p50_ratio: subject_p50 / baseline_p50.max(1e-9),
+        target: format!("report (size {:.0}x Rust's)", bytes.len() as f64 / rust_bytes.len() as f64),
+        met: None,
+        component_bytes: bytes.len(),
+        compile_ms,
+    })
+}
+
 /// Uploads reference plugin `name` into the dev-mode server whose data directory is `data`.
 pub async fn load_into(data: &Path, base_url: &str, name: &str) -> Result<(), String> {
     let key = hearth::auth::token::DevSigningKey::load_or_create(&hearth::serve::dev_token_key_path(data))

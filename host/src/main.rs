@@ -142,15 +142,8 @@ enum PluginCommand {
     },
     /// Upload a component with its manifest (and signature) to a running server.
     Load {
-        /// The server's base URL, e.g. https://127.0.0.1:8443.
-        #[arg(long, env = "HEARTH_SERVER")]
-        server: String,
-        /// A bearer token with the admin/plugins scope.
-        #[arg(long, env = "HEARTH_TOKEN", hide_env_values = true)]
-        token: String,
-        /// PEM CA to trust for the server's certificate (default: the system's roots).
-        #[arg(long)]
-        cacert: Option<PathBuf>,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The manifest (TOML or JSON); its `name` is the plugin's name.
         #[arg(long)]
         manifest: PathBuf,
@@ -174,6 +167,12 @@ struct ServerArgs {
     /// PEM CA to trust for the server's certificate (default: the system's roots).
     #[arg(long)]
     cacert: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    fn admin(&self) -> hearth::plugin_commands::Server<'_> {
+        hearth::plugin_commands::Server { url: &self.server, token: &self.token, ca: self.cacert.as_deref() }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,37 +267,21 @@ fn main() -> ExitCode {
                 .map(|key| println!("signed by {key}"))
                 .map_err(|e| e.to_string())
         }
-        Command::Plugin(PluginCommand::List { server }) => {
-            let admin = hearth::plugin_commands::Server {
-                url: &server.server,
-                token: &server.token,
-                ca: server.cacert.as_deref(),
-            };
-            runtime
-                .block_on(admin.call(reqwest::Method::GET, "admin/plugins", None))
-                .map(|listed| println!("{listed}"))
-                .map_err(|e| e.to_string())
-        }
-        Command::Plugin(PluginCommand::Rollback { server, name }) => {
-            let admin = hearth::plugin_commands::Server {
-                url: &server.server,
-                token: &server.token,
-                ca: server.cacert.as_deref(),
-            };
-            runtime
-                .block_on(admin.call(reqwest::Method::POST, &format!("admin/plugins/{name}/rollback"), None))
-                .map(|answer| println!("{answer}"))
-                .map_err(|e| e.to_string())
-        }
+        Command::Plugin(PluginCommand::List { server }) => runtime
+            .block_on(server.admin().call(reqwest::Method::GET, "admin/plugins", None))
+            .map(|listed| println!("{listed}"))
+            .map_err(|e| e.to_string()),
+        Command::Plugin(PluginCommand::Rollback { server, name }) => runtime
+            .block_on(server.admin().call(reqwest::Method::POST, &format!("admin/plugins/{name}/rollback"), None))
+            .map(|answer| println!("{answer}"))
+            .map_err(|e| e.to_string()),
         Command::Plugin(PluginCommand::Test { manifest, fixtures, component }) => runtime
             .block_on(hearth::plugin_test::plugin_test(&component, &manifest, &fixtures))
             .map(|report| print!("{report}"))
             .map_err(|e| e.to_string()),
-        Command::Plugin(PluginCommand::Load { server, token, cacert, manifest, signature, component }) => {
+        Command::Plugin(PluginCommand::Load { server, manifest, signature, component }) => {
             let request = hearth::plugin_commands::LoadRequest {
-                server: &server,
-                token: &token,
-                ca: cacert.as_deref(),
+                server: server.admin(),
                 manifest: &manifest,
                 component: &component,
                 signature: signature.as_deref(),

@@ -39,9 +39,7 @@ pub fn plugin_sign(key: &Path, manifest_path: &Path, component: &Path) -> Result
 
 /// What `hearth plugin load` sends where.
 pub struct LoadRequest<'a> {
-    pub server: &'a str,
-    pub token: &'a str,
-    pub ca: Option<&'a Path>,
+    pub server: Server<'a>,
     pub manifest: &'a Path,
     pub component: &'a Path,
     pub signature: Option<&'a Path>,
@@ -65,8 +63,7 @@ pub async fn plugin_load(request: &LoadRequest<'_>) -> Result<String, PluginComm
         "component": base64::engine::general_purpose::STANDARD.encode(&component),
         "signature": signature,
     });
-    let server = Server { url: request.server, token: request.token, ca: request.ca };
-    server.call(reqwest::Method::PUT, &format!("admin/plugins/{}", manifest.name), Some(body)).await
+    request.server.call(reqwest::Method::PUT, &format!("admin/plugins/{}", manifest.name), Some(body)).await
 }
 
 /// A running server's admin API, as the CLI reaches it.

@@ -18,7 +18,6 @@ use super::search::{ReturnedIds, form_pairs, pairs_of, strict_handling};
 use crate::audit::AuditEvent;
 use crate::audit::lookup::{AuditQuery, parse_query, to_resource};
 use crate::auth::Principal;
-use crate::fhir::instant::{now_us, to_fhir_instant};
 use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
 use crate::store::StoredAuditEntry;
 
@@ -113,15 +112,7 @@ async fn run(state: &SharedState, headers: &HeaderMap, pairs: Vec<(String, Strin
     if more && let Some(last) = entries.last() {
         links.push(json!({"relation": "next", "url": link(base, &pairs, &query, Some(last.seq))}));
     }
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": to_fhir_instant(now_us())},
-        "type": "searchset",
-        "link": links,
-        "entry": bundle_entries,
-    });
-    returned.respond(&bundle)
+    returned.respond(&super::search::searchset(links, bundle_entries))
 }
 
 /// The URL of a page: the search's own parameters (as understood) and the cursor.

@@ -16,7 +16,7 @@ use super::search::{ReturnedIds, pairs_of};
 use crate::auth::{Interaction, Principal, forbidden};
 use crate::fhir::bundle::{Link, history_bundle};
 use crate::fhir::compartment::patient_key_id;
-use crate::fhir::instant::{now_us, parse_instant, to_fhir_instant};
+use crate::fhir::instant::parse_instant;
 use crate::fhir::outcome::{FhirError, IssueType};
 use crate::fhir::resource::{check_id, check_type_name};
 use crate::fhir::resource_types::is_resource_type;
@@ -150,15 +150,7 @@ pub async fn everything(
             "search": {"mode": "match"},
         }));
     }
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "meta": {"lastUpdated": to_fhir_instant(now_us())},
-        "type": "searchset",
-        "link": links,
-        "entry": entries,
-    });
-    returned.respond(&bundle)
+    returned.respond(&super::search::searchset(links, entries))
 }
 
 /// `GET /{type}/_history`

@@ -390,20 +390,26 @@ pub(super) async fn search_bundle(
             "search": {"mode": "outcome"},
         }));
     }
-    let mut bundle = json!({
+    let mut bundle = searchset(links, entries);
+    if let Some(total) = page.total {
+        bundle["total"] = json!(total);
+    }
+    if query.summary == Summary::Count && bundle["entry"].as_array().is_some_and(Vec::is_empty) {
+        bundle.as_object_mut().map(|b| b.remove("entry"));
+    }
+    Ok((bundle, returned))
+}
+
+/// A searchset Bundle of `entries`, with paging `links`.
+pub(super) fn searchset(links: Vec<Value>, entries: Vec<Value>) -> Value {
+    json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "meta": {"lastUpdated": to_fhir_instant(now_us())},
         "type": "searchset",
-    });
-    if let Some(total) = page.total {
-        bundle["total"] = json!(total);
-    }
-    bundle["link"] = Value::Array(links);
-    if query.summary != Summary::Count || !entries.is_empty() {
-        bundle["entry"] = Value::Array(entries);
-    }
-    Ok((bundle, returned))
+        "link": links,
+        "entry": entries,
+    })
 }
 
 /// The ids of `res_type` resources matching a conditional URL's query (at most two: callers

@@ -79,16 +79,7 @@ impl Store {
                 .bind(limit)
                 .fetch_all(&self.reader)
                 .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredAuditEntry {
-                    seq: r.try_get(0)?,
-                    entry: r.try_get(1)?,
-                    prev_hash: r.try_get(2)?,
-                    hash: r.try_get(3)?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_entry).collect()
     }
 
     /// The chain head as recorded: (last seq, its hash).
@@ -128,6 +119,16 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// An entry row (columns: seq, entry, prev_hash, hash).
+fn stored_entry(row: &sqlx::any::AnyRow) -> Result<StoredAuditEntry, StoreError> {
+    Ok(StoredAuditEntry {
+        seq: row.try_get(0)?,
+        entry: row.try_get(1)?,
+        prev_hash: row.try_get(2)?,
+        hash: row.try_get(3)?,
+    })
 }
 
 /// Writes the lookup rows of entry `seq`.
@@ -332,17 +333,7 @@ impl Store {
             statement = statement.bind(*seq);
         }
         let rows = statement.fetch_all(&self.reader).await?;
-        let mut entries: Vec<StoredAuditEntry> = rows
-            .iter()
-            .map(|r| {
-                Ok(StoredAuditEntry {
-                    seq: r.try_get(0)?,
-                    entry: r.try_get(1)?,
-                    prev_hash: r.try_get(2)?,
-                    hash: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<_, StoreError>>()?;
+        let mut entries: Vec<StoredAuditEntry> = rows.iter().map(stored_entry).collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| seqs.iter().position(|s| *s == e.seq));
         Ok(entries)
     }
