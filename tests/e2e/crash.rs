@@ -85,6 +85,15 @@ async fn twenty_kills_lose_no_acknowledged_write(db: Db) {
                 })
             }))
             .collect();
+        // Each round kills a server that has acknowledged work (a slow, shared machine must not
+        // turn a round into a kill of an idle server), at a varying moment after that.
+        let before = acknowledged.lock().unwrap().len();
+        for _ in 0..500 {
+            if acknowledged.lock().unwrap().len() > before {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         tokio::time::sleep(Duration::from_millis(delay)).await;
         signal(server_arc.pid(), "KILL");
         for writer in writers {

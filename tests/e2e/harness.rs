@@ -230,6 +230,11 @@ impl Server {
     }
 
     /// The database this server uses, as a URL any sqlx client (or `hearth` command) takes.
+    /// The PostgreSQL database's name, for a server on PostgreSQL.
+    pub fn pg_name(&self) -> Option<&str> {
+        self.pg.as_ref().map(|pg| pg.name.as_str())
+    }
+
     pub fn database_url(&self) -> String {
         match &self.pg {
             Some(pg) => pg.url.clone(),

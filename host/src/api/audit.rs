@@ -65,13 +65,21 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
     };
     match state.audit.record(event).await {
         Ok(()) => response,
-        Err(error) => {
-            tracing::error!(%error, "request failed: its audit entry could not be written");
-            FhirError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                IssueType::Exception,
-                "the audit log could not be written, so the request is reported as failed; retry later",
-            )
+        Err(failure) => {
+            tracing::error!(error = %failure.message, "request failed: its audit entry could not be written");
+            match failure.kind {
+                // 503 with Retry-After, like every other answer while the database is away.
+                crate::audit::AuditFailureKind::Unavailable => FhirError::unavailable(
+                    "the database is unavailable, so the audit log could not be written and the request is reported \
+                     as failed; retry shortly",
+                ),
+                crate::audit::AuditFailureKind::Full => FhirError::out_of_space(),
+                crate::audit::AuditFailureKind::Broken => FhirError::new(
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    IssueType::Exception,
+                    "the audit log could not be written, so the request is reported as failed; retry later",
+                ),
+            }
             .into_response()
         }
     }

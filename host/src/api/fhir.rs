@@ -701,6 +701,10 @@ pub(super) fn store_error(error: StoreError) -> FhirError {
             tracing::error!(error = %cause, "database unavailable");
             FhirError::unavailable("the database is unavailable; retry shortly")
         }
+        StoreError::Full(ref cause) => {
+            tracing::error!(error = %cause, "ALERT: the database is out of space; writes are refused until space is freed");
+            FhirError::out_of_space()
+        }
         other => {
             tracing::error!(error = %other, "storage failure");
             FhirError::internal()

@@ -106,7 +106,24 @@ pub fn canonical_entry(seq: i64, event: &AuditEvent) -> Vec<u8> {
 
 struct Pending {
     event: AuditEvent,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), AuditFailure>>,
+}
+
+/// Why an audit entry was not written.
+#[derive(Debug, Clone)]
+pub struct AuditFailure {
+    pub message: String,
+    pub kind: AuditFailureKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditFailureKind {
+    /// The database was unavailable: worth retrying.
+    Unavailable,
+    /// The database is out of space.
+    Full,
+    /// Anything else.
+    Broken,
 }
 
 /// The appending side of the audit log, shared by all requests of a process.
@@ -124,11 +141,13 @@ impl AuditLog {
         AuditLog { sender }
     }
 
-    /// Appends `event`; returns once it is durable, or an error if it could not be written.
-    pub async fn record(&self, event: AuditEvent) -> Result<(), String> {
+    /// Appends `event`; returns once it is durable, or why it could not be written.
+    pub async fn record(&self, event: AuditEvent) -> Result<(), AuditFailure> {
+        let stopped =
+            || AuditFailure { message: "the audit appender has stopped".to_owned(), kind: AuditFailureKind::Broken };
         let (done, answer) = oneshot::channel();
-        self.sender.send(Pending { event, done }).await.map_err(|_| "the audit appender has stopped".to_owned())?;
-        answer.await.map_err(|_| "the audit appender has stopped".to_owned())?
+        self.sender.send(Pending { event, done }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
@@ -148,7 +167,12 @@ async fn appender(store: Store, signer: AuditSigner, checkpoint_every: i64, mut 
             Ok(head) => (Ok(()), Some(head)),
             Err(error) => {
                 tracing::error!(%error, entries = batch.len(), "cannot append to the audit log");
-                (Err(format!("cannot write the audit log: {error}")), None)
+                let kind = match error {
+                    crate::store::StoreError::Unavailable(_) => AuditFailureKind::Unavailable,
+                    crate::store::StoreError::Full(_) => AuditFailureKind::Full,
+                    _ => AuditFailureKind::Broken,
+                };
+                (Err(AuditFailure { message: format!("cannot write the audit log: {error}"), kind }), None)
             }
         };
         for pending in batch {

@@ -119,6 +119,17 @@ impl FhirError {
     }
 
     /// The database is unreachable or overloaded: the client may retry.
+    /// 507: the database has no room to write (the resource, or the audit entry that every
+    /// request, reads included, must leave).
+    pub fn out_of_space() -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            IssueType::Exception,
+            "the server's database is out of space, so the request could not be recorded and nothing was changed \
+             by it; an operator must free space (or grow the volume), then retry",
+        )
+    }
+
     pub fn unavailable(diagnostics: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, IssueType::Transient, diagnostics)
     }

@@ -44,6 +44,10 @@ pub enum StoreError {
     /// The database is unreachable, overloaded or shutting down: worth retrying later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The database's disk (or quota) is full: nothing more can be written until space is
+    /// freed; reads still work.
+    #[error("the database is out of space: {0}")]
+    Full(#[source] sqlx::Error),
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
 }
@@ -54,7 +58,42 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
                 StoreError::Unavailable(error)
             }
+            sqlx::Error::Database(ref db) if db.code().is_some_and(|code| out_of_space(&code)) => {
+                StoreError::Full(error)
+            }
+            sqlx::Error::Database(ref db) if db.code().is_some_and(|code| transient_sqlstate(&code)) => {
+                StoreError::Unavailable(error)
+            }
             other => StoreError::Database(other),
         }
+    }
+}
+
+/// SQLite's SQLITE_FULL (13) and PostgreSQL's disk_full (53100).
+fn out_of_space(code: &str) -> bool {
+    code == "13" || code == "53100"
+}
+
+/// PostgreSQL SQLSTATEs that mean "the server went away or is refusing work for now", not "this
+/// statement is wrong": class 08 (connection exception), 57P01-57P03 (administrator shutdown,
+/// crash shutdown, cannot connect now: a terminated backend or a restart) and 53 (insufficient
+/// resources, e.g. too many connections).
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{out_of_space, transient_sqlstate};
+
+    #[test]
+    fn connection_loss_is_transient_and_mistakes_are_not() {
+        for code in ["08006", "08003", "57P01", "57P02", "57P03", "53300"] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "40001", "22P02"] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        assert!(out_of_space("13") && out_of_space("53100") && !out_of_space("5"));
     }
 }

@@ -272,6 +272,23 @@ impl Store {
                         Ok(())
                     })
                 })
+                .before_acquire(|conn, _meta| {
+                    Box::pin(async move {
+                        // A connection whose transaction the database ended on its own (SQLite
+                        // rolls back on SQLITE_FULL; a failed COMMIT) keeps a stale transaction
+                        // depth in sqlx and would refuse every later BEGIN: drop it and let the
+                        // pool open a fresh one. A dropped transaction's own rollback is queued
+                        // ahead of the ping, so a healthy connection is back at depth 0 by then.
+                        if sqlx::Connection::is_in_transaction(conn) {
+                            sqlx::Connection::ping(conn).await?;
+                            if sqlx::Connection::is_in_transaction(conn) {
+                                tracing::warn!("discarding a database connection left inside a failed transaction");
+                                return Ok(false);
+                            }
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect_with(connect_options.clone())
         };
         let (reader, writer) = match backend {
