@@ -19,6 +19,7 @@ mod metadata;
 mod mtls;
 mod outage;
 mod plugins;
+mod schemathesis;
 mod search;
 mod store;
 mod transport;

@@ -1,6 +1,6 @@
 //! The administrative API: operations that need an `admin/...` scope and never a clinical one.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -41,7 +41,7 @@ const BREAK_GLASS_PAGE: usize = 100;
 async fn break_glass_accesses(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    axum::extract::Query(query): axum::extract::Query<BreakGlassQuery>,
+    super::extract::FhirQuery(query): super::extract::FhirQuery<BreakGlassQuery>,
 ) -> Result<Json<Value>, FhirError> {
     principal.require_admin("audit")?;
     let mut after = query.after.unwrap_or(0);
@@ -111,7 +111,7 @@ struct ReviewRequest {
 async fn review_break_glass(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Path(seq): Path<i64>,
+    super::extract::FhirPath(seq): super::extract::FhirPath<i64>,
     body: axum::body::Bytes,
 ) -> Result<Response, FhirError> {
     principal.require_admin("audit")?;

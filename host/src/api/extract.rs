@@ -152,6 +152,52 @@ pub fn return_preference(headers: &HeaderMap) -> ReturnPreference {
     ReturnPreference::Representation
 }
 
+/// `axum::extract::Query` whose rejection is an OperationOutcome (400), not plain text.
+pub struct FhirQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for FhirQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = FhirError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, FhirError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| FhirQuery(value))
+            .map_err(|rejection| {
+                FhirError::bad_request(
+                    IssueType::Value,
+                    format!("the query parameters are not valid here: {}", rejection.body_text()),
+                )
+            })
+    }
+}
+
+/// `axum::extract::Path` whose rejection is an OperationOutcome (400), not plain text.
+pub struct FhirPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for FhirPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = FhirError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, FhirError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| FhirPath(value))
+            .map_err(|rejection| {
+                FhirError::bad_request(
+                    IssueType::Value,
+                    format!("the URL is not valid here: {}", rejection.body_text()),
+                )
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

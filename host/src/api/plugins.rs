@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -390,7 +390,7 @@ struct OutboxQuery {
 async fn outbox(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Query(query): Query<OutboxQuery>,
+    super::extract::FhirQuery(query): super::extract::FhirQuery<OutboxQuery>,
 ) -> Result<Json<Value>, FhirError> {
     principal.require_admin("plugins")?;
     let wanted = query.state.as_deref().unwrap_or("dead");
@@ -414,7 +414,7 @@ async fn outbox(
 async fn retry_event(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<i64>,
+    super::extract::FhirPath(id): super::extract::FhirPath<i64>,
 ) -> Result<Json<Value>, FhirError> {
     principal.require_admin("plugins")?;
     if !state.store.outbox_retry(id).await.map_err(store_error)? {
