@@ -233,5 +233,6 @@ async fn admin_scopes_are_separate_from_clinical_ones(db: Db) {
         "{text}"
     );
     assert!(text.contains("hearth_audit_chain_length "), "{text}");
+    assert!(text.contains("hearth_outbox_events{state=\"pending\"} 0"), "{text}");
     assert!(!text.contains("stays") && !text.contains("gone"), "no resource ids in metrics");
 }

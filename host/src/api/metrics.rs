@@ -97,6 +97,15 @@ pub async fn metrics(
         "# HELP hearth_audit_chain_length Entries in the audit hash chain.\n# TYPE hearth_audit_chain_length gauge\n",
     );
     let _ = writeln!(out, "hearth_audit_chain_length {chain_length}");
+    let depth = state.store.outbox_depth().await.map_err(super::fhir::store_error)?;
+    out.push_str(
+        "# HELP hearth_outbox_events Integration events waiting for delivery (pending) or given up on (dead).\n\
+         # TYPE hearth_outbox_events gauge\n",
+    );
+    for wanted in ["pending", "dead"] {
+        let count = depth.iter().find(|(s, _)| s == wanted).map_or(0, |(_, n)| *n);
+        let _ = writeln!(out, "hearth_outbox_events{{state=\"{wanted}\"}} {count}");
+    }
     render_plugins(&state, &mut out);
     let mut response = out.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));

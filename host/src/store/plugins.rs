@@ -386,6 +386,12 @@ impl Store {
     }
 
     /// Events in one state (`pending` or `dead`), oldest first.
+    /// Outbox events by state (`pending`, `dead`), for the metrics.
+    pub async fn outbox_depth(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetch_all(&self.reader).await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
     pub async fn outbox_events(&self, state: &str, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
         let sql = concat!(outbox_select!(), " WHERE state = $1 ORDER BY id LIMIT $2");
         let rows = sqlx::query(sql).bind(state).bind(limit).fetch_all(&self.reader).await?;
