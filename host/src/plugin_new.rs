@@ -58,7 +58,7 @@ pub fn plugin_new(parent: &Path, lang: Lang, world: &str, name: &str) -> Result<
             files.push(("plugin.js".into(), js_source(world)));
             files.push(("package.json".into(), format!(
                 "{{\n  \"name\": \"{name}\",\n  \"private\": true,\n  \"type\": \"module\",\n  \"dependencies\": {{\n    \
-                 \"@bytecodealliance/componentize-js\": \"0.23.0\"\n  }}\n}}\n"
+                 \"@bytecodealliance/componentize-js\": \"0.23.0\",\n    \"@bytecodealliance/preview2-shim\": \"0.25.0\"\n  }}\n}}\n"
             )));
             files.push(("build.mjs".into(), JS_BUILD.replace("WORLD", world).replace("OUT", &component)));
             format!(
