@@ -4,6 +4,7 @@
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+use super::search::Sql;
 use super::{Backend, Store, StoreError};
 use crate::audit::lookup::{AuditQuery, Lookup, date_matches, lookup_of};
 use crate::audit::{AuditEvent, canonical_entry};
@@ -200,47 +201,30 @@ impl Store {
     }
 
     /// One page of `GET /AuditEvent?...`: the matching entries in the search's order, and
-    /// whether more follow.
+    /// whether more follow (found by looking for one match beyond the page).
     pub async fn search_audit(&self, query: &AuditQuery) -> Result<(Vec<StoredAuditEntry>, bool), StoreError> {
-        let limit = i64::try_from(query.count).unwrap_or(i64::MAX);
+        let wanted = query.count.saturating_add(1);
         let mut found: Vec<i64> = Vec::new();
         let mut cursor = query.cursor;
-        let more = loop {
+        while found.len() < wanted {
             let batch = self.audit_candidates(query, cursor, SEARCH_BATCH).await?;
             let exhausted = batch.len() < usize::try_from(SEARCH_BATCH).unwrap_or(usize::MAX);
             cursor = batch.last().map(|(seq, _)| *seq).or(cursor);
-            for (seq, at_us) in batch {
-                if query.dates.iter().all(|&(prefix, range)| date_matches(at_us, prefix, range)) {
-                    if found.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
-                        break;
-                    }
-                    found.push(seq);
-                }
-            }
-            if found.len() == usize::try_from(limit).unwrap_or(usize::MAX) {
-                // One more match means a next page; look for it with the same rules.
-                break self.audit_has_more(query, found.last().copied()).await?;
-            }
+            found.extend(
+                batch
+                    .into_iter()
+                    .filter(|&(_, at_us)| query.dates.iter().all(|&(prefix, range)| date_matches(at_us, prefix, range)))
+                    .map(|(seq, _)| seq)
+                    .take(wanted - found.len()),
+            );
             if exhausted {
-                break false;
+                break;
             }
-        };
+        }
+        let more = found.len() > query.count;
+        found.truncate(query.count);
         let entries = self.audit_entries_at(&found).await?;
         Ok((entries, more))
-    }
-
-    async fn audit_has_more(&self, query: &AuditQuery, after: Option<i64>) -> Result<bool, StoreError> {
-        let mut cursor = after;
-        loop {
-            let batch = self.audit_candidates(query, cursor, SEARCH_BATCH).await?;
-            if batch.iter().any(|&(_, at)| query.dates.iter().all(|&(p, r)| date_matches(at, p, r))) {
-                return Ok(true);
-            }
-            if batch.len() < usize::try_from(SEARCH_BATCH).unwrap_or(usize::MAX) {
-                return Ok(false);
-            }
-            cursor = batch.last().map(|(seq, _)| *seq);
-        }
     }
 
     /// Entries matching the query's term and id filters, after `cursor` in the search's order,
@@ -253,36 +237,32 @@ impl Store {
         cursor: Option<i64>,
         limit: i64,
     ) -> Result<Vec<(i64, i64)>, StoreError> {
-        let mut binds: Vec<BindValue> = Vec::new();
-        let param = |binds: &mut Vec<BindValue>, value: BindValue| {
-            binds.push(value);
-            format!("${}", binds.len())
-        };
+        let mut sql = Sql::default();
         let (order, after) = if query.ascending { ("ASC", ">") } else { ("DESC", "<") };
         let mut conditions: Vec<String> = Vec::new();
         let (from, seq_col) = match query.terms.first() {
             Some((code, values)) => {
-                let p = param(&mut binds, BindValue::Text((*code).to_owned()));
-                let list: Vec<String> = values.iter().map(|v| param(&mut binds, BindValue::Text(v.clone()))).collect();
+                let p = sql.text(*code);
+                let list: Vec<String> = values.iter().map(|v| sql.text(v.as_str())).collect();
                 conditions.push(format!("d.param = {p} AND d.value IN ({})", list.join(", ")));
                 ("audit_term d JOIN audit_time m ON m.seq = d.seq", "d.seq")
             }
             None => ("audit_time m", "m.seq"),
         };
         for (code, values) in query.terms.iter().skip(1) {
-            let p = param(&mut binds, BindValue::Text((*code).to_owned()));
-            let list: Vec<String> = values.iter().map(|v| param(&mut binds, BindValue::Text(v.clone()))).collect();
+            let p = sql.text(*code);
+            let list: Vec<String> = values.iter().map(|v| sql.text(v.as_str())).collect();
             conditions.push(format!(
                 "EXISTS (SELECT 1 FROM audit_term t WHERE t.param = {p} AND t.value IN ({}) AND t.seq = {seq_col})",
                 list.join(", ")
             ));
         }
         if !query.seqs.is_empty() {
-            let list: Vec<String> = query.seqs.iter().map(|s| param(&mut binds, BindValue::Int(*s))).collect();
+            let list: Vec<String> = query.seqs.iter().map(|s| sql.int(*s)).collect();
             conditions.push(format!("{seq_col} IN ({})", list.join(", ")));
         }
         if let Some(cursor) = cursor {
-            let p = param(&mut binds, BindValue::Int(cursor));
+            let p = sql.int(cursor);
             conditions.push(format!("{seq_col} {after} {p}"));
         }
         // Bound the time index by the widest range every date condition allows.
@@ -298,26 +278,19 @@ impl Store {
             }
         });
         if lo != i64::MIN {
-            let p = param(&mut binds, BindValue::Int(lo));
+            let p = sql.int(lo);
             conditions.push(format!("m.at_us >= {p}"));
         }
         if hi != i64::MAX {
-            let p = param(&mut binds, BindValue::Int(hi));
+            let p = sql.int(hi);
             conditions.push(format!("m.at_us <= {p}"));
         }
-        let limit_param = param(&mut binds, BindValue::Int(limit));
-        let sql = format!(
+        let limit_param = sql.int(limit);
+        let text = format!(
             "SELECT DISTINCT {seq_col}, m.at_us FROM {from} WHERE {} ORDER BY {seq_col} {order} LIMIT {limit_param}",
             if conditions.is_empty() { "1 = 1".to_owned() } else { conditions.join(" AND ") }
         );
-        let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for value in binds {
-            statement = match value {
-                BindValue::Text(text) => statement.bind(text),
-                BindValue::Int(n) => statement.bind(n),
-            };
-        }
-        let rows = statement.fetch_all(&self.reader).await?;
+        let rows = sql.query(text).fetch_all(&self.reader).await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
@@ -358,9 +331,4 @@ impl Store {
         .await?;
         rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
-}
-
-enum BindValue {
-    Text(String),
-    Int(i64),
 }

@@ -49,17 +49,18 @@ enum Bind {
     Float(f64),
 }
 
+/// Dynamic SQL text with its numbered bind values (`$1`, `$2`, ...), in order.
 #[derive(Default)]
-struct Sql {
+pub(super) struct Sql {
     binds: Vec<Bind>,
 }
 
 impl Sql {
-    fn text(&mut self, value: impl Into<String>) -> String {
+    pub(super) fn text(&mut self, value: impl Into<String>) -> String {
         self.binds.push(Bind::Text(value.into()));
         format!("${}", self.binds.len())
     }
-    fn int(&mut self, value: i64) -> String {
+    pub(super) fn int(&mut self, value: i64) -> String {
         self.binds.push(Bind::Int(value));
         format!("${}", self.binds.len())
     }
@@ -67,7 +68,7 @@ impl Sql {
         self.binds.push(Bind::Float(value));
         format!("${}", self.binds.len())
     }
-    fn query(&self, text: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    pub(super) fn query(&self, text: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
         let mut query = sqlx::query(AssertSqlSafe(text));
         for bind in &self.binds {
             query = match bind {
