@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// Most entries a transaction or batch Bundle may hold (default 1000).
     #[arg(long, env = "HEARTH_MAX_BUNDLE_ENTRIES")]
     pub max_bundle_entries: Option<usize>,
+    /// Seconds without a request after which a compliance-console session ends (default 900:
+    /// automatic logoff after 15 minutes).
+    #[arg(long, env = "HEARTH_CONSOLE_IDLE_SECONDS")]
+    pub console_idle_seconds: Option<u64>,
     /// A trusted token issuer (`iss`); give with --jwt-audience and --jwks-file. More issuers
     /// go in the config file as [[issuers]] tables.
     #[arg(long, env = "HEARTH_JWT_ISSUER", requires_all = ["jwt_audience", "jwks_file"])]
@@ -139,6 +143,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     max_body_bytes: Option<usize>,
     max_bundle_entries: Option<usize>,
+    console_idle_seconds: Option<u64>,
     db_max_connections: Option<u32>,
     log_format: Option<LogFormat>,
     max_token_lifetime: Option<u64>,
@@ -214,6 +219,7 @@ pub struct ServeSettings {
     pub tls: TlsSource,
     pub max_body_bytes: usize,
     pub max_bundle_entries: usize,
+    pub console_idle: std::time::Duration,
     pub log_format: LogFormat,
     /// Issuers from configuration; in dev mode the development issuer is trusted as well.
     pub issuers: Vec<IssuerConfig>,
@@ -354,6 +360,9 @@ impl ServeArgs {
                 .or(file.max_bundle_entries)
                 .unwrap_or(DEFAULT_MAX_BUNDLE_ENTRIES)
                 .max(1),
+            console_idle: std::time::Duration::from_secs(
+                self.console_idle_seconds.or(file.console_idle_seconds).unwrap_or(900).max(1),
+            ),
             log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             issuers,
             max_token_lifetime,

@@ -185,6 +185,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         base_url: base_url.clone(),
         max_body_bytes: settings.max_body_bytes,
         max_bundle_entries: settings.max_bundle_entries,
+        console_idle: settings.console_idle,
     };
     let plugins = start_plugins(&settings, &store).await?;
     let app = router(store.clone(), tokens, audit, api_settings, plugins);

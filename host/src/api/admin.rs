@@ -13,6 +13,7 @@ use super::fhir::store_error;
 use crate::audit::{AuditEvent, Review};
 use crate::auth::Principal;
 use crate::fhir::compartment::patient_key_id;
+use crate::fhir::instant::to_fhir_instant;
 use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
 use crate::fhir::resource::check_id;
 
@@ -21,6 +22,74 @@ pub fn routes() -> Router<SharedState> {
         .route("/admin/erasure", post(erase_patient))
         .route("/admin/break-glass", axum::routing::get(break_glass_accesses))
         .route("/admin/break-glass/{seq}/review", post(review_break_glass))
+        .route("/admin/keys", axum::routing::get(keys))
+        .route("/admin/audit/verify", post(verify_audit))
+}
+
+/// `GET /admin/keys` (scope `admin/keys`): the key-encryption key versions with how many live
+/// data keys each wraps (a rotation is complete when only the newest wraps any), and the
+/// latest erasures (crypto-shredded data keys) with their stated reasons. No key material.
+async fn keys(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, FhirError> {
+    principal.require_admin("keys")?;
+    let status = state.store.key_status().await.map_err(store_error)?;
+    let newest = status.kek_versions.iter().map(|(version, _, _)| *version).max();
+    let kek_versions: Vec<Value> = status
+        .kek_versions
+        .iter()
+        .map(|(version, data_keys, retired)| {
+            json!({"version": version, "dataKeys": data_keys, "retired": retired, "current": Some(*version) == newest})
+        })
+        .collect();
+    let live: i64 = status.kek_versions.iter().map(|(_, n, _)| n).sum();
+    let on_newest: i64 = status.kek_versions.iter().filter(|(v, _, _)| Some(*v) == newest).map(|(_, n, _)| n).sum();
+    let erasures: Vec<Value> = state
+        .store
+        .erasure_history(100)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .map(|(key_id, at_us, reason)| {
+            json!({"dataKey": key_id, "patient": key_id.strip_prefix("patient/"), "at": to_fhir_instant(at_us), "reason": reason})
+        })
+        .collect();
+    Ok(Json(json!({
+        "kekVersions": kek_versions,
+        "liveDataKeys": live,
+        "rotation": {"onCurrentKek": on_newest, "remaining": live - on_newest},
+        "destroyedDataKeys": status.destroyed_data_keys,
+        "erasureCount": status.erasures,
+        "erasures": erasures,
+    })))
+}
+
+/// `POST /admin/audit/verify` (scope `admin/audit`): walks the whole audit chain and its signed
+/// checkpoints now, as `hearth audit verify` does, and says whether it is intact and, if not,
+/// the first break found.
+async fn verify_audit(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<Value>, FhirError> {
+    principal.require_admin("audit")?;
+    let started = std::time::Instant::now();
+    let report = crate::audit::verify_chain(&state.store, &[state.audit.public_key().to_vec()], &|_| {})
+        .await
+        .map_err(store_error)?;
+    let problem = report.problem.as_ref().map(ToString::to_string);
+    if let Some(problem) = &problem {
+        tracing::error!(%problem, by = %principal.subject, "audit chain verification found a break");
+    }
+    Ok(Json(json!({
+        "intact": problem.is_none(),
+        "entries": report.entries,
+        "checkpoints": report.checkpoints,
+        "lastGoodCheckpoint": report.last_good_checkpoint,
+        "problem": problem,
+        "verifiedAt": to_fhir_instant(crate::fhir::instant::now_us()),
+        "millis": started.elapsed().as_millis() as u64,
+    })))
 }
 
 #[derive(Deserialize)]

@@ -99,6 +99,10 @@ fn describe(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
             (format!("admin-plugin-{op}"), Some("plugin".into()), owned(name), None)
         }
         ("POST", ["admin", "policies", op]) => (format!("admin-policies-{op}"), None, None, None),
+        ("POST", ["admin", "policies", "bindings", file, index, mode]) => {
+            (format!("admin-policy-{mode}"), Some("binding".into()), Some(format!("{file}#{index}")), None)
+        }
+        ("POST", ["admin", "audit", "verify"]) => ("admin-audit-verify".into(), None, None, None),
         ("POST", ["admin", "break-glass", seq, "review"]) => {
             ("admin-break-glass-review".into(), Some("audit".into()), owned(seq), None)
         }
@@ -142,6 +146,11 @@ mod tests {
         );
         assert_eq!(describe(&Method::POST, "/Observation").0, "create");
         assert_eq!(describe(&Method::POST, "/admin/erasure").0, "admin-erasure");
+        assert_eq!(
+            describe(&Method::POST, "/admin/policies/bindings/consent.toml/2/enforce"),
+            ("admin-policy-enforce".into(), Some("binding".into()), Some("consent.toml#2".into()), None)
+        );
+        assert_eq!(describe(&Method::POST, "/admin/audit/verify").0, "admin-audit-verify");
         assert_eq!(describe(&Method::DELETE, "/Patient/a").0, "delete");
         assert_eq!(
             describe(&Method::PUT, "/admin/plugins/consent"),

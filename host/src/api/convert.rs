@@ -75,7 +75,7 @@ pub async fn convert(
         Ok(Ok(resources)) => resources,
         Ok(Err(reason)) => return Err(unprocessable(format!("{name} could not convert the message: {reason}"))),
         Err(failure) => {
-            plugin.stats.failures.fetch_add(1, Ordering::Relaxed);
+            plugin.stats.record_failure(matches!(failure, crate::plugins::CallFailure::Timeout(_)));
             tracing::error!(plugin = name, kind = failure.kind(), %failure, "converter failed");
             return Err(unprocessable(format!("the converter {name} failed; the failure is logged")));
         }

@@ -20,6 +20,7 @@ mod audit;
 mod audit_events;
 mod auth;
 mod bundle;
+mod console;
 mod convert;
 mod extract;
 mod feeds;
@@ -40,6 +41,8 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// The most entries a transaction or batch Bundle may hold.
     pub max_bundle_entries: usize,
+    /// A compliance-console session ends after this long without a request.
+    pub console_idle: std::time::Duration,
 }
 
 /// The plugin side of the server: loaded plugins, policy bindings, the outbox worker's
@@ -60,6 +63,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     pub settings: ApiSettings,
     pub plugins: PluginServices,
+    /// Sessions of the compliance console.
+    pub console: console::ConsoleState,
     /// The CapabilityStatement, rendered once at start-up.
     capability: Vec<u8>,
 }
@@ -88,6 +93,7 @@ pub fn router(
         metrics: metrics::Metrics::default(),
         settings,
         plugins,
+        console: console::ConsoleState::default(),
         capability: serde_json::to_vec(&capability).expect("serialising a JSON value cannot fail"),
     });
     // Everything but discovery and health needs a bearer token.
@@ -103,14 +109,18 @@ pub fn router(
     let public = Router::new()
         .route("/metadata", axum::routing::get(metadata).route_layer(middleware::from_fn(extract::negotiate_format)))
         .route("/.well-known/smart-configuration", axum::routing::get(auth::smart_configuration));
-    Router::new()
+    let app = Router::new()
         .merge(health::routes())
         .merge(public)
         .merge(protected)
+        .merge(console::routes(state.clone()))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), request_log))
-        .with_state(state)
+        .with_state(state.clone());
+    // The console sends its API requests through this same router.
+    state.console.attach(app.clone());
+    app
 }
 
 async fn unknown_route() -> FhirError {

@@ -39,6 +39,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/admin/plugins/{name}/rollback", post(rollback))
         .route("/admin/policies", get(policies))
         .route("/admin/policies/reload", post(reload_policies))
+        .route("/admin/policies/bindings/{file}/{index}/{mode}", post(set_mode))
         .route("/admin/outbox", get(outbox))
         .route("/admin/outbox/{id}/retry", post(retry_event))
 }
@@ -63,6 +64,9 @@ fn stats_json(stats: &CallStats) -> Value {
         "timeouts": stats.timeouts.load(Ordering::Relaxed),
         "denials": stats.denials.load(Ordering::Relaxed),
         "meanMicros": total.checked_div(calls).unwrap_or(0),
+        "p50Micros": stats.latency_quantile(0.50),
+        "p99Micros": stats.latency_quantile(0.99),
+        "lastHour": stats.last_hour(),
     })
 }
 
@@ -347,10 +351,36 @@ fn policies_json(state: &SharedState) -> Value {
     let shadow: Vec<Value> = state
         .plugins
         .policies
-        .shadow_counts()
+        .shadow_report()
         .into_iter()
-        .map(|(plugin, evaluated, differed, failed)| {
-            json!({"plugin": plugin, "evaluated": evaluated, "differed": differed, "failed": failed})
+        .map(|(plugin, counts)| {
+            let by_kind: Vec<Value> = counts
+                .by_kind
+                .iter()
+                .map(|((res_type, interaction), (evaluated, differed))| {
+                    json!({"resourceType": res_type, "interaction": interaction, "evaluated": evaluated, "differed": differed})
+                })
+                .collect();
+            let minutes: Vec<Value> = counts
+                .minutes
+                .iter()
+                .map(|(minute, evaluated, differed)| json!({"minute": minute, "evaluated": evaluated, "differed": differed}))
+                .collect();
+            let samples: Vec<Value> = counts
+                .samples
+                .iter()
+                .rev()
+                .map(|s| {
+                    json!({
+                        "at": to_fhir_instant(s.at_us), "binding": s.binding, "resourceType": s.resource_type,
+                        "id": s.id, "interaction": s.interaction, "would": s.would, "enforced": s.enforced,
+                    })
+                })
+                .collect();
+            json!({
+                "plugin": plugin, "evaluated": counts.evaluated, "differed": counts.differed, "failed": counts.failed,
+                "byKind": by_kind, "lastHour": minutes, "samples": samples,
+            })
         })
         .collect();
     json!({
@@ -379,6 +409,32 @@ async fn reload_policies(
         .reload()
         .map_err(|e| FhirError::bad_request(IssueType::Invalid, format!("the bindings in force are unchanged: {e}")))?;
     tracing::warn!(by = %principal.subject, "policy bindings reloaded");
+    Ok(Json(policies_json(&state)))
+}
+
+/// `POST /admin/policies/bindings/{file}/{index}/{enforce|shadow}`: switches binding
+/// `file#index` (as `GET /admin/policies` names it) to enforce or shadow mode by rewriting its
+/// `mode` line in the policies folder, then reloads the bindings on this host.
+async fn set_mode(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    super::extract::FhirPath((file, index, mode)): super::extract::FhirPath<(String, String, String)>,
+) -> Result<Json<Value>, FhirError> {
+    principal.require_admin("plugins")?;
+    let mode = match mode.as_str() {
+        "enforce" => crate::policy::Mode::Enforce,
+        "shadow" => crate::policy::Mode::Shadow,
+        _ => return Err(FhirError::not_found("switch a binding to 'enforce' or 'shadow'")),
+    };
+    let source = format!("{file}#{index}");
+    let bindings = state.plugins.policies.bindings();
+    if !bindings.bindings.iter().any(|b| b.source == source) {
+        return Err(FhirError::not_found(format!("no binding {source} is in force; GET /admin/policies lists them")));
+    }
+    state.plugins.policies.set_mode(&source, mode).map_err(|e| {
+        FhirError::new(StatusCode::CONFLICT, IssueType::Conflict, format!("the bindings in force are unchanged: {e}"))
+    })?;
+    tracing::warn!(binding = source, ?mode, by = %principal.subject, "policy binding mode switched");
     Ok(Json(policies_json(&state)))
 }
 

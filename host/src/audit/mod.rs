@@ -130,6 +130,8 @@ pub enum AuditFailureKind {
 #[derive(Clone)]
 pub struct AuditLog {
     sender: mpsc::Sender<Pending>,
+    /// The key checkpoints are signed with, for verification on demand.
+    public_key: std::sync::Arc<Vec<u8>>,
 }
 
 impl AuditLog {
@@ -137,8 +139,14 @@ impl AuditLog {
     /// `checkpoint_every` entries.
     pub fn start(store: Store, signer: AuditSigner, checkpoint_every: i64) -> AuditLog {
         let (sender, receiver) = mpsc::channel(4096);
+        let public_key = std::sync::Arc::new(signer.public_key());
         tokio::spawn(appender(store, signer, checkpoint_every.max(1), receiver));
-        AuditLog { sender }
+        AuditLog { sender, public_key }
+    }
+
+    /// The public key this host signs checkpoints with.
+    pub fn public_key(&self) -> &[u8] {
+        &self.public_key
     }
 
     /// Appends `event`; returns once it is durable, or why it could not be written.

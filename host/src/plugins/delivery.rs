@@ -104,7 +104,7 @@ impl Delivery {
             Ok(Ok(())) => return self.store.outbox_delivered(event.id).await,
             Ok(Err(reason)) => reason,
             Err(failure) => {
-                plugin.stats.failures.fetch_add(1, Ordering::Relaxed);
+                plugin.stats.record_failure(matches!(failure, crate::plugins::CallFailure::Timeout(_)));
                 format!("the plugin {failure}")
             }
         };

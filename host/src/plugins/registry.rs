@@ -12,20 +12,123 @@ use super::manifest::Manifest;
 use super::runtime::{CompiledPlugin, PluginRuntime};
 use crate::store::{Store, StoreError};
 
+/// Latency histogram buckets: four per power of two of microseconds, up to about 70 s.
+const LATENCY_BUCKETS: usize = 26 * 4;
+/// Minutes of per-minute history kept.
+const HISTORY_MINUTES: usize = 60;
+
 /// Call statistics of one plugin on this host since it was loaded.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CallStats {
     pub calls: AtomicU64,
     pub failures: AtomicU64,
     pub timeouts: AtomicU64,
     pub denials: AtomicU64,
     pub total_micros: AtomicU64,
+    /// Call latencies, in quarter-octave buckets (see [`bucket_of`]).
+    latency: [AtomicU64; LATENCY_BUCKETS],
+    /// The last hour, one entry per minute that saw calls, oldest first.
+    minutes: std::sync::Mutex<std::collections::VecDeque<MinuteStats>>,
+}
+
+/// What one plugin did during one minute on this host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MinuteStats {
+    /// Minutes since the Unix epoch.
+    pub minute: i64,
+    pub calls: u64,
+    pub failures: u64,
+    pub timeouts: u64,
+}
+
+impl Default for CallStats {
+    fn default() -> Self {
+        CallStats {
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            denials: AtomicU64::new(0),
+            total_micros: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            minutes: Default::default(),
+        }
+    }
+}
+
+/// The histogram bucket of a latency: `4 * log2(micros)`, rounded down.
+fn bucket_of(micros: u64) -> usize {
+    let micros = micros.max(1);
+    let octave = 63 - micros.leading_zeros() as usize;
+    // The two bits after the leading one say where in the octave it falls.
+    let quarter =
+        if octave >= 2 { ((micros >> (octave - 2)) & 3) as usize } else { (micros as usize) << (2 - octave) & 3 };
+    (octave * 4 + quarter).min(LATENCY_BUCKETS - 1)
+}
+
+/// The upper bound of a bucket, in microseconds.
+fn bucket_limit(bucket: usize) -> u64 {
+    let (octave, quarter) = (bucket / 4, bucket % 4);
+    ((1u64 << octave) * (5 + quarter as u64)) / 4
 }
 
 impl CallStats {
     pub fn record(&self, micros: u64) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.total_micros.fetch_add(micros, Ordering::Relaxed);
+        self.latency[bucket_of(micros)].fetch_add(1, Ordering::Relaxed);
+        self.in_minute(|m| m.calls += 1);
+    }
+
+    /// A call that trapped, timed out or answered malformed output.
+    pub fn record_failure(&self, timed_out: bool) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if timed_out {
+            self.timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+        self.in_minute(|m| {
+            m.failures += 1;
+            m.timeouts += u64::from(timed_out);
+        });
+    }
+
+    fn in_minute(&self, change: impl FnOnce(&mut MinuteStats)) {
+        let minute = crate::fhir::instant::now_us() / 60_000_000;
+        let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
+        if minutes.back().is_none_or(|m| m.minute != minute) {
+            minutes.push_back(MinuteStats { minute, ..MinuteStats::default() });
+        }
+        while minutes.front().is_some_and(|m| m.minute + HISTORY_MINUTES as i64 <= minute) {
+            minutes.pop_front();
+        }
+        if let Some(current) = minutes.back_mut() {
+            change(current);
+        }
+    }
+
+    /// The minutes of the last hour that saw calls, oldest first.
+    pub fn last_hour(&self) -> Vec<MinuteStats> {
+        let now = crate::fhir::instant::now_us() / 60_000_000;
+        let minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
+        minutes.iter().filter(|m| m.minute + HISTORY_MINUTES as i64 > now).copied().collect()
+    }
+
+    /// The latency below which `fraction` of the calls since loading finished, in
+    /// microseconds (the upper bound of its histogram bucket, so at most 19% high).
+    pub fn latency_quantile(&self, fraction: f64) -> Option<u64> {
+        let counts: Vec<u64> = self.latency.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let wanted = ((total as f64) * fraction).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bucket, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= wanted {
+                return Some(bucket_limit(bucket));
+            }
+        }
+        None
     }
 }
 
@@ -161,5 +264,38 @@ impl PluginRegistry {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[test]
+    fn buckets_bound_their_latencies() {
+        for micros in [1, 2, 3, 5, 7, 8, 9, 15, 100, 1000, 12_345, 999_999, 60_000_000] {
+            let bucket = bucket_of(micros);
+            assert!(bucket_limit(bucket) >= micros, "{micros} in bucket {bucket} (limit {})", bucket_limit(bucket));
+            assert!(bucket_limit(bucket) as f64 <= micros as f64 * 1.25 + 1.0, "{micros}: {}", bucket_limit(bucket));
+        }
+    }
+
+    #[test]
+    fn quantiles_and_minutes_follow_the_calls() {
+        let stats = CallStats::default();
+        assert_eq!(stats.latency_quantile(0.5), None);
+        for _ in 0..98 {
+            stats.record(10);
+        }
+        stats.record(5_000);
+        stats.record(5_000);
+        stats.record_failure(true);
+        let p50 = stats.latency_quantile(0.5).unwrap();
+        assert!((10..=13).contains(&p50), "{p50}");
+        let p99 = stats.latency_quantile(0.99).unwrap();
+        assert!((5_000..=6_250).contains(&p99), "{p99}");
+        let hour = stats.last_hour();
+        assert_eq!(hour.len(), 1);
+        assert_eq!((hour[0].calls, hour[0].failures, hour[0].timeouts), (100, 1, 1));
     }
 }

@@ -3,7 +3,7 @@
 //! and only logged and counted. Any failure of an enforcing plugin (trap, deadline, memory,
 //! malformed answer, plugin missing or disabled) denies: the engine fails closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -62,13 +62,57 @@ fn labels(codings: Vec<types::Coding>) -> Vec<Label> {
     codings.into_iter().map(|c| (c.system, c.code, c.display)).collect()
 }
 
-/// Shadow-mode counts per plugin: how often it was asked and how often it disagreed with
-/// what was enforced.
-#[derive(Debug, Default, serde::Serialize)]
+/// Shadow-mode results per plugin on this host: how often it was asked and how often it
+/// disagreed with what was enforced, by resource type and interaction and by minute, with the
+/// latest disagreements (resource ids only, never content).
+#[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ShadowCounts {
     pub evaluated: u64,
     pub differed: u64,
     pub failed: u64,
+    /// `(resource type, interaction)` -> (evaluated, differed).
+    #[serde(skip)]
+    pub by_kind: std::collections::BTreeMap<(String, &'static str), (u64, u64)>,
+    /// The last hour, oldest first: (minute since the epoch, evaluated, differed).
+    #[serde(skip)]
+    pub minutes: VecDeque<(i64, u64, u64)>,
+    /// The latest disagreements, newest last.
+    #[serde(skip)]
+    pub samples: VecDeque<ShadowSample>,
+}
+
+/// One request a shadow binding would have answered differently.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShadowSample {
+    pub at_us: i64,
+    pub binding: String,
+    pub resource_type: String,
+    pub id: Option<String>,
+    pub interaction: &'static str,
+    pub would: &'static str,
+    pub enforced: &'static str,
+}
+
+/// Disagreements kept per plugin.
+const SHADOW_SAMPLES: usize = 50;
+
+impl ShadowCounts {
+    fn note(&mut self, res_type: &str, interaction: PolicyInteraction, differed: bool) {
+        let kind = self.by_kind.entry((res_type.to_owned(), interaction.as_str())).or_default();
+        kind.0 += 1;
+        kind.1 += u64::from(differed);
+        let minute = crate::fhir::instant::now_us() / 60_000_000;
+        if self.minutes.back().is_none_or(|m| m.0 != minute) {
+            self.minutes.push_back((minute, 0, 0));
+        }
+        while self.minutes.front().is_some_and(|m| m.0 + 60 <= minute) {
+            self.minutes.pop_front();
+        }
+        if let Some(current) = self.minutes.back_mut() {
+            current.1 += 1;
+            current.2 += u64::from(differed);
+        }
+    }
 }
 
 /// What one request runs: the enforcing bindings with their plugins, and the shadow ones.
@@ -116,6 +160,26 @@ impl PolicyEngine {
         *self.bindings.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
         tracing::info!(bindings = fresh.bindings.len(), "policy bindings reloaded");
         Ok(fresh)
+    }
+
+    /// Switches one binding between enforce and shadow in its policies file, then reloads.
+    pub fn set_mode(&self, source: &str, mode: Mode) -> Result<Arc<BindingSet>, BindingError> {
+        let Some(dir) = &self.dir else {
+            return Err(BindingError {
+                file: source.to_owned(),
+                message: "this server was started without a policies folder (--policies)".into(),
+            });
+        };
+        super::set_mode_in_folder(dir, source, mode)?;
+        self.reload()
+    }
+
+    /// Everything shadow bindings recorded on this host, by plugin.
+    pub fn shadow_report(&self) -> Vec<(String, ShadowCounts)> {
+        let counts = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows: Vec<_> = counts.iter().map(|(k, c)| (k.clone(), c.clone())).collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
     }
 
     pub fn shadow_counts(&self) -> Vec<(String, u64, u64, u64)> {
@@ -244,8 +308,21 @@ impl PolicyEngine {
                     let mut would = Verdict::Allow;
                     would.combine(&binding.plugin, decision);
                     let differs = std::mem::discriminant(&would) != std::mem::discriminant(enforced);
+                    entry.note(&res_type, interaction, differs);
                     if differs {
                         entry.differed += 1;
+                        if entry.samples.len() == SHADOW_SAMPLES {
+                            entry.samples.pop_front();
+                        }
+                        entry.samples.push_back(ShadowSample {
+                            at_us: crate::fhir::instant::now_us(),
+                            binding: binding.source.clone(),
+                            resource_type: res_type.clone(),
+                            id: resource.id.clone(),
+                            interaction: interaction.as_str(),
+                            would: would.kind(),
+                            enforced: enforced.kind(),
+                        });
                     }
                     tracing::info!(
                         target: "hearth::shadow",
@@ -379,10 +456,7 @@ fn usable<'p>(plugin: Option<&'p ActivePlugin>, binding: &Binding) -> Option<&'p
 }
 
 fn note_failure(plugin: &ActivePlugin, failure: &crate::plugins::CallFailure) {
-    plugin.stats.failures.fetch_add(1, Ordering::Relaxed);
-    if matches!(failure, crate::plugins::CallFailure::Timeout(_)) {
-        plugin.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-    }
+    plugin.stats.record_failure(matches!(failure, crate::plugins::CallFailure::Timeout(_)));
     tracing::error!(plugin = plugin.name, seq = plugin.seq, kind = failure.kind(), %failure, "policy plugin failed; denying");
 }
 

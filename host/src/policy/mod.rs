@@ -167,6 +167,67 @@ impl BindingSet {
     }
 }
 
+/// Switches the binding written at `source` (`file.toml#N`, as [`Binding::source`] says) in
+/// folder `dir` to `mode`, rewriting only that binding's `mode` line (comments and layout
+/// stay), and checks the result reads back as intended before replacing the file atomically.
+/// Bindings written in a form this cannot edit line by line are refused with what to do.
+pub fn set_mode_in_folder(dir: &Path, source: &str, mode: Mode) -> Result<(), BindingError> {
+    let refuse = |message: String| BindingError { file: source.to_owned(), message };
+    let (file, index) = source
+        .rsplit_once('#')
+        .and_then(|(file, n)| Some((file, n.parse::<usize>().ok().filter(|n| *n > 0)?)))
+        .ok_or_else(|| refuse("name a binding as FILE.toml#N, as GET /admin/policies lists them".into()))?;
+    if file.is_empty() || file.contains(['/', '\\']) || file.starts_with('.') || !file.ends_with(".toml") {
+        return Err(refuse("the binding's file must be a .toml file in the policies folder".into()));
+    }
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| refuse(format!("cannot read {}: {e}", path.display())))?;
+    let word = match mode {
+        Mode::Enforce => "enforce",
+        Mode::Shadow => "shadow",
+    };
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let headers: Vec<usize> =
+        lines.iter().enumerate().filter(|(_, l)| l.trim() == "[[binding]]").map(|(i, _)| i).collect();
+    let start = *headers.get(index - 1).ok_or_else(|| refuse(format!("{file} has no binding {index}")))?;
+    let end = lines
+        .iter()
+        .enumerate()
+        .skip(start + 1)
+        .find(|(_, l)| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |(i, _)| i);
+    let is_mode_line = |line: &str| {
+        let line = line.trim_start();
+        line.strip_prefix("mode").is_some_and(|rest| rest.trim_start().starts_with('='))
+    };
+    let mut edited: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+    let new_line = format!("mode = \"{word}\"\n");
+    match (start + 1..end).find(|&i| is_mode_line(lines[i])) {
+        Some(i) => {
+            let indent: String = lines[i].chars().take_while(|c| c.is_whitespace()).collect();
+            edited[i] = format!("{indent}{new_line}");
+        }
+        None => edited.insert(start + 1, new_line),
+    }
+    let edited = edited.concat();
+    let reread = parse_file(file, &edited).map_err(|e| refuse(format!("the edit would not read back ({e})")))?;
+    let before = parse_file(file, &text).map_err(|e| refuse(format!("the file does not read as it is: {e}")))?;
+    let as_intended = reread.len() == before.len()
+        && reread.iter().zip(&before).enumerate().all(|(i, (after, before))| {
+            let mode_ok = if i + 1 == index { after.mode == mode } else { after.mode == before.mode };
+            mode_ok && after.plugin == before.plugin && after.config == before.config && after.order == before.order
+        });
+    if !as_intended {
+        return Err(refuse(format!(
+            "{file} is written in a form this cannot edit safely; set mode = \"{word}\" in it by hand and reload"
+        )));
+    }
+    let temporary = dir.join(format!(".{file}.{}.tmp", std::process::id()));
+    std::fs::write(&temporary, edited)
+        .and_then(|()| std::fs::rename(&temporary, &path))
+        .map_err(|e| refuse(format!("cannot write {}: {e} (is the policies folder writable?)", path.display())))
+}
+
 fn parse_file(name: &str, text: &str) -> Result<Vec<Binding>, String> {
     let file: PolicyFile = toml::from_str(text).map_err(|e| e.message().to_owned())?;
     file.binding
@@ -246,6 +307,41 @@ mod tests {
         assert_eq!(set.bindings[0].mode, Mode::Shadow);
         assert_eq!(set.bindings[0].config, r#"{"deep":{"n":1},"exempt_types":["Consent"]}"#);
         assert_eq!(set.bindings[0].source, "a.toml#2");
+    }
+
+    #[test]
+    fn modes_switch_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "# consent first\n[[binding]]\nplugin = \"consent\"\ninteractions = [\"read\"]\n  mode = \"shadow\" # trying it\n\n[[binding]]\nplugin = \"redact\"\ninteractions = [\"read\"]\nconfig = { a = 1 }\n";
+        std::fs::write(dir.path().join("p.toml"), text).unwrap();
+        set_mode_in_folder(dir.path(), "p.toml#1", Mode::Enforce).unwrap();
+        set_mode_in_folder(dir.path(), "p.toml#2", Mode::Shadow).unwrap();
+        let set = BindingSet::load_dir(dir.path()).unwrap();
+        assert_eq!(set.bindings[0].mode, Mode::Enforce);
+        assert_eq!(set.bindings[1].mode, Mode::Shadow);
+        let written = std::fs::read_to_string(dir.path().join("p.toml")).unwrap();
+        assert!(written.starts_with("# consent first\n"), "{written}");
+        assert!(written.contains("  mode = \"enforce\"\n"), "{written}");
+        for (source, expected) in [("p.toml#3", "no binding 3"), ("../p.toml#1", "policies folder"), ("p.toml", "FILE")]
+        {
+            let error = set_mode_in_folder(dir.path(), source, Mode::Enforce).unwrap_err();
+            assert!(error.message.contains(expected), "{source}: {error}");
+        }
+        // A form the line editor cannot handle is refused, and the file is left alone.
+        std::fs::write(dir.path().join("q.toml"), "binding = [{ plugin = \"x\", interactions = [\"read\"] }]\n")
+            .unwrap();
+        let error = set_mode_in_folder(dir.path(), "q.toml#1", Mode::Shadow).unwrap_err();
+        assert!(error.message.contains("no binding 1"), "{error}");
+        std::fs::write(
+            dir.path().join("r.toml"),
+            "[[binding]]\nplugin = \"x\"\ninteractions = [\"read\"]\n[binding.config]\nmode = \"enforce\"\n",
+        )
+        .unwrap();
+        // A `mode` key of the binding's config table is not the binding's mode.
+        set_mode_in_folder(dir.path(), "r.toml#1", Mode::Shadow).unwrap();
+        let set = BindingSet::load_dir(dir.path()).unwrap();
+        let r = set.bindings.iter().find(|b| b.source == "r.toml#1").unwrap();
+        assert_eq!((r.mode, r.config.as_str()), (Mode::Shadow, r#"{"mode":"enforce"}"#));
     }
 
     #[test]

@@ -292,4 +292,16 @@ impl Store {
         let erasures: i64 = sqlx::query("SELECT COUNT(*) FROM erasure").fetch_one(&self.reader).await?.try_get(0)?;
         Ok(KeyStatus { kek_versions, destroyed_data_keys, erasures })
     }
+
+    /// The latest `limit` erasures, newest first: (data key id, when, stated reason).
+    pub async fn erasure_history(&self, limit: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let rows = sqlx::query("SELECT key_id, erased_us, reason FROM erasure ORDER BY erased_us DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
 }
