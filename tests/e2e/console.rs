@@ -68,7 +68,7 @@ async fn until_text(browser: &Browser, url: &str, wanted: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compliance_officer_runs_plugins_policies_and_audits_in_a_browser() {
     let folder = policies(
-        "# Consent, tried in shadow mode first.\n[[binding]]\nplugin = \"consent\"\nresource_types = [\"Observation\"]\ninteractions = [\"read\", \"search\"]\nmode = \"shadow\"\n",
+        "# Consent on observations.\n[[binding]]\nplugin = \"consent\"\nresource_types = [\"Observation\"]\ninteractions = [\"read\", \"search\"]\nmode = \"enforce\"\n",
     );
     let server = Server::launch(Db::Sqlite, with_policies(folder.path())).await;
     let officer = dev_token_for(
@@ -120,7 +120,7 @@ async fn compliance_officer_runs_plugins_policies_and_audits_in_a_browser() {
     let text = browser.text().await;
     assert!(text.contains("Load consent version 1.0.0 (policy world"), "{text}");
     assert!(
-        text.contains("consent is a new plugin") && text.contains("Bindings naming it: bindings.toml#1 (shadow)"),
+        text.contains("consent is a new plugin") && text.contains("Bindings naming it: bindings.toml#1 (enforce)"),
         "{text}"
     );
     shots.take(&browser, "plugin-upload-confirm").await;
@@ -128,6 +128,14 @@ async fn compliance_officer_runs_plugins_policies_and_audits_in_a_browser() {
     let text = browser.text().await;
     assert!(text.contains("Loaded consent version 1.0.0"), "{text}");
     assert!(text.contains("enabled") && text.contains("unsigned") && text.contains("rust"), "{text}");
+
+    // Try the rule in shadow mode before it enforces anything.
+    browser.go(&at("console/policies")).await;
+    browser.click_text("Switch to shadow").await;
+    let text = browser.text().await;
+    assert!(text.contains("Its decisions will only be logged"), "{text}");
+    browser.click_text("Switch to shadow").await;
+    assert!(browser.text().await.contains("Binding bindings.toml#1 is now in shadow mode."));
 
     // Clinical traffic: a patient who refused sharing, and reads of their observation. The
     // shadow binding would deny them; enforcement (none yet) allows them.
@@ -171,10 +179,7 @@ async fn compliance_officer_runs_plugins_policies_and_audits_in_a_browser() {
     let text = browser.text().await;
     assert!(text.contains("Binding bindings.toml#1 is now in enforce mode."), "{text}");
     let written = std::fs::read_to_string(folder.path().join("bindings.toml")).unwrap();
-    assert!(
-        written.starts_with("# Consent, tried in shadow mode first.") && written.contains("mode = \"enforce\""),
-        "{written}"
-    );
+    assert!(written.starts_with("# Consent on observations.") && written.contains("mode = \"enforce\""), "{written}");
     server.get(&format!("Observation/{observation_id}")).await.expect_outcome(403, "forbidden");
 
     // An emergency access, then its review by the compliance officer.
@@ -342,6 +347,12 @@ async fn console_sessions_log_off_when_idle_and_refuse_forged_forms() {
         let forged = form(client.post(server.url("console/audit/verify")).header("cookie", &cookie), &fields);
         assert_eq!(forged.send().await.unwrap().status(), 403);
     }
+    // A form posted from another site is refused even with the right token (and so is a
+    // sign-in from another site).
+    let cross = form(client.post(server.url("console/audit/verify")).header("cookie", &cookie), &[("csrf", &csrf)]);
+    assert_eq!(cross.header("origin", "https://evil.example").send().await.unwrap().status(), 403);
+    let cross = form(client.post(server.url("console/login")), &[("token", &auditor)]);
+    assert_eq!(cross.header("origin", "https://evil.example").send().await.unwrap().status(), 403);
     let real = form(client.post(server.url("console/audit/verify")).header("cookie", &cookie), &[("csrf", &csrf)]);
     assert_eq!(real.send().await.unwrap().status(), 303);
     let audit = client.get(server.url("console/audit")).header("cookie", &cookie).send().await.unwrap();

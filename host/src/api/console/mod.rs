@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -133,7 +133,9 @@ async fn stylesheet() -> Response {
     response
 }
 
-/// No caching of pages, no framing, no scripts, no referrers, no outside resources.
+/// No caching of pages, no framing, no scripts, no referrers to other sites (same-origin keeps
+/// the `Origin` header of the console's own form posts, which [`same_origin`] checks), no
+/// outside resources.
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
@@ -145,7 +147,7 @@ async fn security_headers(request: Request, next: Next) -> Response {
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -205,6 +207,9 @@ async fn require_session(State(state): State<SharedState>, mut request: Request,
         }
     };
     if request.method() != Method::GET && request.method() != Method::HEAD {
+        if !same_origin(&request) {
+            return cross_origin_refused();
+        }
         // The form is read here for its CSRF field and handed on unchanged.
         let (parts, body) = request.into_parts();
         let is_multipart = parts
@@ -232,6 +237,29 @@ async fn require_session(State(state): State<SharedState>, mut request: Request,
     }
     request.extensions_mut().insert(view);
     next.run(request).await
+}
+
+/// Whether a form post came from a page of this server: its `Origin`, when the browser sends
+/// one, names the host the request was sent to.
+fn same_origin(request: &Request) -> bool {
+    let Some(origin) = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let target = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()));
+    match (origin.split_once("://"), target) {
+        (Some((scheme, host)), Some(target)) => scheme == "https" && host.eq_ignore_ascii_case(&target),
+        (_, None) => true,
+        (None, Some(_)) => false,
+    }
+}
+
+fn cross_origin_refused() -> Response {
+    html::html_response(StatusCode::FORBIDDEN, "Forms are accepted from the console's own pages only.".into())
 }
 
 /// The `csrf` field of a multipart form (the console's forms put it first).
@@ -292,8 +320,16 @@ const CONSOLE_AREAS: [&str; 3] = ["plugins", "audit", "keys"];
 async fn login(
     State(state): State<SharedState>,
     peer: Option<axum::Extension<PeerAddr>>,
-    axum::Form(form): axum::Form<LoginForm>,
+    request: Request,
 ) -> Response {
+    // A sign-in posted from another site (login CSRF) is refused.
+    if !same_origin(&request) {
+        return cross_origin_refused();
+    }
+    let form = match axum::Form::<LoginForm>::from_request(request, &state).await {
+        Ok(axum::Form(form)) => form,
+        Err(_) => return login_form(Some("Not signed in: paste the token into the form."), true),
+    };
     let token = form.token.trim().trim_start_matches("Bearer ").trim().to_owned();
     let principal = match state.tokens.verify(&token) {
         Ok(principal) => principal,
