@@ -13,6 +13,7 @@ mod crud;
 mod disk_full;
 mod encryption;
 mod errors;
+mod export;
 mod feeds;
 mod languages;
 mod lifecycle;

@@ -12,7 +12,7 @@ use crate::harness::{Db, Server};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rest_surface_survives_schema_driven_fuzzing() {
     let server = Server::start(Db::Sqlite).await;
-    let token = server.token("user/*.cruds admin/plugins admin/audit", None);
+    let token = server.token("user/*.cruds admin/plugins admin/audit admin/keys", None);
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("docs").join("openapi.yaml");
     let reports = tempfile::tempdir().unwrap();
     let output = Command::new("python3")

@@ -109,6 +109,14 @@ fn describe(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
         ("POST", ["admin", "outbox", id, op]) => (format!("admin-outbox-{op}"), Some("outbox".into()), owned(id), None),
         ("GET", ["admin", area, ..]) => (format!("admin-read-{area}"), None, None, None),
         ("POST", ["$convert"]) => ("operation-convert".into(), None, None, None),
+        ("GET", ["$export"]) => ("operation-export".into(), None, None, None),
+        ("GET", [t, "$export"]) => ("operation-export".into(), owned(t), None, None),
+        ("GET", ["Group", id, "$export"]) => ("operation-export".into(), Some("Group".into()), owned(id), None),
+        ("GET", ["$export-status", id]) => ("export-status".into(), Some("export".into()), owned(id), None),
+        ("DELETE", ["$export-status", id]) => ("export-cancel".into(), Some("export".into()), owned(id), None),
+        ("GET", ["$export-file", id, file]) => {
+            ("export-download".into(), Some("export".into()), Some(format!("{id}/{file}")), None)
+        }
         ("GET", []) | ("POST", ["_search"]) => ("search-system".into(), None, None, None),
         ("POST", []) => ("bundle".into(), None, None, None),
         ("POST", [t]) => ("create".into(), owned(t), None, None),
@@ -151,6 +159,15 @@ mod tests {
             ("admin-policy-enforce".into(), Some("binding".into()), Some("consent.toml#2".into()), None)
         );
         assert_eq!(describe(&Method::POST, "/admin/audit/verify").0, "admin-audit-verify");
+        assert_eq!(describe(&Method::GET, "/Patient/$export").0, "operation-export");
+        assert_eq!(
+            describe(&Method::GET, "/Group/g1/$export"),
+            ("operation-export".into(), Some("Group".into()), Some("g1".into()), None)
+        );
+        assert_eq!(
+            describe(&Method::GET, "/$export-file/j1/Patient.ndjson"),
+            ("export-download".into(), Some("export".into()), Some("j1/Patient.ndjson".into()), None)
+        );
         assert_eq!(describe(&Method::DELETE, "/Patient/a").0, "delete");
         assert_eq!(
             describe(&Method::PUT, "/admin/plugins/consent"),

@@ -341,8 +341,13 @@ async fn read(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
     Path((res_type, id)): Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, FhirError> {
+    if res_type == "Patient" && id == "$export" {
+        let kind = super::export::Kind::Patient;
+        return super::export::kickoff(&state, &principal, &headers, kind, query.as_deref()).await;
+    }
     check_type_name(&res_type)?;
     check_id(&id)?;
     let caller = caller(&principal, &headers)?;

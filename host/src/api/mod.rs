@@ -22,6 +22,7 @@ mod auth;
 mod bundle;
 mod console;
 mod convert;
+mod export;
 mod extract;
 mod feeds;
 mod fhir;
@@ -84,7 +85,10 @@ pub fn router(
         software_version: env!("CARGO_PKG_VERSION"),
         type_interactions: fhir::TYPE_INTERACTIONS,
         system_interactions: fhir::SYSTEM_INTERACTIONS,
-        system_operations: &[("convert", "http://hearth.dev/fhir/OperationDefinition/convert")],
+        system_operations: &[
+            ("convert", "http://hearth.dev/fhir/OperationDefinition/convert"),
+            ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"),
+        ],
     });
     let state = Arc::new(AppState {
         store,
@@ -102,6 +106,9 @@ pub fn router(
         .merge(admin::routes())
         .merge(plugins::routes())
         .route("/$convert", axum::routing::post(convert::convert))
+        .route("/$export", axum::routing::get(export::system_kickoff))
+        .route("/$export-status/{id}", axum::routing::get(export::status_route).delete(export::cancel_route))
+        .route("/$export-file/{id}/{file}", axum::routing::get(export::file_route))
         .route("/metrics", axum::routing::get(metrics::metrics))
         .route_layer(middleware::from_fn(extract::negotiate_format))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))

@@ -120,6 +120,10 @@ pub async fn search_compartment(
 ) -> Result<Response, FhirError> {
     check_type_name(&compartment)?;
     check_id(&id)?;
+    if res_type == "$export" && compartment == "Group" {
+        let kind = super::export::Kind::Group(id);
+        return super::export::kickoff(&state, &principal, &headers, kind, query.as_deref()).await;
+    }
     if res_type == "$everything" && compartment == "Patient" {
         return super::feeds::everything(&state, &principal, &headers, &id, query.as_deref()).await;
     }

@@ -121,6 +121,16 @@ pub fn capability_statement(implemented: &Implemented<'_>) -> Value {
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"
                 }));
+                operations.push(json!({
+                    "name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+                }));
+            }
+            if *res_type == "Group" {
+                operations.push(json!({
+                    "name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+                }));
             }
             resource["operation"] = Value::Array(operations);
             resource
@@ -160,6 +170,7 @@ pub fn capability_statement(implemented: &Implemented<'_>) -> Value {
     }
     json!({
         "resourceType": "CapabilityStatement",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "status": "active",
         "date": to_fhir_instant(now_us()),
         "publisher": "Hearth",

@@ -41,6 +41,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0005_audit_lookup.sql"),
         include_str!("../../../migrations/postgres/0005_audit_lookup.sql"),
     ),
+    (
+        6,
+        "bulk export jobs",
+        include_str!("../../../migrations/sqlite/0006_bulk_export.sql"),
+        include_str!("../../../migrations/postgres/0006_bulk_export.sql"),
+    ),
 ];
 
 pub fn migrator(backend: Backend) -> Migrator {

@@ -434,7 +434,7 @@ impl Store {
 
     /// Decodes up to `limit` rows of (type, id, version columns...) into records, and whether
     /// more rows followed. Erased records are skipped if `skip_erased`, an error otherwise.
-    fn version_page(
+    pub(super) fn version_page(
         &self,
         rows: &[sqlx::any::AnyRow],
         limit: usize,
