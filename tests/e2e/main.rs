@@ -15,6 +15,7 @@ mod encryption;
 mod errors;
 mod export;
 mod feeds;
+mod import;
 mod languages;
 mod lifecycle;
 mod metadata;
