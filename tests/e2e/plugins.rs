@@ -786,6 +786,34 @@ async fn hl7_messages_become_stored_resources(db: Db) {
     let request =
         server.client.post(server.url("$convert?plugin=nothing")).header("content-type", "application/hl7-v2");
     server.send(request.body(ORU)).await.expect_outcome(404, "not-found");
+
+    // An HL7 sender asks for an acknowledgement: AA with what was stored, AE when the message
+    // could not be processed, AR when it is refused.
+    let ack = |client: &reqwest::Client, message: &str| {
+        let request = client
+            .post(server.url("$convert?plugin=hl7v2"))
+            .header("content-type", "application/hl7-v2")
+            .header("accept", "application/hl7-v2")
+            .body(message.to_owned());
+        server.send(request)
+    };
+    let accepted = ack(&server.client, ORU).await;
+    assert_eq!((accepted.status, accepted.header("content-type")), (200, Some("application/hl7-v2")));
+    let text = String::from_utf8_lossy(&accepted.bytes).into_owned();
+    assert!(text.starts_with("MSH|^~\\&|HEARTH|HOSP|LAB|HOSP|") && text.contains("|ACK^R01^ACK|"), "{text}");
+    assert!(text.contains("\rMSA|AA|MSG0001|stored Patient/") && text.contains(" Observation/"), "{text}");
+    let stored = text.split("stored ").nth(1).unwrap().split('\r').next().unwrap().to_owned();
+    for location in stored.split(' ') {
+        server.get(location).await.expect(200);
+    }
+    let failed = ack(&server.client, &ORU.replace("ORU^R01", "SIU^S12")).await;
+    let text = String::from_utf8_lossy(&failed.bytes).into_owned();
+    assert_eq!(failed.status, 422);
+    assert!(text.contains("\rMSA|AE|MSG0001|") && text.contains("unsupported message type SIU\\S\\S12"), "{text}");
+    let refused = ack(&reader, ORU).await;
+    let text = String::from_utf8_lossy(&refused.bytes).into_owned();
+    assert_eq!(refused.status, 403);
+    assert!(text.contains("\rMSA|AR|MSG0001|") && text.contains("\rERR|"), "{text}");
 }
 
 /// Two hosts on one PostgreSQL database: a plugin loaded or disabled through one takes effect

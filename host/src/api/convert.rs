@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use axum::Extension;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::SharedState;
@@ -30,7 +30,120 @@ fn unprocessable(message: impl Into<String>) -> FhirError {
     FhirError::new(StatusCode::UNPROCESSABLE_ENTITY, IssueType::Invalid, message)
 }
 
+/// The media type of HL7 v2 (ER7) messages and acknowledgements.
+const HL7_V2: &str = "application/hl7-v2";
+
+/// Whether the sender asks for an HL7 v2 acknowledgement instead of a Bundle.
+pub fn wants_hl7_ack(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("hl7-v2"))
+}
+
+/// `POST /$convert`: with `Accept: application/hl7-v2`, the answer is an HL7 v2 ACK: `AA`
+/// when every resource was stored (MSA-3 names them), `AR` when the message was refused
+/// (malformed request, no permission, unknown converter; do not resend unchanged), `AE` when
+/// it could not be processed (the converter or validation failed, or the server is briefly
+/// unavailable: 503). The HTTP status is the same as for a FHIR client.
 pub async fn convert(
+    state: State<SharedState>,
+    principal: Extension<Principal>,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !wants_hl7_ack(&headers) {
+        return convert_fhir(state, principal, query, headers, body.clone()).await.into_response();
+    }
+    let message = body.clone();
+    let answer = convert_fhir(state, principal, query, headers, body).await;
+    let (status, code, text) = match answer {
+        Ok(response) if response.status().is_success() => {
+            let bundle = axum::body::to_bytes(response.into_body(), 16 << 20).await.unwrap_or_default();
+            let bundle: Value = serde_json::from_slice(&bundle).unwrap_or_default();
+            let stored: Vec<&str> = bundle["entry"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["response"]["location"].as_str())
+                .map(|l| l.split("/_history").next().unwrap_or(l))
+                .collect();
+            (StatusCode::OK, "AA", format!("stored {}", stored.join(" ")))
+        }
+        Ok(response) => {
+            let status = response.status();
+            let outcome = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap_or_default();
+            let outcome: Value = serde_json::from_slice(&outcome).unwrap_or_default();
+            let text = outcome["issue"][0]["diagnostics"].as_str().unwrap_or("refused").to_owned();
+            (status, "AR", text)
+        }
+        Err(error) => {
+            let code = match error.status.as_u16() {
+                422 | 500..=599 => "AE",
+                _ => "AR",
+            };
+            (error.status, code, error.diagnostics)
+        }
+    };
+    let ack = hl7_ack(&message, code, &text);
+    let mut response = (status, ack).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, axum::http::HeaderValue::from_static(HL7_V2));
+    response
+}
+
+/// Escapes text for an HL7 v2 field with the standard delimiters.
+fn hl7_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\E\\"),
+            '|' => out.push_str("\\F\\"),
+            '^' => out.push_str("\\S\\"),
+            '&' => out.push_str("\\T\\"),
+            '~' => out.push_str("\\R\\"),
+            '\r' | '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// An ACK for `message`: its MSH with sender and receiver swapped, then MSA (and ERR when not
+/// accepted). Works from whatever MSH fields the message has; none is required.
+pub fn hl7_ack(message: &[u8], code: &str, text: &str) -> String {
+    let message = String::from_utf8_lossy(message);
+    let msh = message.split(['\r', '\n']).find(|s| s.starts_with("MSH")).unwrap_or("");
+    let separator = msh.chars().nth(3).filter(|c| !c.is_alphanumeric()).unwrap_or('|');
+    let fields: Vec<&str> = msh.split(separator).collect();
+    // fields[0] = "MSH", fields[1] = MSH-2 (encoding characters), fields[n] = MSH-(n+1).
+    let field = |n: usize| fields.get(n - 1).copied().unwrap_or("");
+    let trigger = field(9).split('^').nth(1).unwrap_or("");
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let control = uuid::Uuid::new_v4().simple().to_string()[..20].to_owned();
+    let version = if field(12).is_empty() { "2.5.1" } else { field(12) };
+    let mut ack = format!(
+        "MSH|^~\\&|{}|{}|{}|{}|{stamp}||ACK^{trigger}^ACK|{control}|{}|{version}\r",
+        field(5),
+        field(6),
+        field(3),
+        field(4),
+        if field(11).is_empty() { "P" } else { field(11) },
+    );
+    ack.push_str(&format!("MSA|{code}|{}|{}\r", field(10), hl7_escape(&text.chars().take(400).collect::<String>())));
+    if code != "AA" {
+        ack.push_str(&format!("ERR||||E|||{}\r", hl7_escape(text)));
+    }
+    ack
+}
+
+async fn convert_fhir(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
     RawQuery(query): RawQuery,
@@ -202,5 +315,28 @@ fn resolve_identifier_references(object: &mut Map<String, Value>, identified: &[
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_answer_the_message_they_acknowledge() {
+        let message = b"MSH|^~\\&|LAB|HOSP|HEARTH|CLINIC|202611270930||ORU^R01|MSG0001|P|2.5.1\rPID|1\r";
+        let ack = hl7_ack(message, "AA", "stored Patient/1");
+        let segments: Vec<&str> = ack.split('\r').filter(|s| !s.is_empty()).collect();
+        let msh: Vec<&str> = segments[0].split('|').collect();
+        assert_eq!(&msh[..6], ["MSH", "^~\\&", "HEARTH", "CLINIC", "LAB", "HOSP"], "{ack}");
+        assert_eq!((msh[8], msh[10], msh[11]), ("ACK^R01^ACK", "P", "2.5.1"), "{ack}");
+        assert_eq!(segments[1], "MSA|AA|MSG0001|stored Patient/1");
+        assert_eq!(segments.len(), 2);
+        let nak = hl7_ack(message, "AE", "bad | value ^ here");
+        assert!(nak.contains("MSA|AE|MSG0001|bad \\F\\ value \\S\\ here\r"), "{nak}");
+        assert!(nak.contains("\rERR||||E|||bad \\F\\ value"), "{nak}");
+        // No MSH at all: still a well-formed rejection.
+        let bare = hl7_ack(b"hello", "AR", "no MSH");
+        assert!(bare.starts_with("MSH|^~\\&|") && bare.contains("\rMSA|AR||no MSH\r"), "{bare}");
     }
 }
