@@ -14,6 +14,7 @@ use hearth_bench::load::{self, LoadSpec, Measurement};
 use hearth_bench::report::{Comparison, Report};
 use hearth_bench::servers::{ServerProcess, sibling_binary};
 
+mod bulk_case;
 mod search_case;
 
 #[derive(Parser)]
@@ -128,10 +129,31 @@ fn start_hearth(
 /// its development issuer.
 fn client_for(scratch: &Scratch, name: &str, concurrency: usize) -> reqwest::Client {
     let data = scratch.path(name);
+    load::client(&data.join("tls/ca.pem"), concurrency, Some(&token_for(scratch, name)))
+}
+
+/// A `user/*.cruds` token from the dev-mode server `name`'s development issuer.
+fn token_for(scratch: &Scratch, name: &str) -> String {
+    let data = scratch.path(name);
     let key = hearth::auth::token::DevSigningKey::load_or_create(&hearth::serve::dev_token_key_path(&data))
         .expect("dev signing key");
-    let token = key.issue("hearth-bench", "user/*.cruds", Duration::from_secs(3600), None, &[]);
-    load::client(&data.join("tls/ca.pem"), concurrency, Some(&token))
+    key.issue("hearth-bench", "user/*.cruds", Duration::from_secs(3600), None, &[])
+}
+
+/// Case 6 on one database: a fresh server, `hearth import`, then a Bulk Data export.
+async fn bulk_on(
+    name: &str,
+    hearth_bin: &Path,
+    scratch: &Scratch,
+    database_url: Option<&str>,
+    patients: usize,
+) -> Result<bulk_case::BulkRun, String> {
+    let server = start_hearth(name, hearth_bin, scratch, database_url, &[]);
+    let client = client_for(scratch, name, 4);
+    let token = token_for(scratch, name);
+    let ca = scratch.path(name).join("tls/ca.pem");
+    bulk_case::run(hearth_bin, &scratch.path(&format!("{name}-work")), &server, &client, &token, &ca, patients, 10)
+        .await
 }
 
 async fn all(
@@ -338,6 +360,50 @@ async fn all(
                 ));
             }
             Err(error) => notes.push(format!("PostgreSQL search and ingest cases skipped: {error}")),
+        }
+    }
+
+    // Case 6: bulk import (the hearth CLI) and Bulk Data export, PostgreSQL vs SQLite.
+    if wanted(6) {
+        let patients = search_patients.unwrap_or(if quick { 1_000 } else { 100_000 });
+        eprintln!("case 6: hearth import of {patients} patients x 10 observations (NDJSON), then $export of them");
+        let sqlite = bulk_on("bulk-sqlite", &hearth_bin, &scratch, None, patients).await;
+        let postgres = match ScratchPg::create(postgres_url).await {
+            Ok(pg) => {
+                let run = bulk_on("bulk-postgres", &hearth_bin, &scratch, Some(&pg.url), patients).await;
+                pg.drop_database().await;
+                run
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        if let (Ok(sqlite), Ok(postgres)) = (&sqlite, &postgres) {
+            comparisons.push(Comparison::new(
+                "6 bulk import",
+                ("hearth import, resources (PostgreSQL)", &postgres.import),
+                ("hearth import, resources (SQLite)", &sqlite.import),
+                "report",
+                None,
+            ));
+            comparisons.push(Comparison::new(
+                "6 bulk export",
+                ("$export download, resources (PostgreSQL)", &postgres.export),
+                ("$export download, resources (SQLite)", &sqlite.export),
+                "report",
+                None,
+            ));
+        }
+        for (database, run) in [("SQLite", &sqlite), ("PostgreSQL", &postgres)] {
+            match run {
+                Ok(run) => notes.push(format!(
+                    "case 6 on {database}: {} resources imported at {:.0} resources/s (target on SQLite: >= 5,000) and \
+                     exported at {:.0} resources/s (kick-off to last byte; every resource decrypted and passed \
+                     through scopes and search policies)",
+                    run.resources,
+                    run.import.throughput(),
+                    run.export.throughput()
+                )),
+                Err(error) => notes.push(format!("case 6 on {database} skipped: {error}")),
+            }
         }
     }
 

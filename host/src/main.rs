@@ -65,15 +65,9 @@ enum Command {
     Import {
         /// A file, or a folder of .ndjson and .json files (imported in name order).
         input: PathBuf,
-        /// The server's FHIR base URL, e.g. https://127.0.0.1:8443.
-        #[arg(long, env = "HEARTH_SERVER")]
-        server: String,
-        /// A bearer token that may write these types (e.g. system/*.cu).
-        #[arg(long, env = "HEARTH_TOKEN", hide_env_values = true)]
-        token: String,
-        /// PEM CA to trust for the server's certificate (default: the system's roots).
-        #[arg(long)]
-        cacert: Option<PathBuf>,
+        /// The server, and a token that may write these types (e.g. system/*.cu).
+        #[command(flatten)]
+        server: ServerArgs,
         /// Resources per request (at most the server's --max-bundle-entries).
         #[arg(long, default_value_t = 200)]
         batch: usize,
@@ -184,13 +178,13 @@ enum PluginCommand {
     },
 }
 
-/// Where a running server's admin API is.
+/// Where a running server is, and the token to reach it with.
 #[derive(Debug, clap::Args)]
 struct ServerArgs {
     /// The server's base URL, e.g. https://127.0.0.1:8443.
     #[arg(long, env = "HEARTH_SERVER")]
     server: String,
-    /// A bearer token with the admin/plugins scope.
+    /// A bearer token with the scopes the command needs (admin/plugins for plugin commands).
     #[arg(long, env = "HEARTH_TOKEN", hide_env_values = true)]
     token: String,
     /// PEM CA to trust for the server's certificate (default: the system's roots).
@@ -349,8 +343,12 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Export(storage)) => {
             with_storage(&runtime, &storage, |settings| async move { hearth::commands::audit_export(&settings).await })
         }
-        Command::Import { input, server, token, cacert, batch, limit, state, report } => {
-            let target = hearth::import::ImportTarget { url: &server, token: &token, ca: cacert.as_deref() };
+        Command::Import { input, server, batch, limit, state, report } => {
+            let target = hearth::import::ImportTarget {
+                url: &server.server,
+                token: &server.token,
+                ca: server.cacert.as_deref(),
+            };
             let options = hearth::import::ImportOptions { batch: batch.clamp(1, 10_000), limit, state, report };
             match runtime.block_on(hearth::import::import(&input, &target, &options)) {
                 Ok(summary) => {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::harness::{Db, Launch, Server, dev_token_for, dev_token_with_roles};
-use crate::plugins::{id_from_location, plugin_dir, policies, with_policies};
+use crate::plugins::{id_from_location, observation_behind_refused_consent, plugin_dir, policies, with_policies};
 use crate::webdriver::Browser;
 
 /// Where screenshots go: `$HEARTH_CONSOLE_SCREENSHOTS` (relative to the repository root), or
@@ -139,19 +139,8 @@ async fn compliance_officer_runs_plugins_policies_and_audits_in_a_browser() {
 
     // Clinical traffic: a patient who refused sharing, and reads of their observation. The
     // shadow binding would deny them; enforcement (none yet) allows them.
-    let patient = server
-        .post("Patient", &json!({"resourceType": "Patient", "name": [{"family": FAMILY, "given": ["Ingeborg"]}]}))
-        .await;
-    let patient_id = id_from_location(&patient);
-    let consent = json!({
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"code": "patient-privacy"}]}, "category": [{"coding": [{"code": "59284-0"}]}],
-        "patient": {"reference": format!("Patient/{patient_id}")}, "provision": {"type": "deny"},
-    });
-    server.post("Consent", &consent).await.expect(201);
-    let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "heart rate"},
-        "subject": {"reference": format!("Patient/{patient_id}")}});
-    let observation_id = id_from_location(&server.post("Observation", &observation).await);
+    let named = json!({"resourceType": "Patient", "name": [{"family": FAMILY, "given": ["Ingeborg"]}]});
+    let (patient_id, observation_id) = observation_behind_refused_consent(&server, named).await;
     for _ in 0..3 {
         server.get(&format!("Observation/{observation_id}")).await.expect(200);
     }

@@ -130,8 +130,8 @@ async fn bulk_export_round_trips_what_was_written(db: Db) {
     );
     assert_eq!(ids(&exported["Patient"]), sorted(patients.clone()), "the patient created later is not in it");
     assert_eq!(ids(&exported["Observation"]), sorted(observations.clone()), "the deletion came later");
-    assert_eq!(ids(&exported["Organization"]), [organization.clone()]);
-    assert_eq!(ids(&exported["Group"]), [group_id.clone()]);
+    assert_eq!(ids(&exported["Organization"]), [organization.as_str()]);
+    assert_eq!(ids(&exported["Group"]), [group_id.as_str()]);
     let first = exported["Patient"].iter().find(|p| p["id"] == patients[0].as_str()).unwrap();
     assert_eq!(
         (first["name"][0]["family"].as_str(), first["meta"]["versionId"].as_str()),
@@ -156,7 +156,7 @@ async fn bulk_export_round_trips_what_was_written(db: Db) {
     let narrow = kick_off(&server, &client, &format!("$export?_type=Observation,Organization&_since={since}")).await;
     let narrow = files(&server, &client, &manifest(&server, &client, &narrow).await).await;
     assert_eq!(narrow.keys().cloned().collect::<Vec<_>>(), ["Observation"]);
-    assert_eq!(ids(&narrow["Observation"]), [late_id.clone()]);
+    assert_eq!(ids(&narrow["Observation"]), [late_id.as_str()]);
 
     // Patient-level: every compartment, nothing outside them.
     let all_patients = kick_off(&server, &client, "Patient/$export").await;

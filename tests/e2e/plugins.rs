@@ -74,6 +74,22 @@ pub async fn load(server: &Server, name: &str, crate_name: &str, world: &str, ex
     reply.json()
 }
 
+/// Creates `patient`, a Consent by which they refuse sharing, and an Observation about them;
+/// returns the patient's and the observation's ids.
+pub async fn observation_behind_refused_consent(server: &Server, patient: Value) -> (String, String) {
+    let patient_id = id_from_location(&server.post("Patient", &patient).await);
+    let consent = json!({
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"code": "patient-privacy"}]}, "category": [{"coding": [{"code": "59284-0"}]}],
+        "patient": {"reference": format!("Patient/{patient_id}")}, "provision": {"type": "deny"},
+    });
+    server.post("Consent", &consent).await.expect(201);
+    let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "heart rate"},
+        "subject": {"reference": format!("Patient/{patient_id}")}});
+    let observation_id = id_from_location(&server.post("Observation", &observation).await);
+    (patient_id, observation_id)
+}
+
 /// A policies folder holding `text` as its one bindings file.
 pub fn policies(text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("policies dir");
@@ -868,18 +884,7 @@ async fn shadow_bindings_report_without_enforcing() {
     );
     let server = Server::launch(Db::Sqlite, with_policies(folder.path())).await;
     load(&server, "consent", "consent", "policy", json!({})).await;
-    let patient = server.post("Patient", &json!({"resourceType": "Patient"})).await;
-    let patient_id = id_from_location(&patient);
-    let consent = json!({
-        "resourceType": "Consent", "status": "active",
-        "scope": {"coding": [{"code": "patient-privacy"}]}, "category": [{"coding": [{"code": "59284-0"}]}],
-        "patient": {"reference": format!("Patient/{patient_id}")}, "provision": {"type": "deny"},
-    });
-    server.post("Consent", &consent).await.expect(201);
-    let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-        "subject": {"reference": format!("Patient/{patient_id}")}});
-    let created = server.post("Observation", &observation).await;
-    let observation_id = id_from_location(&created);
+    let (_, observation_id) = observation_behind_refused_consent(&server, json!({"resourceType": "Patient"})).await;
     for _ in 0..3 {
         server.get(&format!("Observation/{observation_id}")).await.expect(200);
     }

@@ -32,6 +32,21 @@ fn answer(
     html::page(title, active, Some(view.frame()), &content)
 }
 
+/// A page showing what `GET api_path` answers, rendered by `body`.
+async fn api_page(
+    state: &SharedState,
+    view: &SessionView,
+    api_path: &str,
+    (title, active): (&str, &str),
+    body: impl FnOnce(&Value) -> String,
+) -> Response {
+    let reply = call(state, view, Method::GET, api_path, None).await;
+    if let Some(response) = expired(state, view, &reply) {
+        return response;
+    }
+    answer(view, title, active, &reply, body)
+}
+
 fn done(state: &SharedState, view: &SessionView, reply: &ApiReply, success: String, back: &str) -> Response {
     if let Some(response) = expired(state, view, reply) {
         return response;
@@ -60,11 +75,7 @@ fn now_minute() -> i64 {
 // Plugins
 
 pub async fn plugins(State(state): State<SharedState>, Extension(view): Extension<SessionView>) -> Response {
-    let reply = call(&state, &view, Method::GET, "/admin/plugins", None).await;
-    if let Some(response) = expired(&state, &view, &reply) {
-        return response;
-    }
-    answer(&view, "Plugins", "/console/plugins", &reply, |body| {
+    api_page(&state, &view, "/admin/plugins", ("Plugins", "/console/plugins"), |body| {
         let mut rows = Vec::new();
         for plugin in body["plugins"].as_array().into_iter().flatten() {
             let name = text(plugin, "name");
@@ -170,6 +181,7 @@ pub async fn plugins(State(state): State<SharedState>, Extension(view): Extensio
         );
         page
     })
+    .await
 }
 
 const PLUGIN_ACTIONS: [&str; 4] = ["enable", "disable", "rollback", "remove"];
@@ -421,11 +433,7 @@ fn describe_binding(binding: &Value) -> (String, String) {
 }
 
 pub async fn policies(State(state): State<SharedState>, Extension(view): Extension<SessionView>) -> Response {
-    let reply = call(&state, &view, Method::GET, "/admin/policies", None).await;
-    if let Some(response) = expired(&state, &view, &reply) {
-        return response;
-    }
-    answer(&view, "Policies", "/console/policies", &reply, |body| {
+    api_page(&state, &view, "/admin/policies", ("Policies", "/console/policies"), |body| {
         let mut rows = Vec::new();
         for binding in body["bindings"].as_array().into_iter().flatten() {
             let source = text(binding, "source");
@@ -474,6 +482,7 @@ pub async fn policies(State(state): State<SharedState>, Extension(view): Extensi
         page.push_str("<a href=\"/console/shadow\">Shadow report</a></div>");
         page
     })
+    .await
 }
 
 pub async fn policies_reload(State(state): State<SharedState>, Extension(view): Extension<SessionView>) -> Response {
@@ -491,13 +500,9 @@ pub async fn mode_confirm(
     Extension(view): Extension<SessionView>,
     FhirPath((file, index, mode)): FhirPath<(String, String, String)>,
 ) -> Response {
-    let reply = call(&state, &view, Method::GET, "/admin/policies", None).await;
-    if let Some(response) = expired(&state, &view, &reply) {
-        return response;
-    }
     let source = format!("{file}#{index}");
     let title = format!("Switch binding {source} to {mode}");
-    answer(&view, &title, "/console/policies", &reply, |body| {
+    api_page(&state, &view, "/admin/policies", (&title, "/console/policies"), |body| {
         let Some(binding) = body["bindings"].as_array().into_iter().flatten().find(|b| b["source"] == source.as_str())
         else {
             return format!("<p class=\"flash error\" role=\"alert\">No binding {} is in force.</p>", esc(&source));
@@ -527,6 +532,7 @@ pub async fn mode_confirm(
         let target = format!("/console/policies/{}/{}/{}", url_part(&file), url_part(&index), url_part(&mode));
         html::confirmation(&lines, &target, &view.csrf, &format!("Switch to {mode}"), "/console/policies")
     })
+    .await
 }
 
 pub async fn mode_switch(
@@ -540,11 +546,7 @@ pub async fn mode_switch(
 }
 
 pub async fn shadow(State(state): State<SharedState>, Extension(view): Extension<SessionView>) -> Response {
-    let reply = call(&state, &view, Method::GET, "/admin/policies", None).await;
-    if let Some(response) = expired(&state, &view, &reply) {
-        return response;
-    }
-    answer(&view, "Shadow report", "/console/shadow", &reply, |body| {
+    api_page(&state, &view, "/admin/policies", ("Shadow report", "/console/shadow"), |body| {
         let shadow_bindings: Vec<String> = body["bindings"]
             .as_array()
             .into_iter()
@@ -626,6 +628,7 @@ pub async fn shadow(State(state): State<SharedState>, Extension(view): Extension
         }
         page
     })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -953,11 +956,7 @@ pub async fn break_glass(
     Query(filter): Query<BreakGlassFilter>,
 ) -> Response {
     let path = if filter.all { "/admin/break-glass" } else { "/admin/break-glass?pending=true" };
-    let reply = call(&state, &view, Method::GET, path, None).await;
-    if let Some(response) = expired(&state, &view, &reply) {
-        return response;
-    }
-    answer(&view, "Break-glass review", "/console/break-glass", &reply, |body| {
+    api_page(&state, &view, path, ("Break-glass review", "/console/break-glass"), |body| {
         let mut page = if filter.all {
             "<p>Every emergency access (and refused attempt), oldest first. <a href=\"/console/break-glass\">Only those awaiting review</a></p>".to_owned()
         } else {
@@ -1035,6 +1034,7 @@ pub async fn break_glass(
         ));
         page
     })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -1064,11 +1064,7 @@ pub async fn review(
 // Keys
 
 pub async fn keys(State(state): State<SharedState>, Extension(view): Extension<SessionView>) -> Response {
-    let reply = call(&state, &view, Method::GET, "/admin/keys", None).await;
-    if let Some(response) = expired(&state, &view, &reply) {
-        return response;
-    }
-    answer(&view, "Keys", "/console/keys", &reply, |body| {
+    api_page(&state, &view, "/admin/keys", ("Keys", "/console/keys"), |body| {
         let rows: Vec<Vec<String>> = body["kekVersions"]
             .as_array()
             .into_iter()
@@ -1116,4 +1112,5 @@ pub async fn keys(State(state): State<SharedState>, Extension(view): Extension<S
         ));
         page
     })
+    .await
 }
