@@ -4,7 +4,8 @@
 //! validated, indexed, audited and evented exactly like any other write. This is the
 //! documented equivalent of `$import` for remote loads.
 //!
-//! - NDJSON lines go in `batch` Bundles of `--batch` entries, each as `PUT {type}/{id}`: ids
+//! - NDJSON lines go in Bundles of `--batch` entries, each as `PUT {type}/{id}`, sent as one
+//!   `transaction` (one commit), and again as a `batch` when anything in it is refused: ids
 //!   are kept (references between files stay valid); a resource without an id gets one derived
 //!   from its file, line and content, so a replay writes the same resource again instead of a
 //!   duplicate.
@@ -241,7 +242,21 @@ impl Run<'_> {
                 json!({"resource": resource, "request": {"method": "PUT", "url": url}})
             })
             .collect();
-        let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": entries});
+        // First as one transaction (one commit for the whole batch); if anything in it is
+        // refused, nothing was stored, and the batch goes again as a `batch` Bundle, whose
+        // entries succeed or fail one by one.
+        let mut bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+        if lines.len() > 1 {
+            match self.post_bundle(&bundle).await? {
+                Ok(_) => {
+                    self.summary.loaded += lines.len() as u64;
+                    return Ok(None);
+                }
+                Err((400 | 404 | 409 | 412 | 422, _)) => {}
+                Err((status, body)) => return Err(Self::whole_request_refused(status, &body)),
+            }
+        }
+        bundle["type"] = json!("batch");
         let answer = match self.post_bundle(&bundle).await? {
             Ok(answer) => answer,
             Err((status @ (400 | 422), body)) => return Ok(Some((status, body))),
