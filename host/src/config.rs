@@ -124,6 +124,10 @@ pub struct ServeArgs {
     /// When any is given, unsigned plugins are refused.
     #[arg(long = "plugin-trust-key", env = "HEARTH_PLUGIN_TRUST_KEYS", value_delimiter = ';')]
     pub plugin_trust_keys: Vec<PathBuf>,
+    /// A URL prefix FHIR Subscription rest-hook endpoints may start with (repeatable), e.g.
+    /// `https://hooks.example.org/`. Subscriptions to anything else go to status `error`.
+    #[arg(long = "subscription-endpoint", env = "HEARTH_SUBSCRIPTION_ENDPOINTS", value_delimiter = ';')]
+    pub subscription_endpoints: Vec<String>,
 }
 
 /// The same settings as they may appear in the TOML file.
@@ -156,6 +160,8 @@ struct FileConfig {
     policies: Option<PathBuf>,
     #[serde(default)]
     plugin_trust_keys: Vec<PathBuf>,
+    #[serde(default)]
+    subscription_endpoints: Vec<String>,
 }
 
 /// A client certificate name and the scopes it grants.
@@ -230,6 +236,7 @@ pub struct ServeSettings {
     pub allow_dev_certificate: bool,
     pub policies: Option<PathBuf>,
     pub plugin_trust_keys: Vec<PathBuf>,
+    pub subscription_endpoints: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -379,6 +386,11 @@ impl ServeArgs {
                 file.plugin_trust_keys
             } else {
                 self.plugin_trust_keys
+            },
+            subscription_endpoints: if self.subscription_endpoints.is_empty() {
+                file.subscription_endpoints
+            } else {
+                self.subscription_endpoints
             },
         })
     }

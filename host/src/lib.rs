@@ -18,4 +18,5 @@ pub mod secret_file;
 pub mod serve;
 pub mod server;
 pub mod store;
+pub mod subscriptions;
 pub mod tls;

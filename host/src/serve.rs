@@ -187,7 +187,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         max_bundle_entries: settings.max_bundle_entries,
         console_idle: settings.console_idle,
     };
-    let plugins = start_plugins(&settings, &store).await?;
+    let plugins = start_plugins(&settings, &store, &audit, &base_url).await?;
     let app = router(store.clone(), tokens, audit, api_settings, plugins);
 
     tracing::info!(%bound, %base_url, "listening");
@@ -205,7 +205,12 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
 /// Starts the plugin runtime: loads every stored plugin (before serving, so the first request
 /// is already gated), reads the policy bindings, and starts the outbox worker, the registry
 /// refresher (changes made through other hosts) and the SIGHUP policy reload.
-pub async fn start_plugins(settings: &ServeSettings, store: &Store) -> Result<PluginServices, StartError> {
+pub async fn start_plugins(
+    settings: &ServeSettings,
+    store: &Store,
+    audit: &crate::audit::AuditLog,
+    base_url: &str,
+) -> Result<PluginServices, StartError> {
     // Panics inside inline plugin calls are caught and logged by the policy engine.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -234,7 +239,13 @@ pub async fn start_plugins(settings: &ServeSettings, store: &Store) -> Result<Pl
         bindings = policies.bindings().bindings.len(),
         "plugins loaded and policies bound"
     );
-    let delivery = Arc::new(Delivery::new(store.clone(), registry.clone(), policies.clone()));
+    let subscriptions = Arc::new(crate::subscriptions::Subscriptions::new(
+        settings.subscription_endpoints.clone(),
+        base_url.to_owned(),
+        audit.clone(),
+    ));
+    spawn_subscription_refresher(subscriptions.clone(), policies.clone(), store.clone());
+    let delivery = Arc::new(Delivery::new(store.clone(), registry.clone(), policies.clone(), subscriptions)?);
     let delivery_wake = delivery.wake.clone();
     delivery.spawn();
     let trust_keys = settings.plugin_trust_keys.iter().map(|p| TrustKey::load(p)).collect::<Result<Vec<_>, _>>()?;
@@ -253,6 +264,24 @@ pub async fn start_plugins(settings: &ServeSettings, store: &Store) -> Result<Pl
         }
     }
     Ok(PluginServices { registry, policies, delivery_wake, trust_keys: Arc::new(trust_keys) })
+}
+
+/// Re-reads the Subscriptions every second (activating, erroring) and tells the policy engine
+/// which types they watch, so writes of those types queue a match in the outbox.
+fn spawn_subscription_refresher(
+    subscriptions: Arc<crate::subscriptions::Subscriptions>,
+    policies: Arc<PolicyEngine>,
+    store: Store,
+) {
+    tokio::spawn(async move {
+        loop {
+            match subscriptions.refresh(&store).await {
+                Ok(()) => policies.set_subscribed(subscriptions.types()),
+                Err(error) => tracing::warn!(%error, "subscriptions could not be re-read; retrying"),
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
 }
 
 /// The issuers whose tokens this server accepts: configured ones, plus the development issuer

@@ -25,6 +25,7 @@ mod plugins;
 mod schemathesis;
 mod search;
 mod store;
+mod subscriptions;
 mod transport;
 mod upgrade;
 mod validation;

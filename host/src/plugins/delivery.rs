@@ -13,8 +13,10 @@ use tokio::sync::Notify;
 use super::bindings::types::{ChangeEvent, ChangeKind};
 use super::registry::PluginRegistry;
 use crate::fhir::instant::{now_us, to_fhir_instant};
+use crate::fhir::search::query::Parser;
 use crate::policy::{PolicyEngine, PolicyInteraction};
-use crate::store::{OutboxEvent, Store, StoreError};
+use crate::store::{OutboxEvent, SearchScope, Store, StoreError};
+use crate::subscriptions::{self, Subscriptions};
 
 /// Events claimed per pass.
 const BATCH: i64 = 32;
@@ -29,13 +31,26 @@ pub struct Delivery {
     store: Store,
     registry: Arc<PluginRegistry>,
     policies: Arc<PolicyEngine>,
+    subscriptions: Arc<Subscriptions>,
+    /// For Subscription notifications: no redirects, a deadline per call.
+    http: reqwest::Client,
     /// Signalled after a write that queued events, so delivery does not wait for the poll.
     pub wake: Arc<Notify>,
 }
 
 impl Delivery {
-    pub fn new(store: Store, registry: Arc<PluginRegistry>, policies: Arc<PolicyEngine>) -> Self {
-        Delivery { store, registry, policies, wake: Arc::new(Notify::new()) }
+    pub fn new(
+        store: Store,
+        registry: Arc<PluginRegistry>,
+        policies: Arc<PolicyEngine>,
+        subscriptions: Arc<Subscriptions>,
+    ) -> Result<Self, crate::serve::StartError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| crate::serve::StartError::Plugins(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Delivery { store, registry, policies, subscriptions, http, wake: Arc::new(Notify::new()) })
     }
 
     pub fn spawn(self: Arc<Self>) {
@@ -65,6 +80,12 @@ impl Delivery {
     }
 
     async fn deliver(&self, event: &OutboxEvent) -> Result<(), StoreError> {
+        if event.plugin == subscriptions::FAN_OUT {
+            return self.fan_out(event).await;
+        }
+        if let Some(id) = event.plugin.strip_prefix(subscriptions::PREFIX) {
+            return self.notify(event, id).await;
+        }
         let plugin = self.registry.get(&event.plugin).filter(|p| p.enabled.load(Ordering::Acquire));
         let Some(plugin) = plugin else {
             return self.store.outbox_postpone(event.id, now_us() + PARKED_US).await;
@@ -123,6 +144,89 @@ impl Delivery {
             "integration delivery failed"
         );
         self.store.outbox_failed(event.id, &truncate(&error), retry_at).await
+    }
+}
+
+impl Delivery {
+    /// Replaces a change by one notification per Subscription whose criteria it matches (the
+    /// criteria run as a search, narrowed to the changed resource by `_id`).
+    async fn fan_out(&self, event: &OutboxEvent) -> Result<(), StoreError> {
+        let watching = self.subscriptions.for_type(&event.res_type);
+        let mut consumers = Vec::new();
+        if !watching.is_empty() && event.kind != "deleted" {
+            let key = self.store.blind_index_key().await?;
+            let parser = Parser { key: &key, base_url: self.subscriptions.base_url(), strict: false };
+            for subscription in &watching {
+                let mut pairs = subscription.criteria.clone();
+                pairs.push(("_id".to_owned(), event.res_id.clone()));
+                let matched = match parser.parse(vec![event.res_type.clone()], &pairs) {
+                    Ok(query) => !self.store.search(&query, &SearchScope::default()).await?.records.is_empty(),
+                    Err(error) => {
+                        tracing::warn!(subscription = subscription.id, error = error.message, "criteria do not parse");
+                        false
+                    }
+                };
+                if matched {
+                    consumers.push(format!("{}{}", subscriptions::PREFIX, subscription.id));
+                }
+            }
+        }
+        self.store.outbox_fan_out(event, &consumers).await?;
+        if !consumers.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Sends one Subscription notification.
+    async fn notify(&self, event: &OutboxEvent, subscription_id: &str) -> Result<(), StoreError> {
+        let Some(subscription) = self.subscriptions.get(subscription_id) else {
+            // Deleted, switched off or in error since: nothing to deliver.
+            return self.store.outbox_delivered(event.id).await;
+        };
+        let request = match &subscription.payload {
+            Some(media_type) => {
+                let body = match self.store.read_version(&event.res_type, &event.res_id, event.version).await {
+                    Ok(Some(record)) => record.body,
+                    Ok(None) | Err(StoreError::Erased) => None,
+                    Err(error) => return Err(error),
+                };
+                let Some(body) = body else { return self.store.outbox_delivered(event.id).await };
+                let url = format!("{}/{}/{}", subscription.endpoint, event.res_type, event.res_id);
+                self.http.put(url).header("content-type", media_type.as_str()).body(body)
+            }
+            None => self.http.post(&subscription.endpoint),
+        };
+        let request =
+            subscription.headers.iter().fold(request, |r, (name, value)| r.header(name.as_str(), value.as_str()));
+        let error = match request.send().await {
+            Ok(response) if response.status().is_success() => return self.store.outbox_delivered(event.id).await,
+            Ok(response) => format!("the endpoint answered {}", response.status()),
+            Err(error) => format!("the endpoint could not be reached: {error}"),
+        };
+        let attempts = event.attempts + 1;
+        let retry_at = (attempts < subscriptions::MAX_ATTEMPTS).then(|| now_us() + (500_000_i64 << (attempts - 1)));
+        tracing::warn!(subscription = subscription_id, event = event.id, attempts, %error, "subscription notification failed");
+        self.store.outbox_failed(event.id, &truncate(&error), retry_at).await?;
+        if retry_at.is_none() {
+            let reason = format!("notifications failed {attempts} times; the last: {error}");
+            let current = self.store.read_current("Subscription", subscription_id).await?;
+            if let Some(record) = current.filter(|r| !r.deleted) {
+                let body: serde_json::Value =
+                    record.body.as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+                subscriptions::set_status(
+                    &self.store,
+                    self.subscriptions.audit(),
+                    subscription_id,
+                    record.version,
+                    &body,
+                    "error",
+                    Some(&reason),
+                )
+                .await?;
+            }
+        }
+        Ok(())
     }
 }
 

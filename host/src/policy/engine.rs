@@ -3,7 +3,7 @@
 //! and only logged and counted. Any failure of an enforcing plugin (trap, deadline, memory,
 //! malformed answer, plugin missing or disabled) denies: the engine fails closed.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -127,6 +127,7 @@ pub struct PolicyEngine {
     dir: Option<PathBuf>,
     shadow: Arc<Mutex<HashMap<String, ShadowCounts>>>,
     pub denials: AtomicU64,
+    subscribed: RwLock<HashSet<String>>,
 }
 
 /// The message a client sees when an enforcing plugin could not decide.
@@ -146,6 +147,7 @@ impl PolicyEngine {
             dir,
             shadow: Arc::default(),
             denials: AtomicU64::new(0),
+            subscribed: RwLock::default(),
         })
     }
 
@@ -214,6 +216,7 @@ impl PolicyEngine {
     }
 
     /// Integration plugins to notify of a committed change.
+    /// (And the Subscriptions' matcher, when an active Subscription watches the type.)
     pub fn integrations_for(&self, res_type: &str, interaction: PolicyInteraction) -> Vec<String> {
         let mut names: Vec<String> = self
             .bindings()
@@ -222,7 +225,16 @@ impl PolicyEngine {
             .map(|b| b.plugin.clone())
             .collect();
         names.dedup();
+        let watched = self.subscribed.read().unwrap_or_else(|e| e.into_inner()).contains(res_type);
+        if watched && matches!(interaction, PolicyInteraction::Create | PolicyInteraction::Update) {
+            names.push(crate::subscriptions::FAN_OUT.to_owned());
+        }
         names
+    }
+
+    /// The resource types active Subscriptions watch (kept current by the subscription refresher).
+    pub fn set_subscribed(&self, types: HashSet<String>) {
+        *self.subscribed.write().unwrap_or_else(|e| e.into_inner()) = types;
     }
 
     /// One verdict per resource (all of `res_type`), by the bindings of `plan`.

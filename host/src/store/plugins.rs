@@ -376,6 +376,16 @@ impl Store {
     }
 
     /// Returns a claimed event unattempted, to be tried again at `at_us`.
+    /// Replaces event `event` by one event per consumer (same change), in one transaction.
+    pub async fn outbox_fan_out(&self, event: &OutboxEvent, consumers: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        enqueue_events(&mut tx, consumers, &event.res_type, &event.res_id, event.version, &event.kind, now_us())
+            .await?;
+        sqlx::query("DELETE FROM outbox WHERE id = $1").bind(event.id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn outbox_postpone(&self, id: i64, at_us: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE outbox SET claimed_until_us = 0, next_attempt_us = $2 WHERE id = $1")
             .bind(id)
