@@ -11,9 +11,9 @@
 //!   duplicate.
 //! - A line that is not JSON, or that the server refuses, is written to the error report
 //!   (file, line number, OperationOutcome) and the import goes on.
-//! - Progress is saved after every batch in a state file; running the same command again
+//! - Progress is saved after every `--parallel` group of batches in a state file; running the same command again
 //!   continues where the last run stopped (after a crash, Ctrl-C or `--limit`). At most the
-//!   batch in flight is sent twice, which PUT makes harmless.
+//!   `--parallel` batches in flight are sent twice, which PUT makes harmless.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -36,6 +36,8 @@ pub struct ImportTarget<'a> {
 pub struct ImportOptions {
     /// Resources per request.
     pub batch: usize,
+    /// Requests in flight at once.
+    pub parallel: usize,
     /// Stop after this many resources in this run (rerun to continue).
     pub limit: Option<u64>,
     /// The progress file (default: `INPUT.hearth-import.json`).
@@ -103,6 +105,26 @@ fn input_files(input: &Path) -> Result<Vec<PathBuf>, ImportError> {
     } else {
         Err(ImportError::Input(format!("{} does not exist", input.display())))
     }
+}
+
+/// What sending some lines did: how many were stored, and each refused line with its report
+/// entry.
+#[derive(Debug, Default)]
+struct Sent {
+    loaded: u64,
+    refused: Vec<(u64, Value)>,
+}
+
+impl Sent {
+    fn add(&mut self, other: Sent) {
+        self.loaded += other.loaded;
+        self.refused.extend(other.refused);
+    }
+}
+
+fn refusal(line: &(u64, Value), status: u16, outcome: Value) -> (u64, Value) {
+    let (number, resource) = line;
+    (*number, json!({"id": resource["id"], "status": status, "outcome": outcome}))
 }
 
 /// A local OperationOutcome for input the server never saw.
@@ -198,39 +220,30 @@ impl Run<'_> {
         ImportError::Refused { status, message, hint }
     }
 
-    /// Sends one batch of NDJSON lines; reports refused entries. A batch the server refuses
-    /// as a whole for its content (e.g. an entry whose id cannot be part of a URL) is sent
-    /// again one entry at a time, so only the bad entries are reported.
-    async fn send_lines(&mut self, file: &str, lines: &[(u64, Value)]) -> Result<(), ImportError> {
-        let refused = match self.send_batch(file, lines).await? {
-            None => return Ok(()),
-            Some(refused) => refused,
+    /// Sends one batch of lines and says what became of each. A batch the server refuses as
+    /// a whole for its content (e.g. an entry whose id cannot be part of a URL) is sent again
+    /// one entry at a time, so only the bad entries are reported.
+    async fn send_lines(&self, lines: &[(u64, Value)]) -> Result<Sent, ImportError> {
+        let (status, outcome) = match self.send_batch(lines).await? {
+            Ok(sent) => return Ok(sent),
+            Err(refused) => refused,
         };
         if lines.len() == 1 {
-            return self.report_entry(file, &lines[0], refused.0, refused.1);
+            return Ok(Sent { loaded: 0, refused: vec![refusal(&lines[0], status, outcome)] });
         }
+        let mut sent = Sent::default();
         for line in lines {
-            if let Some((status, body)) = self.send_batch(file, std::slice::from_ref(line)).await? {
-                self.report_entry(file, line, status, body)?;
+            match self.send_batch(std::slice::from_ref(line)).await? {
+                Ok(one) => sent.add(one),
+                Err((status, outcome)) => sent.refused.push(refusal(line, status, outcome)),
             }
         }
-        Ok(())
+        Ok(sent)
     }
 
-    fn report_entry(
-        &mut self,
-        file: &str,
-        line: &(u64, Value),
-        status: u16,
-        outcome: Value,
-    ) -> Result<(), ImportError> {
-        let (number, resource) = line;
-        self.report_failure(file, Some(*number), json!({"id": resource["id"], "status": status, "outcome": outcome}))
-    }
-
-    /// One batch request; `Some((status, outcome))` when the server refused the batch whole
-    /// for its content, else each entry is counted or reported.
-    async fn send_batch(&mut self, file: &str, lines: &[(u64, Value)]) -> Result<Option<(u16, Value)>, ImportError> {
+    /// One request for `lines`: what became of each, or `Err((status, outcome))` when the
+    /// server refused the batch whole for its content.
+    async fn send_batch(&self, lines: &[(u64, Value)]) -> Result<Result<Sent, (u16, Value)>, ImportError> {
         let entries: Vec<Value> = lines
             .iter()
             .map(|(_, resource)| {
@@ -248,10 +261,7 @@ impl Run<'_> {
         let mut bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
         if lines.len() > 1 {
             match self.post_bundle(&bundle).await? {
-                Ok(_) => {
-                    self.summary.loaded += lines.len() as u64;
-                    return Ok(None);
-                }
+                Ok(_) => return Ok(Ok(Sent { loaded: lines.len() as u64, refused: Vec::new() })),
                 Err((400 | 404 | 409 | 412 | 422, _)) => {}
                 Err((status, body)) => return Err(Self::whole_request_refused(status, &body)),
             }
@@ -259,10 +269,11 @@ impl Run<'_> {
         bundle["type"] = json!("batch");
         let answer = match self.post_bundle(&bundle).await? {
             Ok(answer) => answer,
-            Err((status @ (400 | 422), body)) => return Ok(Some((status, body))),
+            Err((status @ (400 | 422), body)) => return Ok(Err((status, body))),
             Err((status, body)) => return Err(Self::whole_request_refused(status, &body)),
         };
         let responses = answer["entry"].as_array().cloned().unwrap_or_default();
+        let mut sent = Sent::default();
         for (index, line) in lines.iter().enumerate() {
             let response = responses.get(index).map(|e| e["response"].clone()).unwrap_or(Value::Null);
             let status: u16 = response["status"]
@@ -271,17 +282,37 @@ impl Run<'_> {
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
             if (200..300).contains(&status) {
-                self.summary.loaded += 1;
+                sent.loaded += 1;
             } else {
                 let outcome = if response["outcome"].is_object() {
                     response["outcome"].clone()
                 } else {
                     local_outcome("exception", "the server gave no answer for this entry")
                 };
-                self.report_entry(file, line, status, outcome)?;
+                sent.refused.push(refusal(line, status, outcome));
             }
         }
-        Ok(None)
+        Ok(Ok(sent))
+    }
+
+    /// Counts and reports what sending some lines of `file` did.
+    fn apply(&mut self, file: &str, sent: Sent) -> Result<(), ImportError> {
+        self.summary.loaded += sent.loaded;
+        for (line, entry) in sent.refused {
+            self.report_failure(file, Some(line), entry)?;
+        }
+        Ok(())
+    }
+
+    /// Sends the batches in `pending` at once, then counts and reports their outcomes in order.
+    async fn flush(&mut self, file: &str, pending: &mut Vec<Vec<(u64, Value)>>) -> Result<(), ImportError> {
+        let results = futures_util::future::join_all(pending.iter().map(|batch| self.send_lines(batch))).await;
+        pending.clear();
+        for sent in results {
+            self.apply(file, sent?)?;
+        }
+        self.bar.set_message(format!("{} loaded, {} failed", self.summary.loaded, self.summary.failed));
+        Ok(())
     }
 
     async fn import_ndjson(&mut self, path: &Path) -> Result<(), ImportError> {
@@ -296,9 +327,12 @@ impl Run<'_> {
         let mut reader = std::io::BufReader::new(reader);
         let mut line_no = 0u64;
         let mut batch: Vec<(u64, Value)> = Vec::new();
+        // Full batches waiting to be sent together, `--parallel` at a time.
+        let mut pending: Vec<Vec<(u64, Value)>> = Vec::new();
         let mut text = String::new();
         loop {
-            if self.budget_left() == Some(batch.len() as u64) {
+            let unsent = batch.len() + pending.iter().map(Vec::len).sum::<usize>();
+            if self.budget_left() == Some(unsent as u64) {
                 self.summary.stopped = true;
                 break;
             }
@@ -336,16 +370,18 @@ impl Run<'_> {
                 }
             }
             if batch.len() >= self.options.batch {
-                self.send_lines(&file, &batch).await?;
-                batch.clear();
-                self.state.done.insert(file.clone(), line_no);
-                self.save_state()?;
-                self.bar.set_message(format!("{} loaded, {} failed", self.summary.loaded, self.summary.failed));
+                pending.push(std::mem::take(&mut batch));
+                if pending.len() >= self.options.parallel {
+                    self.flush(&file, &mut pending).await?;
+                    self.state.done.insert(file.clone(), line_no);
+                    self.save_state()?;
+                }
             }
         }
         if !batch.is_empty() {
-            self.send_lines(&file, &batch).await?;
+            pending.push(batch);
         }
+        self.flush(&file, &mut pending).await?;
         let finished = if self.summary.stopped { line_no.max(done) } else { FILE_DONE };
         self.state.done.insert(file, finished);
         self.save_state()
@@ -419,7 +455,8 @@ impl Run<'_> {
                 })
                 .collect();
             for chunk in lines.chunks(self.options.batch.max(1)) {
-                self.send_lines(&file, chunk).await?;
+                let sent = self.send_lines(chunk).await?;
+                self.apply(&file, sent)?;
             }
         }
         self.finish_file(file, size)

@@ -71,6 +71,9 @@ enum Command {
         /// Resources per request (at most the server's --max-bundle-entries).
         #[arg(long, default_value_t = 200)]
         batch: usize,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
         /// Stop after this many resources in this run (run again to continue).
         #[arg(long)]
         limit: Option<u64>,
@@ -343,13 +346,19 @@ fn main() -> ExitCode {
         Command::Audit(AuditCommand::Export(storage)) => {
             with_storage(&runtime, &storage, |settings| async move { hearth::commands::audit_export(&settings).await })
         }
-        Command::Import { input, server, batch, limit, state, report } => {
+        Command::Import { input, server, batch, parallel, limit, state, report } => {
             let target = hearth::import::ImportTarget {
                 url: &server.server,
                 token: &server.token,
                 ca: server.cacert.as_deref(),
             };
-            let options = hearth::import::ImportOptions { batch: batch.clamp(1, 10_000), limit, state, report };
+            let options = hearth::import::ImportOptions {
+                batch: batch.clamp(1, 10_000),
+                parallel: parallel.clamp(1, 64),
+                limit,
+                state,
+                report,
+            };
             match runtime.block_on(hearth::import::import(&input, &target, &options)) {
                 Ok(summary) => {
                     let rate = (summary.loaded + summary.failed) as f64 / summary.seconds.max(0.001);
