@@ -104,9 +104,14 @@ async fn bulk_export_round_trips_what_was_written(db: Db) {
     // Refusals: no Prefer header, an unsupported parameter, a patient-context token.
     let plain = server.send(client.get(server.url("$export"))).await;
     assert!(plain.expect_outcome(400, "value").contains("Prefer: respond-async"));
-    let filtered =
-        client.get(server.url("$export?_typeFilter=Observation%3Fcode%3D1")).header("prefer", "respond-async");
-    server.send(filtered).await.expect_outcome(400, "not-supported");
+    let elements = client.get(server.url("$export?_elements=id")).header("prefer", "respond-async");
+    server.send(elements).await.expect_outcome(400, "not-supported");
+    for bad_filter in
+        ["$export?_type=Patient&_typeFilter=Observation%3Fcode%3D1", "$export?_typeFilter=Observation%3Fno-such%3D1"]
+    {
+        let request = client.get(server.url(bad_filter)).header("prefer", "respond-async");
+        server.send(request).await.expect_outcome(400, "value");
+    }
     let patient_app = server.client_with(Some(&server.token("patient/*.rs", Some(&patients[0]))));
     let refused = server.send(patient_app.get(server.url("$export")).header("prefer", "respond-async")).await;
     refused.expect_outcome(403, "forbidden");
@@ -157,6 +162,13 @@ async fn bulk_export_round_trips_what_was_written(db: Db) {
     let narrow = files(&server, &client, &manifest(&server, &client, &narrow).await).await;
     assert_eq!(narrow.keys().cloned().collect::<Vec<_>>(), ["Observation"]);
     assert_eq!(ids(&narrow["Observation"]), [late_id.as_str()]);
+
+    // _typeFilter: only the observations its search matches.
+    let filter = "$export?_type=Observation&_typeFilter=Observation%3Fcode%3Dhttp%3A%2F%2Floinc.org%7C8480-6";
+    let filtered = kick_off(&server, &client, filter).await;
+    let filtered = files(&server, &client, &manifest(&server, &client, &filtered).await).await;
+    let expected = vec![observations[1].clone(), observations[3].clone(), observations[5].clone()];
+    assert_eq!(ids(&filtered["Observation"]), sorted(expected), "the blood pressure codes only");
 
     // Patient-level: every compartment, nothing outside them.
     let all_patients = kick_off(&server, &client, "Patient/$export").await;

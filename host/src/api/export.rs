@@ -1,5 +1,5 @@
 //! FHIR Bulk Data Access export (v2): `GET /$export`, `/Patient/$export`,
-//! `/Group/{id}/$export` with `_type`, `_since` and `_outputFormat`, the asynchronous pattern
+//! `/Group/{id}/$export` with `_type`, `_since`, `_typeFilter` and `_outputFormat`, the asynchronous pattern
 //! (202 + Content-Location, status polling with `X-Progress` and `Retry-After`, DELETE to
 //! cancel) and NDJSON files.
 //!
@@ -26,6 +26,7 @@ use crate::fhir::instant::{now_us, parse_instant, to_fhir_instant};
 use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
 use crate::fhir::resource::{check_id, check_type_name};
 use crate::fhir::resource_types::R4_RESOURCE_TYPES;
+use crate::fhir::search::query::Parser;
 use crate::policy::{Caller, PolicyInteraction};
 use crate::store::{ExportJob, SnapshotScope};
 
@@ -77,6 +78,7 @@ pub async fn kickoff(
     }
     let mut types = Vec::new();
     let mut since_us = None;
+    let mut filters: Vec<String> = Vec::new();
     for (key, value) in pairs_of(query.unwrap_or("")) {
         match key.as_str() {
             "_type" => {
@@ -97,19 +99,37 @@ pub async fn kickoff(
                     return Err(bad("_outputFormat: this server writes application/fhir+ndjson only"));
                 }
             }
-            "_typeFilter" | "_elements" | "patient" | "includeAssociatedData" => {
+            "_typeFilter" => {
+                // Checked here; applied at download (read back from the job's request URL).
+                let (res_type, filter) = split_filter(&value).ok_or_else(|| {
+                    bad(format!("_typeFilter {value:?} must be TYPE?search, e.g. Observation?code=8867-4"))
+                })?;
+                check_type_name(res_type)?;
+                let key = state.store.blind_index_key().await.map_err(store_error)?;
+                let parser = Parser { key: &key, base_url: &state.settings.base_url, strict: true };
+                parser
+                    .parse(vec![res_type.to_owned()], &filter)
+                    .map_err(|e| bad(format!("_typeFilter {value:?}: {}", e.message)))?;
+                filters.push(res_type.to_owned());
+            }
+            "_elements" | "patient" | "includeAssociatedData" => {
                 return Err(FhirError::new(
                     StatusCode::BAD_REQUEST,
                     IssueType::NotSupported,
-                    format!("{key} is not supported by this server's export; use _type and _since, or search"),
+                    format!(
+                        "{key} is not supported by this server's export; use _type, _since and _typeFilter, or search"
+                    ),
                 ));
             }
             other => {
                 return Err(bad(format!(
-                    "unknown export parameter {other:?} (supported: _type, _since, _outputFormat)"
+                    "unknown export parameter {other:?} (supported: _type, _since, _typeFilter, _outputFormat)"
                 )));
             }
         }
+    }
+    if let Some(outside) = filters.iter().find(|t| !types.is_empty() && !types.contains(t)) {
+        return Err(bad(format!("_typeFilter names {outside}, which _type leaves out")));
     }
     if let Some(denied) = types.iter().find(|t| !may_export(principal, t)) {
         return Err(forbidden(format!(
@@ -198,6 +218,45 @@ pub async fn kickoff(
 fn outcome_response(status: StatusCode, message: &str) -> Response {
     let outcome = operation_outcome("information", IssueType::Informational, message, None);
     super::fhir::fhir_json(status, serde_json::to_vec(&outcome).unwrap_or_default())
+}
+
+/// `Type?query` split into the type and its search parameters.
+fn split_filter(value: &str) -> Option<(&str, Vec<(String, String)>)> {
+    let (res_type, query) = value.split_once('?')?;
+    Some((res_type, form_urlencoded::parse(query.as_bytes()).into_owned().collect()))
+}
+
+/// The `_typeFilter` searches of a job for `res_type` (any one may match), from its request.
+fn type_filters(job: &ExportJob, res_type: &str) -> Vec<Vec<(String, String)>> {
+    let query = job.request.split_once('?').map_or("", |(_, q)| q);
+    pairs_of(query)
+        .into_iter()
+        .filter(|(key, _)| key == "_typeFilter")
+        .filter_map(|(_, value)| split_filter(&value).filter(|(t, _)| *t == res_type).map(|(_, pairs)| pairs))
+        .collect()
+}
+
+/// The ids among `records` that at least one of `filters` matches (each runs as a search
+/// narrowed to these ids).
+async fn matching_ids(
+    state: &SharedState,
+    res_type: &str,
+    filters: &[Vec<(String, String)>],
+    records: &[crate::store::VersionRecord],
+) -> Result<BTreeSet<String>, FhirError> {
+    let key = state.store.blind_index_key().await.map_err(store_error)?;
+    let parser = Parser { key: &key, base_url: &state.settings.base_url, strict: true };
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    let mut matched = BTreeSet::new();
+    for filter in filters {
+        let mut pairs = filter.clone();
+        pairs.push(("_id".to_owned(), ids.join(",")));
+        pairs.push(("_count".to_owned(), PAGE.to_string()));
+        let query = parser.parse(vec![res_type.to_owned()], &pairs).map_err(|e| bad(e.message))?;
+        let page = state.store.search(&query, &crate::store::SearchScope::default()).await.map_err(store_error)?;
+        matched.extend(page.records.into_iter().map(|r| r.id));
+    }
+    Ok(matched)
 }
 
 /// The scopes a job reads, in order: one for system and patient exports, one per member for
@@ -295,6 +354,8 @@ struct Cursor {
     caller: Caller,
     job: ExportJob,
     res_type: String,
+    /// `_typeFilter` searches for this type; any one must match.
+    filters: Vec<Vec<(String, String)>>,
     scopes: Vec<String>,
     scope: usize,
     after: Option<String>,
@@ -322,6 +383,11 @@ async fn next_chunk(cursor: &mut Cursor) -> Result<Option<Bytes>, FhirError> {
         if !more {
             cursor.scope += 1;
             cursor.after = None;
+        }
+        let mut records = records;
+        if !cursor.filters.is_empty() && !records.is_empty() {
+            let matched = matching_ids(&cursor.state, &cursor.res_type, &cursor.filters, &records).await?;
+            records.retain(|r| matched.contains(&r.id));
         }
         if records.is_empty() {
             continue;
@@ -362,6 +428,7 @@ pub async fn file(
         principal: principal.clone(),
         caller,
         scopes: scopes(&job),
+        filters: type_filters(&job, res_type),
         job,
         res_type: res_type.to_owned(),
         scope: 0,
