@@ -106,9 +106,11 @@ async fn bulk_export_round_trips_what_was_written(db: Db) {
     assert!(plain.expect_outcome(400, "value").contains("Prefer: respond-async"));
     let elements = client.get(server.url("$export?_elements=id")).header("prefer", "respond-async");
     server.send(elements).await.expect_outcome(400, "not-supported");
-    for bad_filter in
-        ["$export?_type=Patient&_typeFilter=Observation%3Fcode%3D1", "$export?_typeFilter=Observation%3Fno-such%3D1"]
-    {
+    for bad_filter in [
+        "$export?_type=Patient&_typeFilter=Observation%3Fcode%3D1",
+        "$export?_typeFilter=Observation%3Fno-such%3D1",
+        "$export?_typeFilter=Observation%3Fcode%3D1%26_count%3D5",
+    ] {
         let request = client.get(server.url(bad_filter)).header("prefer", "respond-async");
         server.send(request).await.expect_outcome(400, "value");
     }

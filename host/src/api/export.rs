@@ -105,6 +105,11 @@ pub async fn kickoff(
                     bad(format!("_typeFilter {value:?} must be TYPE?search, e.g. Observation?code=8867-4"))
                 })?;
                 check_type_name(res_type)?;
+                if let Some((name, _)) = filter.iter().find(|(name, _)| RESULT_PARAMETERS.contains(&name.as_str())) {
+                    return Err(bad(format!(
+                        "_typeFilter selects resources; {name} shapes results and is not allowed in it"
+                    )));
+                }
                 let key = state.store.blind_index_key().await.map_err(store_error)?;
                 let parser = Parser { key: &key, base_url: &state.settings.base_url, strict: true };
                 parser
@@ -219,6 +224,10 @@ fn outcome_response(status: StatusCode, message: &str) -> Response {
     let outcome = operation_outcome("information", IssueType::Informational, message, None);
     super::fhir::fhir_json(status, serde_json::to_vec(&outcome).unwrap_or_default())
 }
+
+/// Search parameters that shape a result page rather than select resources.
+const RESULT_PARAMETERS: &[&str] =
+    &["_count", "_sort", "_include", "_revinclude", "_summary", "_elements", "_total", "_cursor", "_contained"];
 
 /// `Type?query` split into the type and its search parameters.
 fn split_filter(value: &str) -> Option<(&str, Vec<(String, String)>)> {
