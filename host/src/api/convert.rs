@@ -34,8 +34,20 @@ fn unprocessable(message: impl Into<String>) -> FhirError {
 const HL7_V2: &str = "application/hl7-v2";
 
 /// Whether the sender asks for an HL7 v2 acknowledgement instead of a Bundle.
-pub fn wants_hl7_ack(headers: &HeaderMap) -> bool {
+fn wants_hl7_ack(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("hl7-v2"))
+}
+
+/// Content negotiation of `$convert`: an HL7 v2 acknowledgement, or FHIR JSON as everywhere.
+pub async fn negotiate_format(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, FhirError> {
+    if wants_hl7_ack(request.headers()) {
+        Ok(next.run(request).await)
+    } else {
+        super::extract::negotiate_format(request, next).await
+    }
 }
 
 /// `POST /$convert`: with `Accept: application/hl7-v2`, the answer is an HL7 v2 ACK: `AA`

@@ -28,12 +28,6 @@ fn accepts_json(accept: &str) -> bool {
 
 /// Refuses requests that ask for a format other than JSON (406), via `Accept` or `_format`.
 pub async fn negotiate_format(request: Request, next: Next) -> Result<Response, FhirError> {
-    // Bulk export files are NDJSON, whatever the client accepts; a converter can answer an
-    // HL7 v2 acknowledgement.
-    let path = request.uri().path();
-    if path.starts_with("/$export-file/") || (path == "/$convert" && super::convert::wants_hl7_ack(request.headers())) {
-        return Ok(next.run(request).await);
-    }
     let format = request
         .uri()
         .query()

@@ -105,12 +105,16 @@ pub fn router(
         .merge(audit_events::routes())
         .merge(admin::routes())
         .merge(plugins::routes())
-        .route("/$convert", axum::routing::post(convert::convert))
         .route("/$export", axum::routing::get(export::system_kickoff))
         .route("/$export-status/{id}", axum::routing::get(export::status_route).delete(export::cancel_route))
-        .route("/$export-file/{id}/{file}", axum::routing::get(export::file_route))
         .route("/metrics", axum::routing::get(metrics::metrics))
         .route_layer(middleware::from_fn(extract::negotiate_format))
+        // Routes that answer other formats: NDJSON files, and HL7 v2 acknowledgements.
+        .route("/$export-file/{id}/{file}", axum::routing::get(export::file_route))
+        .route(
+            "/$convert",
+            axum::routing::post(convert::convert).route_layer(middleware::from_fn(convert::negotiate_format)),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route_layer(middleware::from_fn_with_state(state.clone(), audit::record));
     let public = Router::new()
