@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Db, Reply, Server};
+use crate::harness::{Db, Reply, Server, contains_bytes};
 use crate::on_both_databases;
 use crate::plugins::{id_from_location, load, policies, with_policies};
 
@@ -171,6 +171,13 @@ async fn bulk_export_round_trips_what_was_written(db: Db) {
     let filtered = files(&server, &client, &manifest(&server, &client, &filtered).await).await;
     let expected = vec![observations[1].clone(), observations[3].clone(), observations[5].clone()];
     assert_eq!(ids(&filtered["Observation"]), sorted(expected), "the blood pressure codes only");
+
+    // A filter on a name: it works, and the name it searches for is not stored in plaintext.
+    let by_name = kick_off(&server, &client, "$export?_type=Patient&_typeFilter=Patient%3Ffamily%3DExport1").await;
+    let by_name = files(&server, &client, &manifest(&server, &client, &by_name).await).await;
+    assert_eq!(ids(&by_name["Patient"]), [patients[1].as_str()]);
+    let raw = server.raw_database_bytes().await;
+    assert!(!contains_bytes(&raw, b"Export1"), "the filter's search value is sealed at rest");
 
     // Patient-level: every compartment, nothing outside them.
     let all_patients = kick_off(&server, &client, "Patient/$export").await;

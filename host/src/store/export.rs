@@ -38,15 +38,27 @@ fn json_list(text: Option<String>) -> Vec<String> {
     text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
 }
 
+/// The data key sealing export requests (`export_job.request` holds them base64-encoded): a `_typeFilter` may hold search values (names,
+/// identifiers), which are never stored in plaintext.
+const REQUEST_KEY_ID: &str = "export/requests";
+
+fn request_aad(id: &str) -> Vec<u8> {
+    format!("export-request|{id}").into_bytes()
+}
+
 impl Store {
     pub async fn create_export_job(&self, job: &ExportJob) -> Result<(), StoreError> {
+        use base64::Engine as _;
+        let mut tx = self.begin_write().await?;
+        let cipher = self.data_key_for_write(&mut tx, REQUEST_KEY_ID).await?;
+        let request = crate::crypto::seal_with(&cipher, &request_aad(&job.id), job.request.as_bytes());
         sqlx::query(
             "INSERT INTO export_job (id, owner, request, kind, types, since_us, members, transaction_us, status, \
              outputs, error, created_us) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, NULL, $10)",
         )
         .bind(&job.id)
         .bind(&job.owner)
-        .bind(&job.request)
+        .bind(base64::engine::general_purpose::STANDARD.encode(request))
         .bind(&job.kind)
         .bind(serde_json::to_string(&job.types).unwrap_or_default())
         .bind(job.since_us)
@@ -54,24 +66,39 @@ impl Store {
         .bind(job.transaction_us)
         .bind(&job.status)
         .bind(job.created_us)
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
     pub async fn export_job(&self, id: &str) -> Result<Option<ExportJob>, StoreError> {
+        use base64::Engine as _;
         let row = sqlx::query(
-            "SELECT id, owner, request, kind, types, since_us, members, transaction_us, status, outputs, error, \
-             created_us FROM export_job WHERE id = $1",
+            "SELECT j.id, j.owner, j.request, j.kind, j.types, j.since_us, j.members, j.transaction_us, j.status, \
+             j.outputs, j.error, j.created_us, k.kek_version, k.wrapped FROM export_job j \
+             LEFT JOIN data_key k ON k.key_id = $2 WHERE j.id = $1",
         )
         .bind(id)
+        .bind(REQUEST_KEY_ID)
         .fetch_optional(&self.writer)
         .await?;
         let Some(row) = row else { return Ok(None) };
+        let (Some(kek_version), Some(wrapped)) =
+            (row.try_get::<Option<i64>, _>(12)?, row.try_get::<Option<Vec<u8>>, _>(13)?)
+        else {
+            return Err(StoreError::Integrity);
+        };
+        let cipher = self.vault.cipher(REQUEST_KEY_ID, kek_version, &wrapped)?;
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(row.try_get::<String, _>(2)?)
+            .map_err(|_| StoreError::Integrity)?;
+        let request =
+            crate::crypto::open_with(&cipher, &request_aad(id), &sealed).map_err(|_| StoreError::Integrity)?;
         Ok(Some(ExportJob {
             id: row.try_get(0)?,
             owner: row.try_get(1)?,
-            request: row.try_get(2)?,
+            request: String::from_utf8(request).map_err(|_| StoreError::Integrity)?,
             kind: row.try_get(3)?,
             types: json_list(row.try_get(4)?),
             since_us: row.try_get(5)?,
