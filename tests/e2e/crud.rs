@@ -10,8 +10,41 @@ on_both_databases!(
     update_as_create_with_client_id,
     history_pages_and_since,
     server_owns_id_and_meta,
-    prefer_return_and_conditional_read
+    prefer_return_and_conditional_read,
+    decimals_keep_their_precision
 );
+
+/// FHIR decimals keep their precision: `1.50` is stored and served as `1.50`, not `1.5`, and
+/// still matches a numeric search.
+async fn decimals_keep_their_precision(db: Db) {
+    let server = Server::start(db).await;
+    let body = br#"{"resourceType":"Observation","status":"final","code":{"text":"glucose"},"valueQuantity":{"value":1.50,"unit":"mg/dL"},"component":[{"code":{"text":"trace"},"valueQuantity":{"value":0.000100}},{"code":{"text":"big"},"valueQuantity":{"value":12345678901234567890.5}}]}"#;
+    let request = server
+        .client
+        .post(server.url("Observation"))
+        .header("content-type", "application/fhir+json")
+        .body(body.to_vec());
+    let created = server.send(request).await;
+    let id = created.expect(201)["id"].as_str().unwrap().to_owned();
+    let read = server.get(&format!("Observation/{id}")).await;
+    read.expect(200);
+    let text = String::from_utf8_lossy(&read.bytes);
+    for written in [r#""value":1.50,"#, r#""value":0.000100}"#, r#""value":12345678901234567890.5}"#] {
+        assert!(text.contains(written), "{written} not kept in {text}");
+    }
+    for query in ["value-quantity=1.5", "value-quantity=1.50", "value-quantity=gt1.4"] {
+        let found = server.get(&format!("Observation?{query}")).await.expect(200);
+        let ids: Vec<&str> =
+            found["entry"].as_array().into_iter().flatten().filter_map(|e| e["resource"]["id"].as_str()).collect();
+        assert_eq!(ids, [id.as_str()], "{query}: {found}");
+    }
+    // Out of any float's range: refused, not stored.
+    let request =
+        server.client.post(server.url("Observation")).header("content-type", "application/fhir+json").body(
+            r#"{"resourceType":"Observation","status":"final","code":{"text":"x"},"valueQuantity":{"value":1e400}}"#,
+        );
+    server.send(request).await.expect_outcome(400, "structure");
+}
 
 async fn create_read_update_delete_round_trip(db: Db) {
     let server = Server::start(db).await;

@@ -74,6 +74,12 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
+            if object.is_empty() && key == NUMBER_TOKEN {
+                // serde_json (arbitrary_precision) hands a number over as a one-entry map of
+                // its text, which is kept as written.
+                let text: String = map.next_value()?;
+                return number(&text).map(Value::Number).map_err(A::Error::custom);
+            }
             if object.contains_key(&key) {
                 return Err(A::Error::custom(format_args!("duplicate key \"{}\"", printable(&key))));
             }
@@ -82,6 +88,20 @@ impl<'de> Visitor<'de> for StrictVisitor {
         }
         Ok(Value::Object(object))
     }
+}
+
+/// How serde_json with `arbitrary_precision` (which Hearth enables, so that a FHIR decimal
+/// keeps its precision: `1.50` stays `1.50`) presents a number to a visitor.
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+/// A number as written, refused when no finite 64-bit float holds its magnitude (FHIR's
+/// decimal is bounded the same way in every peer server).
+fn number(text: &str) -> Result<serde_json::Number, String> {
+    let magnitude: f64 = text.parse().map_err(|_| format!("{text:.32} is not a number"))?;
+    if !magnitude.is_finite() {
+        return Err("number out of range".into());
+    }
+    text.parse().map_err(|e: serde_json::Error| e.to_string())
 }
 
 /// Keys are echoed in errors; keep them short and plain.
@@ -107,10 +127,22 @@ mod tests {
     }
 
     #[test]
+    fn numbers_keep_their_precision() {
+        let text =
+            br#"{"value":1.50,"big":9.999999999999e+75,"exp":1e-7,"int":-0,"huge":123456789012345678901234567890}"#;
+        let value = parse_strict(text).unwrap();
+        assert_eq!(serde_json::to_vec(&value).unwrap(), text.to_vec(), "re-serialised as written");
+        assert_eq!(value["value"].as_f64(), Some(1.5));
+        assert_eq!(parse_strict(&serde_json::to_vec(&value).unwrap()).unwrap(), value);
+    }
+
+    #[test]
     fn other_hostile_input_is_refused() {
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(parse_strict(deep.as_bytes()).is_err(), "nesting beyond 128");
         assert!(parse_strict(b"{\"n\":1e400}").is_err(), "number out of range");
+        assert!(parse_strict(b"{\"n\":-1e400}").is_err(), "number out of range");
+        assert!(parse_strict(b"[1e400]").is_err(), "number out of range");
         assert!(parse_strict(b"{\"a\":1} trailing").is_err());
         assert!(parse_strict(&[b'"', 0xff, b'"']).is_err(), "invalid UTF-8");
     }
