@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod fhir;
+pub mod fuzzing;
 pub mod import;
 pub mod plugin_commands;
 pub mod plugin_new;

@@ -185,33 +185,7 @@ async fn transaction(
     for p in &mut planned {
         resolve_conditional(state, principal, headers, p).await.map_err(|e| Failure::of(e, p.index))?;
     }
-    // Server ids for creates, and the map from each entry's fullUrl to its new reference.
-    let mut references: HashMap<String, String> = HashMap::new();
-    for p in &mut planned {
-        if p.method == Method::Post && p.id.is_none() {
-            p.id = Some(uuid::Uuid::new_v4().to_string());
-        }
-        if let (Some(full_url), Some(id)) = (&p.full_url, &p.id)
-            && matches!(p.method, Method::Post | Method::Put)
-        {
-            references.insert(full_url.clone(), format!("{}/{id}", p.res_type));
-        }
-    }
-    for p in &mut planned {
-        if let Some(resource) = &mut p.resource {
-            rewrite_references(resource, &references);
-        }
-    }
-    for p in &planned {
-        if let Some(resource) = &p.resource
-            && references_unresolved(resource)
-        {
-            return Err(Failure::of(
-                FhirError::bad_request(IssueType::NotFound, "a urn:uuid reference names no entry of this Bundle"),
-                p.index,
-            ));
-        }
-    }
+    link(&mut planned)?;
 
     // Checks: scopes, then policies, entry by entry.
     let mut incoming: Vec<Option<IncomingResource>> = Vec::with_capacity(planned.len());
@@ -423,6 +397,57 @@ fn plan(index: usize, entry: Value) -> Result<Planned, FhirError> {
         return Err(FhirError::bad_request(IssueType::Required, "a POST or PUT entry carries a resource"));
     }
     Ok(Planned { index, method, res_type, id, query, if_match, full_url, resource, settled: None })
+}
+
+/// Gives creates their server ids and rewrites `urn:uuid:` references between entries to
+/// them; a reference to no entry of the Bundle is an error.
+fn link(planned: &mut [Planned]) -> Result<(), Failure> {
+    let mut references: HashMap<String, String> = HashMap::new();
+    for p in planned.iter_mut() {
+        if p.method == Method::Post && p.id.is_none() {
+            p.id = Some(uuid::Uuid::new_v4().to_string());
+        }
+        if let (Some(full_url), Some(id)) = (&p.full_url, &p.id)
+            && matches!(p.method, Method::Post | Method::Put)
+        {
+            references.insert(full_url.clone(), format!("{}/{id}", p.res_type));
+        }
+    }
+    for p in planned.iter_mut() {
+        if let Some(resource) = &mut p.resource {
+            rewrite_references(resource, &references);
+        }
+    }
+    for p in planned.iter() {
+        if let Some(resource) = &p.resource
+            && references_unresolved(resource)
+        {
+            return Err(Failure::of(
+                FhirError::bad_request(IssueType::NotFound, "a urn:uuid reference names no entry of this Bundle"),
+                p.index,
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// For the fuzz targets (`host/fuzz`): the database-free part of a transaction (each entry
+/// planned, ids assigned, references linked). Returns each entry's method, `Type/id` (if
+/// known) and resource after linking, in processing order; or the failing entry's status.
+pub fn plan_offline(entries: Vec<Value>) -> Result<Vec<(String, Option<String>, Option<Map<String, Value>>)>, u16> {
+    let mut planned = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.into_iter().enumerate() {
+        planned.push(plan(index, entry).map_err(|e| e.status.as_u16())?);
+    }
+    link(&mut planned).map_err(|f| f.status.as_u16())?;
+    planned.sort_by_key(|p| (p.method, p.index));
+    Ok(planned
+        .into_iter()
+        .map(|p| {
+            let target = p.id.as_ref().map(|id| format!("{}/{id}", p.res_type));
+            (format!("{:?}", p.method).to_uppercase(), target, p.resource)
+        })
+        .collect())
 }
 
 /// Resolves conditional create (If-None-Exist), update and delete URLs.

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use crate::auth::{Access, BREAK_GLASS_ROLE, Principal, forbidden};
 use crate::fhir::compartment::data_key_id;
 use crate::fhir::outcome::{FhirError, IssueType};
-use crate::plugins::bindings::types::{Severity, SubjectResource};
+use crate::plugins::bindings::types::{Issue, Severity, SubjectResource};
 use crate::policy::{Caller, Plan, PolicyInteraction, Verdict};
 use crate::store::VersionRecord;
 
@@ -194,17 +194,64 @@ pub async fn authorize_write(
         Err(Verdict::Deny { plugin, reason }) => return Err(denied(&plugin, &reason)),
         Err(_) => return Err(FhirError::internal().into_response()),
     };
+    let Some((outcome, plugins)) = validation_outcome(&issues) else { return Ok(()) };
+    let mut response =
+        super::fhir::fhir_json(StatusCode::UNPROCESSABLE_ENTITY, serde_json::to_vec(&outcome).unwrap_or_default());
+    response.extensions_mut().insert(DecidedBy(format!("validation:{}", plugins.join(","))));
+    Err(response)
+}
+
+/// The codes of FHIR R4's IssueType value set (required binding of `OperationOutcome.issue.code`).
+const ISSUE_TYPES: &[&str] = &[
+    "invalid",
+    "structure",
+    "required",
+    "value",
+    "invariant",
+    "security",
+    "login",
+    "unknown",
+    "expired",
+    "forbidden",
+    "suppressed",
+    "processing",
+    "not-supported",
+    "duplicate",
+    "multiple-matches",
+    "not-found",
+    "deleted",
+    "too-long",
+    "code-invalid",
+    "extension",
+    "too-costly",
+    "business-rule",
+    "conflict",
+    "transient",
+    "lock-error",
+    "no-store",
+    "exception",
+    "timeout",
+    "incomplete",
+    "throttled",
+    "informational",
+];
+
+/// The OperationOutcome of validation plugins' error and fatal issues, and the plugins that
+/// raised them; `None` if there are none. A plugin's issue code outside the IssueType value set
+/// becomes `invalid`, so the answer stays a valid OperationOutcome whatever a plugin returns.
+pub(crate) fn validation_outcome(issues: &[(String, Issue)]) -> Option<(Value, Vec<&str>)> {
     let errors: Vec<_> =
         issues.iter().filter(|(_, i)| matches!(i.severity, Severity::Error | Severity::Fatal)).collect();
     if errors.is_empty() {
-        return Ok(());
+        return None;
     }
     let outcome = serde_json::json!({
         "resourceType": "OperationOutcome",
         "issue": errors.iter().map(|(plugin, issue)| {
+            let code = if ISSUE_TYPES.contains(&issue.code.as_str()) { issue.code.as_str() } else { "invalid" };
             let mut entry = serde_json::json!({
                 "severity": if matches!(issue.severity, Severity::Fatal) { "fatal" } else { "error" },
-                "code": issue.code,
+                "code": code,
                 "diagnostics": format!("{} (rule set '{plugin}')", issue.diagnostics),
             });
             if let Some(expression) = &issue.expression {
@@ -213,9 +260,5 @@ pub async fn authorize_write(
             entry
         }).collect::<Vec<_>>(),
     });
-    let mut response =
-        super::fhir::fhir_json(StatusCode::UNPROCESSABLE_ENTITY, serde_json::to_vec(&outcome).unwrap_or_default());
-    let plugins: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
-    response.extensions_mut().insert(DecidedBy(format!("validation:{}", plugins.join(","))));
-    Err(response)
+    Some((outcome, errors.iter().map(|(p, _)| p.as_str()).collect()))
 }

@@ -76,12 +76,16 @@ impl Issuer {
 
     /// The dev-mode issuer, trusting the public half of the development signing key.
     pub fn development(key_file: &Path) -> Result<Issuer, TokenError> {
-        let signing = DevSigningKey::load_or_create(key_file)?;
-        Ok(Issuer {
+        Ok(Issuer::trusting(&DevSigningKey::load_or_create(key_file)?))
+    }
+
+    /// The dev-mode issuer trusting `signing`'s public half.
+    pub fn trusting(signing: &DevSigningKey) -> Issuer {
+        Issuer {
             iss: DEV_ISSUER.to_owned(),
             audience: DEV_AUDIENCE.to_owned(),
-            keys: vec![VerifyKey { kid: None, algorithm: Algorithm::EdDSA, key: signing.decoding }],
-        })
+            keys: vec![VerifyKey { kid: None, algorithm: Algorithm::EdDSA, key: signing.decoding.clone() }],
+        }
     }
 }
 
@@ -240,16 +244,39 @@ pub struct DevSigningKey {
 impl DevSigningKey {
     pub fn load_or_create(path: &Path) -> Result<Self, TokenError> {
         if !path.exists() {
-            let key =
-                rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| TokenError::Generate(e.to_string()))?;
-            write_private(path, key.serialize_pem().as_bytes())?;
+            write_private(path, Self::generate_pem()?.as_bytes())?;
         }
         let pem = std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: path.to_owned(), source })?;
-        let bad = |reason: String| TokenError::BadKeys { path: path.to_owned(), reason };
-        let pair = rcgen::KeyPair::from_pem(&pem).map_err(|e| bad(e.to_string()))?;
-        let encoding = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
-        let decoding = DecodingKey::from_ed_pem(pair.public_key_pem().as_bytes()).map_err(|e| bad(e.to_string()))?;
+        Self::from_pem(&pem).map_err(|reason| TokenError::BadKeys { path: path.to_owned(), reason })
+    }
+
+    /// A new key kept only in memory (tests and fuzz targets).
+    pub fn ephemeral() -> Result<Self, TokenError> {
+        Self::from_pem(&Self::generate_pem()?).map_err(TokenError::Generate)
+    }
+
+    fn generate_pem() -> Result<String, TokenError> {
+        let key =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(|e| TokenError::Generate(e.to_string()))?;
+        Ok(key.serialize_pem())
+    }
+
+    fn from_pem(pem: &str) -> Result<Self, String> {
+        let pair = rcgen::KeyPair::from_pem(pem).map_err(|e| e.to_string())?;
+        let encoding = EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
+        let decoding = DecodingKey::from_ed_pem(pair.public_key_pem().as_bytes()).map_err(|e| e.to_string())?;
         Ok(DevSigningKey { encoding, decoding })
+    }
+
+    /// A JWT whose header and payload are `header` and `payload` as given (any bytes), signed
+    /// with this key: lets the fuzz targets reach the claim checks behind the signature.
+    pub fn sign_raw(&self, header: &[u8], payload: &[u8]) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let message = format!("{}.{}", b64.encode(header), b64.encode(payload));
+        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &self.encoding, Algorithm::EdDSA)
+            .expect("signing with a valid key");
+        format!("{message}.{signature}")
     }
 
     /// Mints a dev token.

@@ -43,7 +43,7 @@ impl Verdict {
     }
 
     /// Deny overrides; obligations accumulate.
-    fn combine(&mut self, plugin: &str, decision: Decision) {
+    pub(crate) fn combine(&mut self, plugin: &str, decision: Decision) {
         match (&mut *self, decision) {
             (Verdict::Deny { .. }, _) | (_, Decision::Allow) => {}
             (_, Decision::Deny(reason)) => *self = Verdict::Deny { plugin: plugin.to_owned(), reason },

@@ -43,7 +43,7 @@ pub use error::StoreError;
 pub use export::{ExportJob, SnapshotScope};
 pub use keys::{KeyStatus, RotationReport};
 pub use plugins::{NewPluginVersion, OutboxEvent, PluginRow, PluginVersionRow};
-pub use search::{SearchPage, SearchScope};
+pub use search::{SearchPage, SearchScope, search_sql_text};
 pub use vault::KeyVault;
 
 /// How many times a write is retried after losing a race it did not ask to detect

@@ -148,13 +148,11 @@ impl Cursor {
 impl Store {
     /// One page of the resources matching `query` (plus `scope`), in its sort order.
     pub async fn search(&self, query: &SearchQuery, scope: &SearchScope) -> Result<SearchPage, StoreError> {
-        let mut sql = Sql::default();
         let types = if query.types.len() == 1 { Types::One(&query.types[0]) } else { Types::Several(&query.types) };
         let order = self.filter_order(&types, query, scope).await?;
-        let where_clause = self.where_clause(&mut sql, &types, &order);
         let total = if query.total == crate::fhir::search::query::Total::Accurate {
             let mut count_sql = Sql::default();
-            let count_where = self.where_clause(&mut count_sql, &types, &order);
+            let count_where = where_clause(self.backend, &mut count_sql, &types, &order);
             let text = format!("SELECT COUNT(*) FROM resource_head h WHERE {count_where}");
             Some(count_sql.query(text).fetch_one(&self.reader).await?.try_get::<i64, _>(0)?)
         } else {
@@ -163,30 +161,8 @@ impl Store {
         if query.summary == crate::fhir::search::query::Summary::Count {
             return Ok(SearchPage { records: Vec::new(), next: None, prev: None, total });
         }
-        let mut keys: Vec<SortExpr> =
-            query.sort.iter().map(|k| sort_expr(&mut sql, &types, k.kind, &k.code, k.descending)).collect();
-        if matches!(types, Types::Several(_)) {
-            keys.push(SortExpr { sql: "h.res_type".into(), kind: SortKind::Id, descending: false });
-        }
-        keys.push(SortExpr { sql: "h.res_id".into(), kind: SortKind::Id, descending: false });
-        let cursor = query.cursor.as_deref().map(|c| Cursor::decode(c, keys.len())).transpose()?;
+        let PageSql { sql, text, keys, cursor } = page_sql(self.backend, &types, query, &order)?;
         let backwards = cursor.as_ref().is_some_and(|c| c.d == 'b');
-        let mut conditions = vec![where_clause];
-        if let Some(cursor) = &cursor {
-            conditions.push(keyset_condition(&mut sql, &keys, &cursor.v, backwards)?);
-        }
-        let order: Vec<String> = keys
-            .iter()
-            .map(|k| format!("{} {}", k.sql, if k.descending != backwards { "DESC" } else { "ASC" }))
-            .collect();
-        let columns: Vec<String> = keys.iter().map(|k| k.sql.clone()).collect();
-        let limit = sql.int(i64::try_from(query.count).unwrap_or(i64::MAX) + 1);
-        let text = format!(
-            "SELECT h.res_type, h.res_id, {} FROM resource_head h WHERE {} ORDER BY {} LIMIT {limit}",
-            columns.join(", "),
-            conditions.join(" AND "),
-            order.join(", ")
-        );
         let rows = sql.query(text).fetch_all(&self.reader).await?;
         let more = rows.len() > query.count;
         let mut found: Vec<(String, String, Vec<Value>)> = Vec::with_capacity(rows.len());
@@ -227,37 +203,6 @@ impl Store {
             }
         }
         Ok(SearchPage { records, next, prev, total })
-    }
-
-    /// The conditions on `h`. The most selective filter (by its kind: ids and references
-    /// first, dates and quantities last) becomes an `IN (subquery)` that drives the search;
-    /// the others are correlated `EXISTS` checks of each candidate, so a broad parameter
-    /// (`code=`, `date=ge...`) never materialises all its matches.
-    fn where_clause(&self, sql: &mut Sql, types: &Types<'_>, filters: &[&Filter]) -> String {
-        let mut parts = vec![types.condition(sql, "h.res_type"), "h.deleted = 0".to_owned()];
-        for (position, filter) in filters.iter().copied().enumerate() {
-            match filter {
-                Filter::Param { param, condition, negated }
-                    if position > 0 && !param.is_special() && !matches!(condition, Condition::Missing(_)) =>
-                {
-                    let row = row_condition(sql, condition);
-                    let p = sql.text(param.code);
-                    // SQLite would otherwise pick the value index and scan every row with that
-                    // value for each candidate; PostgreSQL's planner chooses well on its own.
-                    let hint = match self.backend {
-                        super::Backend::Sqlite => " INDEXED BY search_index_resource",
-                        super::Backend::Postgres => "",
-                    };
-                    parts.push(format!(
-                        "{}EXISTS (SELECT 1 FROM search_index s{hint} WHERE s.res_type = h.res_type \
-                         AND s.res_id = h.res_id AND s.param = {p} AND ({row}))",
-                        if *negated { "NOT " } else { "" }
-                    ));
-                }
-                other => parts.push(head_filter(sql, types, other, "h")),
-            }
-        }
-        parts.join(" AND ")
     }
 
     /// The current, not deleted versions of `ids` (those that exist), in no particular order.
@@ -577,6 +522,91 @@ pub(super) async fn write_index(
         sql.query(text).execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// The conditions on `h`. The most selective filter (by its kind: ids and references
+/// first, dates and quantities last) becomes an `IN (subquery)` that drives the search;
+/// the others are correlated `EXISTS` checks of each candidate, so a broad parameter
+/// (`code=`, `date=ge...`) never materialises all its matches.
+fn where_clause(backend: super::Backend, sql: &mut Sql, types: &Types<'_>, filters: &[&Filter]) -> String {
+    let mut parts = vec![types.condition(sql, "h.res_type"), "h.deleted = 0".to_owned()];
+    for (position, filter) in filters.iter().copied().enumerate() {
+        match filter {
+            Filter::Param { param, condition, negated }
+                if position > 0 && !param.is_special() && !matches!(condition, Condition::Missing(_)) =>
+            {
+                let row = row_condition(sql, condition);
+                let p = sql.text(param.code);
+                // SQLite would otherwise pick the value index and scan every row with that
+                // value for each candidate; PostgreSQL's planner chooses well on its own.
+                let hint = match backend {
+                    super::Backend::Sqlite => " INDEXED BY search_index_resource",
+                    super::Backend::Postgres => "",
+                };
+                parts.push(format!(
+                    "{}EXISTS (SELECT 1 FROM search_index s{hint} WHERE s.res_type = h.res_type \
+                     AND s.res_id = h.res_id AND s.param = {p} AND ({row}))",
+                    if *negated { "NOT " } else { "" }
+                ));
+            }
+            other => parts.push(head_filter(sql, types, other, "h")),
+        }
+    }
+    parts.join(" AND ")
+}
+
+/// The SELECT of one page and what decoding its rows needs.
+struct PageSql {
+    sql: Sql,
+    text: String,
+    keys: Vec<SortExpr>,
+    cursor: Option<Cursor>,
+}
+
+/// The page query for `query` with its filters in `order` (the first drives the search).
+fn page_sql(
+    backend: super::Backend,
+    types: &Types<'_>,
+    query: &SearchQuery,
+    order: &[&Filter],
+) -> Result<PageSql, StoreError> {
+    let mut sql = Sql::default();
+    let where_clause = where_clause(backend, &mut sql, types, order);
+    let mut keys: Vec<SortExpr> =
+        query.sort.iter().map(|k| sort_expr(&mut sql, types, k.kind, &k.code, k.descending)).collect();
+    if matches!(types, Types::Several(_)) {
+        keys.push(SortExpr { sql: "h.res_type".into(), kind: SortKind::Id, descending: false });
+    }
+    keys.push(SortExpr { sql: "h.res_id".into(), kind: SortKind::Id, descending: false });
+    let cursor = query.cursor.as_deref().map(|c| Cursor::decode(c, keys.len())).transpose()?;
+    let backwards = cursor.as_ref().is_some_and(|c| c.d == 'b');
+    let mut conditions = vec![where_clause];
+    if let Some(cursor) = &cursor {
+        conditions.push(keyset_condition(&mut sql, &keys, &cursor.v, backwards)?);
+    }
+    let order: Vec<String> =
+        keys.iter().map(|k| format!("{} {}", k.sql, if k.descending != backwards { "DESC" } else { "ASC" })).collect();
+    let columns: Vec<String> = keys.iter().map(|k| k.sql.clone()).collect();
+    let limit = sql.int(i64::try_from(query.count).unwrap_or(i64::MAX) + 1);
+    let text = format!(
+        "SELECT h.res_type, h.res_id, {} FROM resource_head h WHERE {} ORDER BY {} LIMIT {limit}",
+        columns.join(", "),
+        conditions.join(" AND "),
+        order.join(", ")
+    );
+    Ok(PageSql { sql, text, keys, cursor })
+}
+
+/// For the fuzz targets (`host/fuzz`): the SQL text of `query`'s first page and its total
+/// count on `backend`, filters in the order given, with how many values are bound. Nothing runs.
+pub fn search_sql_text(backend: super::Backend, query: &SearchQuery) -> Result<(Vec<String>, usize), StoreError> {
+    let types = if query.types.len() == 1 { Types::One(&query.types[0]) } else { Types::Several(&query.types) };
+    let order: Vec<&Filter> = query.filters.iter().collect();
+    let mut count_sql = Sql::default();
+    let count_where = where_clause(backend, &mut count_sql, &types, &order);
+    let page = page_sql(backend, &types, query, &order)?;
+    let binds = count_sql.binds.len() + page.sql.binds.len();
+    Ok((vec![format!("SELECT COUNT(*) FROM resource_head h WHERE {count_where}"), page.text], binds))
 }
 
 fn optional_text(sql: &mut Sql, value: Option<&str>) -> String {
