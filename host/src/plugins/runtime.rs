@@ -232,9 +232,11 @@ impl PluginRuntime {
 
         let mut policy_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut policy_linker).map_err(|e| e.to_string())?;
+        timers_within_deadline(&mut policy_linker).map_err(|e| e.to_string())?;
         Policy::add_to_linker::<_, HasSelf<_>>(&mut policy_linker, |state| state).map_err(|e| e.to_string())?;
         let mut integration_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut integration_linker).map_err(|e| e.to_string())?;
+        timers_within_deadline(&mut integration_linker).map_err(|e| e.to_string())?;
         Integration::add_to_linker::<_, HasSelf<_>>(&mut integration_linker, |state| state)
             .map_err(|e| e.to_string())?;
 
@@ -457,6 +459,51 @@ impl PluginRuntime {
             Instance::Policy(_) => Err(wasmtime::format_err!("not an integration plugin")),
         })
     }
+}
+
+/// The WASI version whose monotonic-clock functions [`timers_within_deadline`] replaces: the
+/// one wasmtime-wasi registers (a test puts a sleeping plugin behind a deadline, so a mismatch
+/// after an upgrade shows).
+const WASI_CLOCKS: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+/// A WASI timer that fires at an instant within the call's deadline.
+struct Timer(tokio::time::Instant);
+
+impl wasmtime_wasi::p2::Pollable for Timer {
+    fn ready<'a, 'b>(&'a mut self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(tokio::time::sleep_until(self.0))
+    }
+}
+
+/// Replaces WASI's timers (`subscribe-duration`, `subscribe-instant`: what `sleep` becomes).
+/// Waiting on a timer blocks inside a host call, where the epoch deadline cannot interrupt
+/// the guest, so wasmtime-wasi's own would let a plugin hold a thread as long as it liked.
+/// Here a timer that would fire after the call's deadline ends the call at once, as a
+/// timeout; one within it waits. (The plugin's clocks are stopped at zero, so an instant is
+/// also a duration from now.)
+fn timers_within_deadline(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
+    use wasmtime::component::Resource;
+    use wasmtime_wasi::p2::DynPollable;
+    fn timer(state: &mut CallState, nanos: u64) -> wasmtime::Result<(Resource<DynPollable>,)> {
+        let fires = Instant::now().checked_add(Duration::from_nanos(nanos));
+        match fires {
+            Some(at) if at <= state.deadline => {
+                let timer = state.table.push(Timer(tokio::time::Instant::from_std(at)))?;
+                Ok((wasmtime_wasi::p2::subscribe(&mut state.table, timer)?,))
+            }
+            _ => Err(wasmtime::Error::new(wasmtime::Trap::Interrupt)),
+        }
+    }
+    linker.allow_shadowing(true);
+    let mut clocks = linker.instance(WASI_CLOCKS)?;
+    clocks.func_wrap("subscribe-duration", |mut store, (nanos,): (u64,)| timer(store.data_mut(), nanos))?;
+    clocks.func_wrap("subscribe-instant", |mut store, (when,): (u64,)| timer(store.data_mut(), when))?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// Sets the deadline of the next call on `store`: epoch ticks for the guest, and the instant

@@ -1,6 +1,7 @@
 //! A deliberately misbehaving policy, for tests of the sandbox. The binding config chooses
 //! the misbehaviour: `{"mode": "loop" | "memory" | "recursion" | "trap" | "file" | "socket" |
-//! "environment" | "huge-output" | "wrong-count" | "counter" | "none"}`.
+//! "environment" | "huge-output" | "wrong-count" | "sleep" | "clock" | "slow" | "counter" |
+//! "none"}` (`slow` takes `"spin": N` iterations).
 //!
 //! `counter` denies with the number of calls this instance has served, which shows whether
 //! instances are reused between calls.
@@ -73,6 +74,35 @@ impl Guest for Hostile {
                 Decision::AllowWith(Obligations { redact, labels: Vec::new() })
             }
             "wrong-count" => return Vec::new(),
+            // Blocks in a host call (WASI's monotonic-clock timer), where no epoch deadline
+            // can interrupt the guest: the host must not let the sleep happen.
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_secs(600));
+                Decision::Allow
+            }
+            // Reads the WASI clocks, which are outside the contract (the `clock` interface is
+            // the plugin's clock): they must be stopped.
+            "clock" => {
+                let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                let start = std::time::Instant::now();
+                std::hint::black_box((0..100_000u64).sum::<u64>());
+                let elapsed = start.elapsed();
+                if wall.is_zero() && elapsed.is_zero() {
+                    held(Err("the clocks are stopped".into()))
+                } else {
+                    held(Ok(format!("{wall:?} {elapsed:?}")))
+                }
+            }
+            // Busy for `spin` iterations, then allows: a slow but well-behaved plugin.
+            "slow" => {
+                let spin = config.get("spin").and_then(Value::as_u64).unwrap_or(10_000_000);
+                let mut n: u64 = 0;
+                for i in 0..spin {
+                    n = std::hint::black_box(n.wrapping_add(i));
+                }
+                std::hint::black_box(n);
+                Decision::Allow
+            }
             "counter" => {
                 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
