@@ -89,6 +89,11 @@ pub struct ServeArgs {
     /// automatic logoff after 15 minutes).
     #[arg(long, env = "HEARTH_CONSOLE_IDLE_SECONDS")]
     pub console_idle_seconds: Option<u64>,
+    /// Seconds between this host's checks of the database for plugin changes made through
+    /// other hosts (default 2). On PostgreSQL changes are also notified at once (LISTEN/NOTIFY);
+    /// the poll covers notifications lost while the listening connection was down.
+    #[arg(long, env = "HEARTH_PLUGIN_POLL_SECONDS")]
+    pub plugin_poll_seconds: Option<u64>,
     /// A trusted token issuer (`iss`); give with --jwt-audience and --jwks-file. More issuers
     /// go in the config file as [[issuers]] tables.
     #[arg(long, env = "HEARTH_JWT_ISSUER", requires_all = ["jwt_audience", "jwks_file"])]
@@ -148,6 +153,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_bundle_entries: Option<usize>,
     console_idle_seconds: Option<u64>,
+    plugin_poll_seconds: Option<u64>,
     db_max_connections: Option<u32>,
     log_format: Option<LogFormat>,
     max_token_lifetime: Option<u64>,
@@ -226,6 +232,7 @@ pub struct ServeSettings {
     pub max_body_bytes: usize,
     pub max_bundle_entries: usize,
     pub console_idle: std::time::Duration,
+    pub plugin_poll: std::time::Duration,
     pub log_format: LogFormat,
     /// Issuers from configuration; in dev mode the development issuer is trusted as well.
     pub issuers: Vec<IssuerConfig>,
@@ -369,6 +376,9 @@ impl ServeArgs {
                 .max(1),
             console_idle: std::time::Duration::from_secs(
                 self.console_idle_seconds.or(file.console_idle_seconds).unwrap_or(900).max(1),
+            ),
+            plugin_poll: std::time::Duration::from_secs(
+                self.plugin_poll_seconds.or(file.plugin_poll_seconds).unwrap_or(2).max(1),
             ),
             log_format: self.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
             issuers,

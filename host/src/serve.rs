@@ -232,7 +232,7 @@ pub async fn start_plugins(
     let runtime = Arc::new(PluginRuntime::new(services, Some(cache)).map_err(StartError::Plugins)?);
     let registry = Arc::new(PluginRegistry::new(runtime, store.clone()));
     registry.refresh().await?;
-    registry.spawn_refresher(std::time::Duration::from_secs(2));
+    registry.spawn_refresher(settings.plugin_poll);
     let policies = Arc::new(PolicyEngine::new(registry.clone(), settings.policies.clone())?);
     tracing::info!(
         plugins = registry.all().len(),

@@ -27,6 +27,7 @@ mod search;
 mod store;
 mod subscriptions;
 mod transport;
+mod two_hosts;
 mod upgrade;
 mod validation;
 mod webdriver;

@@ -1,7 +1,8 @@
 //! The plugins in force on this host: the active, compiled version of each, swapped
 //! atomically (a call holds an `Arc` to the version it started on, so in-flight calls finish
 //! on the old version while new calls take the new one). Kept in step with the database,
-//! which every host shares, by polling a generation counter.
+//! which every host shares: notified at once on PostgreSQL (LISTEN/NOTIFY), and polling a
+//! generation counter as a fallback.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -250,8 +251,40 @@ impl PluginRegistry {
         }
     }
 
-    /// Polls the database every `every` so changes made through another host take effect here.
+    /// Keeps this host in step with changes made through another: on PostgreSQL at once, by
+    /// LISTEN/NOTIFY, and on every database by polling every `every` (which also covers
+    /// notifications missed while the listening connection was down).
     pub fn spawn_refresher(self: &Arc<Self>, every: Duration) {
+        let listening = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let Some(registry) = listening.upgrade() else { return };
+            let listener = registry.store.plugin_change_listener().await;
+            drop(registry);
+            let mut listener = match listener {
+                Ok(Some(listener)) => listener,
+                Ok(None) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for plugin changes; polling only");
+                    return;
+                }
+            };
+            loop {
+                // `recv` reconnects by itself after a lost connection.
+                let received = listener.recv().await;
+                let Some(registry) = listening.upgrade() else { return };
+                match received {
+                    Ok(_) => {
+                        if let Err(error) = registry.refresh().await {
+                            tracing::warn!(%error, "cannot load a notified plugin change; the poll will retry");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "lost the plugin-change listener; retrying");
+                        tokio::time::sleep(every).await;
+                    }
+                }
+            }
+        });
         let registry = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(every);

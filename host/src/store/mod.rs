@@ -170,6 +170,8 @@ pub struct Store {
     /// Benchmark builds only (feature `bench-plaintext`): bodies stored unsealed.
     plaintext: bool,
     blind_index: Arc<tokio::sync::OnceCell<BlindIndexKey>>,
+    /// PostgreSQL: the URL, for the connection that listens for other hosts' notifications.
+    listen_url: Option<Arc<str>>,
 }
 
 /// The `data_key` row holding the blind-index key.
@@ -304,7 +306,8 @@ impl Store {
                 (shared.clone(), shared)
             }
         };
-        Ok(Store { backend, reader, writer, vault, plaintext: false, blind_index: Arc::default() })
+        let listen_url = (backend == Backend::Postgres).then(|| Arc::from(database_url));
+        Ok(Store { backend, reader, writer, vault, plaintext: false, blind_index: Arc::default(), listen_url })
     }
 
     /// Starts a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)

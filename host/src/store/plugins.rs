@@ -212,6 +212,16 @@ impl Store {
     }
 
     /// A counter bumped by every plugin change (other hosts poll it to reload).
+    /// PostgreSQL: a connection listening for plugin changes committed through any host
+    /// (`None` on SQLite, which one host alone uses). It reconnects by itself; notifications
+    /// sent while it was away are lost, so callers keep polling [`Self::plugin_generation`] too.
+    pub async fn plugin_change_listener(&self) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
+        let Some(url) = &self.listen_url else { return Ok(None) };
+        let mut listener = sqlx::postgres::PgListener::connect(url).await.map_err(StoreError::Connect)?;
+        listener.listen(PLUGIN_CHANNEL).await.map_err(StoreError::Connect)?;
+        Ok(Some(listener))
+    }
+
     pub async fn plugin_generation(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query("SELECT generation FROM plugin_generation WHERE id = 1")
             .fetch_one(&self.reader)
@@ -436,8 +446,15 @@ fn outbox_event(row: &sqlx::any::AnyRow) -> Result<OutboxEvent, StoreError> {
     })
 }
 
+/// The PostgreSQL channel a plugin change is announced on when it commits.
+const PLUGIN_CHANNEL: &str = "hearth_plugins";
+
 async fn bump_generation(conn: &mut sqlx::AnyConnection) -> Result<(), StoreError> {
-    sqlx::query("UPDATE plugin_generation SET generation = generation + 1 WHERE id = 1").execute(conn).await?;
+    sqlx::query("UPDATE plugin_generation SET generation = generation + 1 WHERE id = 1").execute(&mut *conn).await?;
+    if conn.backend_name() == "PostgreSQL" {
+        // Delivered to listeners when (and only if) the transaction commits.
+        sqlx::query("SELECT pg_notify($1, '')").bind(PLUGIN_CHANNEL).execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
