@@ -15,6 +15,7 @@ use hearth_bench::report::{Comparison, Report};
 use hearth_bench::servers::{ServerProcess, sibling_binary};
 
 mod bulk_case;
+mod hostile_case;
 mod search_case;
 
 #[derive(Parser)]
@@ -404,6 +405,20 @@ async fn all(
                 )),
                 Err(error) => notes.push(format!("case 6 on {database} skipped: {error}")),
             }
+        }
+    }
+
+    // Case 8: a hostile plugin under attack next to normal traffic, and memory over many calls.
+    if wanted(8) {
+        let calls = if quick { 10_000 } else { 100_000 };
+        eprintln!("case 8: reads while 100 requests spin a plugin to its deadline; RSS over {calls} plugin calls");
+        match hostile_case::run(spec, &hearth_bin, &scratch, seed_patients, calls).await {
+            Ok(run) => {
+                comparisons.extend(run.comparisons);
+                notes.extend(run.notes);
+                memory.extend(run.memory);
+            }
+            Err(error) => notes.push(format!("case 8 skipped: {error}")),
         }
     }
 

@@ -291,13 +291,22 @@ fn compare_to_rust(
 
 /// Uploads reference plugin `name` into the dev-mode server whose data directory is `data`.
 pub async fn load_into(data: &Path, base_url: &str, name: &str) -> Result<(), String> {
+    load_as(data, base_url, name, name, json!({})).await
+}
+
+/// Loads reference plugin `crate_name` under `name`, with `extra` manifest fields (limits...).
+pub async fn load_as(data: &Path, base_url: &str, name: &str, crate_name: &str, extra: Value) -> Result<(), String> {
     let key = hearth::auth::token::DevSigningKey::load_or_create(&hearth::serve::dev_token_key_path(data))
         .map_err(|e| e.to_string())?;
     let token = key.issue("hearth-bench", "admin/plugins", std::time::Duration::from_secs(600), None, &[]);
     let client = crate::load::client(&data.join("tls/ca.pem"), 1, Some(&token));
-    let bytes = std::fs::read(component_path(name)).map_err(|e| format!("{name} component: {e}"))?;
+    let bytes = std::fs::read(component_path(crate_name)).map_err(|e| format!("{crate_name} component: {e}"))?;
+    let mut manifest = json!({"name": name, "version": "1.0.0", "world": "policy", "language": "rust"});
+    if let (Some(fields), Some(extra)) = (manifest.as_object_mut(), extra.as_object()) {
+        fields.extend(extra.clone());
+    }
     let body = json!({
-        "manifest": {"name": name, "version": "1.0.0", "world": "policy", "language": "rust"},
+        "manifest": manifest,
         "component": base64::engine::general_purpose::STANDARD.encode(bytes),
     });
     let response = client
