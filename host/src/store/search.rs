@@ -597,16 +597,18 @@ fn page_sql(
     Ok(PageSql { sql, text, keys, cursor })
 }
 
-/// For the fuzz targets (`host/fuzz`): the SQL text of `query`'s first page and its total
-/// count on `backend`, filters in the order given, with how many values are bound. Nothing runs.
-pub fn search_sql_text(backend: super::Backend, query: &SearchQuery) -> Result<(Vec<String>, usize), StoreError> {
+/// For the fuzz targets (`host/fuzz`): the SQL of `query`'s total count and first page on
+/// `backend`, filters in the order given, each with how many values it binds. Nothing runs.
+pub fn search_sql_text(backend: super::Backend, query: &SearchQuery) -> Result<Vec<(String, usize)>, StoreError> {
     let types = if query.types.len() == 1 { Types::One(&query.types[0]) } else { Types::Several(&query.types) };
     let order: Vec<&Filter> = query.filters.iter().collect();
     let mut count_sql = Sql::default();
     let count_where = where_clause(backend, &mut count_sql, &types, &order);
     let page = page_sql(backend, &types, query, &order)?;
-    let binds = count_sql.binds.len() + page.sql.binds.len();
-    Ok((vec![format!("SELECT COUNT(*) FROM resource_head h WHERE {count_where}"), page.text], binds))
+    Ok(vec![
+        (format!("SELECT COUNT(*) FROM resource_head h WHERE {count_where}"), count_sql.binds.len()),
+        (page.text, page.sql.binds.len()),
+    ])
 }
 
 fn optional_text(sql: &mut Sql, value: Option<&str>) -> String {
