@@ -16,6 +16,7 @@ use hearth_bench::servers::{ServerProcess, sibling_binary};
 
 mod bulk_case;
 mod hostile_case;
+mod scale_case;
 mod search_case;
 
 #[derive(Parser)]
@@ -408,6 +409,15 @@ async fn all(
         }
     }
 
+    // Case 7: one vs two Hearth hosts on one PostgreSQL database.
+    if wanted(7) {
+        eprintln!("case 7: reads and creates through one vs two hosts on one PostgreSQL database");
+        match scale_case::run(spec, &hearth_bin, &scratch, postgres_url, seed_patients).await {
+            Ok(found) => comparisons.extend(found),
+            Err(error) => notes.push(format!("case 7 skipped: {error}")),
+        }
+    }
+
     // Case 8: a hostile plugin under attack next to normal traffic, and memory over many calls.
     if wanted(8) {
         let calls = if quick { 10_000 } else { 100_000 };
@@ -605,7 +615,11 @@ async fn get_loop(
     server: &ServerProcess,
     paths: Arc<Vec<String>>,
 ) -> Measurement {
-    let urls: Arc<Vec<String>> = Arc::new(paths.iter().map(|p| server.url(p)).collect());
+    get_urls(spec, client, Arc::new(paths.iter().map(|p| server.url(p)).collect())).await
+}
+
+/// GETs of `urls` (any servers), spread over the list.
+async fn get_urls(spec: LoadSpec, client: &reqwest::Client, urls: Arc<Vec<String>>) -> Measurement {
     let client = client.clone();
     load::run(spec, move |_, n| {
         let url = urls[(n as usize).wrapping_mul(2_654_435_761) % urls.len()].clone();
@@ -622,14 +636,11 @@ async fn get_loop(
 
 /// Creates a new Patient per request (each a new patient compartment: a new data key).
 async fn create_loop(spec: LoadSpec, client: &reqwest::Client, server: &ServerProcess) -> Measurement {
-    post_loop(
-        spec,
-        client,
-        server,
-        "Patient",
-        Arc::new(|worker, n| data::patient(&mut Rng::new(n ^ ((worker as u64) << 40)), n)),
-    )
-    .await
+    post_loop(spec, client, server, "Patient", new_patients()).await
+}
+
+fn new_patients() -> Generator {
+    Arc::new(|worker, n| data::patient(&mut Rng::new(n ^ ((worker as u64) << 40)), n))
 }
 
 /// Creates an Observation per request for one of `patient_ids` (existing compartments).
@@ -662,10 +673,15 @@ async fn post_loop(
     res_type: &str,
     generate: Generator,
 ) -> Measurement {
-    let url = server.url(res_type);
+    post_urls(spec, client, vec![server.url(res_type)], generate).await
+}
+
+/// POSTs of `generate`d resources, worker `w` posting to `urls[w % urls.len()]`.
+async fn post_urls(spec: LoadSpec, client: &reqwest::Client, urls: Vec<String>, generate: Generator) -> Measurement {
     let client = client.clone();
     load::run(spec, move |worker, n| {
         let body = generate(worker, n).to_string();
+        let url = &urls[worker % urls.len()];
         let request = client.post(url.clone()).header("content-type", "application/fhir+json").body(body);
         async move {
             match request.send().await {
