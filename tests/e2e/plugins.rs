@@ -353,6 +353,46 @@ async fn misbehaving_plugins_are_contained() {
 
 /// By default a clean instance serves later calls (its globals persist); `per-call` isolation
 /// gives every call a fresh one; an instance that failed is never reused.
+/// A flood of requests into a plugin that spins until its deadline runs at most the plugin's
+/// execution slots at once (half the cores): the rest wait at most the deadline for a slot and
+/// are denied, and requests that need no plugin are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_plugin_runs_within_its_slots() {
+    let folder = policies(
+        "[[binding]]\nplugin = \"hostile\"\nresource_types = [\"Patient\"]\ninteractions = [\"read\"]\nconfig = { mode = \"loop\" }\n",
+    );
+    let server = Arc::new(Server::launch(Db::Sqlite, with_policies(folder.path())).await);
+    let patient = server.post("Patient", &json!({"resourceType": "Patient"})).await;
+    let path = format!("Patient/{}", id_from_location(&patient));
+    let observation = server
+        .post("Observation", &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}}))
+        .await;
+    let ungated = format!("Observation/{}", id_from_location(&observation));
+    load(&server, "hostile", "hostile", "policy", json!({"limits": {"timeout_ms": 100, "memory_mib": 16}})).await;
+
+    const FLOOD: u64 = 40;
+    let flood: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            let (server, path) = (server.clone(), path.clone());
+            tokio::spawn(async move { server.get(&path).await.status })
+        })
+        .collect();
+    // Served while the flood is on.
+    server.get(&ungated).await.expect(200);
+    for request in flood {
+        assert_eq!(request.await.unwrap(), 403, "every flooded request is denied");
+    }
+    let stats = server.send(admin(&server).get(server.url("admin/plugins/hostile"))).await.expect(200)["stats"].clone();
+    let (calls, failures, timeouts) =
+        (stats["calls"].as_u64().unwrap(), stats["failures"].as_u64().unwrap(), stats["timeouts"].as_u64().unwrap());
+    // Each request either ran (and hit its deadline) or found no slot within it.
+    assert_eq!(calls, timeouts, "{stats}");
+    assert_eq!(failures, FLOOD, "{stats}");
+    assert!(failures > timeouts, "some requests found every slot busy and were denied without running: {stats}");
+    let log = server.log();
+    assert!(log.contains("had no free slot within its deadline"), "busy denials are logged");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_reuse_follows_the_manifest() {
     let folder =

@@ -229,15 +229,7 @@ async fn load(
         })
         .await
         .map_err(store_error)?;
-    let plugin = ActivePlugin {
-        name: name.clone(),
-        seq,
-        enabled: true.into(),
-        signed_by,
-        needs_handoff: false.into(),
-        compiled,
-        stats: CallStats::default(),
-    };
+    let plugin = ActivePlugin::new(name.clone(), seq, signed_by, compiled);
     let body = plugin_json(&plugin);
     state.plugins.registry.install(plugin).await;
     tracing::warn!(plugin = name, seq, by = %principal.subject, "plugin loaded");

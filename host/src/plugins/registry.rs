@@ -144,6 +144,38 @@ pub struct ActivePlugin {
     pub needs_handoff: AtomicBool,
     pub compiled: CompiledPlugin,
     pub stats: CallStats,
+    /// Calls of this plugin that may run at once (see [`execution_slots`]).
+    slots: tokio::sync::Semaphore,
+}
+
+/// Calls of one plugin that may run at once on this host: half the cores (at least one). A
+/// plugin that burns its whole deadline on every call, or is flooded with requests, then
+/// keeps the other half of the machine free for everything else; calls beyond that wait.
+pub fn execution_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
+impl ActivePlugin {
+    /// Version `seq` of plugin `name`, enabled, with fresh statistics.
+    pub fn new(name: String, seq: i64, signed_by: Option<String>, compiled: CompiledPlugin) -> ActivePlugin {
+        ActivePlugin {
+            name,
+            seq,
+            enabled: AtomicBool::new(true),
+            signed_by,
+            needs_handoff: AtomicBool::new(false),
+            compiled,
+            stats: CallStats::default(),
+            slots: tokio::sync::Semaphore::new(execution_slots()),
+        }
+    }
+
+    /// A slot to run one call in, waited for at most the plugin's deadline: `None` when the
+    /// plugin stayed busy that long (the caller fails closed).
+    pub async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let wait = Duration::from_millis(self.compiled.manifest.limits().timeout_ms);
+        tokio::time::timeout(wait, self.slots.acquire()).await.ok()?.ok()
+    }
 }
 
 pub struct PluginRegistry {
@@ -234,15 +266,7 @@ impl PluginRegistry {
         match loaded {
             Ok(compiled) => {
                 tracing::info!(plugin = name_owned, seq, "plugin loaded");
-                Ok(Some(ActivePlugin {
-                    name: name_owned,
-                    seq,
-                    enabled: AtomicBool::new(true),
-                    signed_by,
-                    needs_handoff: AtomicBool::new(false),
-                    compiled,
-                    stats: CallStats::default(),
-                }))
+                Ok(Some(ActivePlugin::new(name_owned, seq, signed_by, compiled)))
             }
             Err(error) => {
                 tracing::error!(plugin = name_owned, seq, %error, "a stored plugin does not load; its bindings deny");

@@ -249,8 +249,12 @@ impl PolicyEngine {
         let plugins = &plan.enforce;
         let principal = principal(caller);
         let resources = Arc::new(resources);
+        let slots = take_slots(plugins).await;
         let verdicts = if plugins.is_empty() {
             vec![Verdict::Allow; resources.len()]
+        } else if let Err(busy) = &slots {
+            let reason = format!("policy '{busy}' {FAILED_CLOSED}");
+            vec![Verdict::Deny { plugin: busy.clone(), reason }; resources.len()]
         } else {
             let registry = &self.registry;
             sandboxed(plugins, || {
@@ -278,6 +282,7 @@ impl PolicyEngine {
                 vec![Verdict::Deny { plugin: "engine".into(), reason: FAILED_CLOSED.into() }; resources.len()]
             })
         };
+        drop(slots);
         let denied = verdicts.iter().filter(|v| matches!(v, Verdict::Deny { .. })).count();
         self.denials.fetch_add(denied as u64, Ordering::Relaxed);
         if !plan.shadow.is_empty() {
@@ -305,10 +310,18 @@ impl PolicyEngine {
     ) {
         let registry = self.registry.clone();
         let counts = self.shadow.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             for binding in &shadow {
                 let plugin = registry.get(&binding.plugin);
-                let outcome = evaluate(&registry, plugin.as_deref(), binding, &principal, interaction, &resources);
+                // Shadow calls share the plugin's slots with enforced ones; a plugin busy past
+                // its deadline counts as a failed evaluation.
+                let slot = plugin.as_deref().map(|p| runtime.block_on(p.slot()));
+                let outcome = match slot {
+                    Some(None) => Err(()),
+                    _ => evaluate(&registry, plugin.as_deref(), binding, &principal, interaction, &resources),
+                };
+                drop(slot);
                 let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
                 let entry = counts.entry(binding.plugin.clone()).or_default();
                 entry.evaluated += 1;
@@ -368,6 +381,9 @@ impl PolicyEngine {
         }
         let principal = principal(caller);
         let registry = &self.registry;
+        let _slots = take_slots(plugins)
+            .await
+            .map_err(|busy| Verdict::Deny { reason: format!("policy '{busy}' {FAILED_CLOSED}"), plugin: busy })?;
         sandboxed(plugins, || {
             let mut issues = Vec::new();
             for (binding, plugin) in plugins {
@@ -450,6 +466,34 @@ fn sandboxed<R>(plugins: &[(Binding, Option<Arc<ActivePlugin>>)], run: impl Fn()
         }
     }
     tokio::task::block_in_place(|| guarded().ok())
+}
+
+/// One execution slot of each loaded plugin in `plugins` (see [`ActivePlugin::slot`]), taken
+/// in name order so two requests never wait on each other's; the name of the first plugin that
+/// stayed busy past its deadline.
+async fn take_slots(
+    plugins: &[(Binding, Option<Arc<ActivePlugin>>)],
+) -> Result<Vec<tokio::sync::SemaphorePermit<'_>>, String> {
+    let mut loaded: Vec<&ActivePlugin> = plugins.iter().filter_map(|(_, p)| p.as_deref()).collect();
+    loaded.sort_by(|a, b| a.name.cmp(&b.name));
+    loaded.dedup_by(|a, b| a.name == b.name);
+    let mut slots = Vec::with_capacity(loaded.len());
+    for plugin in loaded {
+        match plugin.slot().await {
+            Some(slot) => slots.push(slot),
+            None => {
+                plugin.stats.record_failure(false);
+                tracing::error!(
+                    plugin = plugin.name,
+                    seq = plugin.seq,
+                    kind = "busy",
+                    "policy plugin had no free slot within its deadline; denying"
+                );
+                return Err(plugin.name.clone());
+            }
+        }
+    }
+    Ok(slots)
 }
 
 /// A plugin that may be called for this binding: loaded, enabled and a policy.
