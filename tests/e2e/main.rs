@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod abuse;
 mod audit;
 mod auth;
 mod backup;
