@@ -42,7 +42,8 @@ async fn hostile_search_values_match_nothing_and_break_nothing(db: Db) {
     for resource in metadata["rest"][0]["resource"].as_array().unwrap() {
         let res_type = resource["type"].as_str().unwrap();
         let Some(params) = resource["searchParam"].as_array() else { continue };
-        if params.is_empty() || !["Patient", "Observation", "Condition", "Encounter", "MedicationRequest"].contains(&res_type)
+        if params.is_empty()
+            || !["Patient", "Observation", "Condition", "Encounter", "MedicationRequest"].contains(&res_type)
         {
             continue;
         }

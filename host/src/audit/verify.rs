@@ -2,7 +2,7 @@
 //! checks each signed checkpoint against the chain, reporting the first break found.
 
 use super::signer::signature_valid;
-use crate::store::{Store, StoreError, chain_hash};
+use crate::store::{Store, StoreError, StoredAuditEntry, StoredCheckpoint, chain_hash};
 
 /// Entries read per query while walking.
 const PAGE: i64 = 2000;
@@ -69,59 +69,210 @@ pub async fn verify_chain(
 ) -> Result<VerifyReport, StoreError> {
     let checkpoints = store.audit_checkpoints().await?;
     let (head_seq, _) = store.audit_head().await?;
-    let mut report =
-        VerifyReport { entries: 0, checkpoints: checkpoints.len(), last_good_checkpoint: None, problem: None };
-    let mut pending_checkpoints = checkpoints.iter().peekable();
+    let mut walk = Walk::new(&checkpoints);
     for checkpoint in &checkpoints {
         if !trusted_keys.iter().any(|key| signature_valid(key, checkpoint)) {
-            report.problem = Some(Problem::BadCheckpointSignature { seq: checkpoint.seq });
-            return Ok(report);
+            walk.report.problem = Some(Problem::BadCheckpointSignature { seq: checkpoint.seq });
+            return Ok(walk.report);
         }
     }
-    let mut prev_hash = vec![0u8; 32];
-    let mut last_seq = 0i64;
     loop {
-        let page = store.audit_entries(last_seq, PAGE).await?;
+        let page = store.audit_entries(walk.last_seq, PAGE).await?;
         if page.is_empty() {
             break;
         }
         for entry in &page {
-            let expected_seq = last_seq + 1;
-            if entry.seq != expected_seq {
-                report.problem = Some(Problem::Missing { seq: expected_seq });
-                return Ok(report);
+            if let Err(problem) = walk.step(entry) {
+                walk.report.problem = Some(problem);
+                return Ok(walk.report);
             }
-            if entry.prev_hash != prev_hash {
-                report.problem = Some(Problem::Broken { seq: entry.seq });
-                return Ok(report);
-            }
-            if chain_hash(&entry.prev_hash, entry.entry.as_bytes())[..] != entry.hash[..] {
-                report.problem = Some(Problem::Altered { seq: entry.seq });
-                return Ok(report);
-            }
-            let claimed_seq =
-                serde_json::from_str::<serde_json::Value>(&entry.entry).ok().and_then(|v| v["seq"].as_i64());
-            if claimed_seq != Some(entry.seq) {
-                report.problem = Some(Problem::Reordered { seq: entry.seq });
-                return Ok(report);
-            }
-            while let Some(checkpoint) = pending_checkpoints.next_if(|c| c.seq == entry.seq) {
-                if checkpoint.hash != entry.hash {
-                    report.problem = Some(Problem::CheckpointMismatch { seq: checkpoint.seq });
-                    return Ok(report);
-                }
-                report.last_good_checkpoint = Some(checkpoint.seq);
-            }
-            prev_hash.clone_from(&entry.hash);
-            last_seq = entry.seq;
-            report.entries += 1;
         }
-        progress(report.entries);
+        progress(walk.report.entries);
     }
-    if let Some(checkpoint) = pending_checkpoints.next() {
-        report.problem = Some(Problem::Truncated { expected: checkpoint.seq, found: last_seq });
-    } else if last_seq < head_seq {
-        report.problem = Some(Problem::Truncated { expected: head_seq, found: last_seq });
+    Ok(walk.finish(head_seq))
+}
+
+/// The checks of the chain, entry by entry in sequence order (signatures aside): what
+/// [`verify_chain`] runs on each page it reads.
+struct Walk<'c> {
+    prev_hash: Vec<u8>,
+    last_seq: i64,
+    checkpoints: std::iter::Peekable<std::slice::Iter<'c, StoredCheckpoint>>,
+    report: VerifyReport,
+}
+
+impl<'c> Walk<'c> {
+    fn new(checkpoints: &'c [StoredCheckpoint]) -> Self {
+        Walk {
+            prev_hash: vec![0u8; 32],
+            last_seq: 0,
+            checkpoints: checkpoints.iter().peekable(),
+            report: VerifyReport {
+                entries: 0,
+                checkpoints: checkpoints.len(),
+                last_good_checkpoint: None,
+                problem: None,
+            },
+        }
     }
-    Ok(report)
+
+    /// Checks the next entry read.
+    fn step(&mut self, entry: &StoredAuditEntry) -> Result<(), Problem> {
+        let expected_seq = self.last_seq + 1;
+        if entry.seq != expected_seq {
+            return Err(Problem::Missing { seq: expected_seq });
+        }
+        if entry.prev_hash != self.prev_hash {
+            return Err(Problem::Broken { seq: entry.seq });
+        }
+        if chain_hash(&entry.prev_hash, entry.entry.as_bytes())[..] != entry.hash[..] {
+            return Err(Problem::Altered { seq: entry.seq });
+        }
+        let claimed_seq = serde_json::from_str::<serde_json::Value>(&entry.entry).ok().and_then(|v| v["seq"].as_i64());
+        if claimed_seq != Some(entry.seq) {
+            return Err(Problem::Reordered { seq: entry.seq });
+        }
+        while let Some(checkpoint) = self.checkpoints.next_if(|c| c.seq == entry.seq) {
+            if checkpoint.hash != entry.hash {
+                return Err(Problem::CheckpointMismatch { seq: checkpoint.seq });
+            }
+            self.report.last_good_checkpoint = Some(checkpoint.seq);
+        }
+        self.prev_hash.clone_from(&entry.hash);
+        self.last_seq = entry.seq;
+        self.report.entries += 1;
+        Ok(())
+    }
+
+    /// After the last entry: a checkpoint past it, or a recorded head beyond it, means entries
+    /// were removed from the end.
+    fn finish(mut self, head_seq: i64) -> VerifyReport {
+        if let Some(checkpoint) = self.checkpoints.next() {
+            self.report.problem = Some(Problem::Truncated { expected: checkpoint.seq, found: self.last_seq });
+        } else if self.last_seq < head_seq {
+            self.report.problem = Some(Problem::Truncated { expected: head_seq, found: self.last_seq });
+        }
+        self.report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A valid chain of `texts.len()` entries, and a checkpoint at each of `at` (in range).
+    fn chain(texts: &[String], at: &[usize]) -> (Vec<StoredAuditEntry>, Vec<StoredCheckpoint>) {
+        let mut prev = vec![0u8; 32];
+        let mut entries = Vec::new();
+        for (i, text) in texts.iter().enumerate() {
+            let seq = i as i64 + 1;
+            let entry = serde_json::json!({"seq": seq, "what": text}).to_string();
+            let hash = chain_hash(&prev, entry.as_bytes()).to_vec();
+            entries.push(StoredAuditEntry { seq, entry, prev_hash: prev.clone(), hash: hash.clone() });
+            prev = hash;
+        }
+        let mut seqs: Vec<usize> = at.iter().map(|a| a % texts.len()).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let checkpoints = seqs
+            .into_iter()
+            .map(|i| StoredCheckpoint {
+                seq: entries[i].seq,
+                hash: entries[i].hash.clone(),
+                at_us: 0,
+                key_id: String::new(),
+                signature: Vec::new(),
+            })
+            .collect();
+        (entries, checkpoints)
+    }
+
+    fn verify(entries: &[StoredAuditEntry], checkpoints: &[StoredCheckpoint], head: i64) -> VerifyReport {
+        let mut walk = Walk::new(checkpoints);
+        for entry in entries {
+            if let Err(problem) = walk.step(entry) {
+                walk.report.problem = Some(problem);
+                return walk.report;
+            }
+        }
+        walk.finish(head)
+    }
+
+    proptest! {
+        /// A chain as written verifies; each kind of tampering at a random entry is reported,
+        /// at that entry.
+        #[test]
+        fn tampering_anywhere_is_found_where_it_happened(
+            texts in proptest::collection::vec("[ -~]{0,40}", 2..60),
+            at in proptest::collection::vec(any::<usize>(), 0..4),
+            victim in any::<usize>(),
+            kind in 0u8..5,
+            replacement in "[ -~]{1,40}",
+        ) {
+            let (mut entries, checkpoints) = chain(&texts, &at);
+            let head = entries.len() as i64;
+            let clean = verify(&entries, &checkpoints, head);
+            prop_assert_eq!(clean.problem, None);
+            prop_assert_eq!(clean.entries, head);
+            let v = victim % entries.len();
+            let seq = entries[v].seq;
+            let expected = match kind {
+                // The text changes, the stored hash does not.
+                0 => {
+                    entries[v].entry = serde_json::json!({"seq": seq, "what": format!("{replacement}!")}).to_string();
+                    Problem::Altered { seq }
+                }
+                // An entry disappears from the middle or the end.
+                1 => {
+                    entries.remove(v);
+                    if v + 1 == head as usize {
+                        let expected = checkpoints.last().filter(|c| c.seq == seq).map_or(head, |c| c.seq);
+                        Problem::Truncated { expected, found: seq - 1 }
+                    } else {
+                        Problem::Missing { seq }
+                    }
+                }
+                // Two neighbours swap places (their sequence numbers follow their positions).
+                2 if v + 1 < entries.len() => {
+                    entries.swap(v, v + 1);
+                    entries[v].seq = seq;
+                    entries[v + 1].seq = seq + 1;
+                    Problem::Broken { seq }
+                }
+                // History rewritten from the victim on, every hash recomputed: only a
+                // checkpoint at or after it can tell.
+                3 => {
+                    let mut prev = entries[v].prev_hash.clone();
+                    for e in &mut entries[v..] {
+                        if e.seq == seq {
+                            e.entry = serde_json::json!({"seq": seq, "what": format!("{replacement}!")}).to_string();
+                        }
+                        e.prev_hash = prev.clone();
+                        e.hash = chain_hash(&prev, e.entry.as_bytes()).to_vec();
+                        prev = e.hash.clone();
+                    }
+                    match checkpoints.iter().find(|c| c.seq >= seq) {
+                        Some(c) => Problem::CheckpointMismatch { seq: c.seq },
+                        None => return Ok(()),
+                    }
+                }
+                // An entry claims another position, hashes recomputed to match.
+                _ => {
+                    let mut prev = entries[v].prev_hash.clone();
+                    for e in &mut entries[v..] {
+                        if e.seq == seq {
+                            e.entry = serde_json::json!({"seq": seq + 1000, "what": "moved"}).to_string();
+                        }
+                        e.prev_hash = prev.clone();
+                        e.hash = chain_hash(&prev, e.entry.as_bytes()).to_vec();
+                        prev = e.hash.clone();
+                    }
+                    Problem::Reordered { seq }
+                }
+            };
+            let report = verify(&entries, &checkpoints, head);
+            prop_assert_eq!(report.problem, Some(expected));
+        }
+    }
 }

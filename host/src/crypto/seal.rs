@@ -105,6 +105,34 @@ mod tests {
         assert_eq!(open(&key, b"row-1", &sealed[..10]), Err(IntegrityError), "truncated");
     }
 
+    proptest::proptest! {
+        /// Any plaintext under any key and associated data opens to itself; any one bit
+        /// changed in the sealed bytes, a different associated data, a different key or a cut
+        /// is refused.
+        #[test]
+        fn sealing_round_trips_and_refuses_any_change(
+            key in proptest::array::uniform32(proptest::num::u8::ANY),
+            aad in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            plaintext in proptest::collection::vec(proptest::num::u8::ANY, 0..2048),
+            bit in proptest::num::usize::ANY,
+            other_aad in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+            cut in proptest::num::usize::ANY,
+        ) {
+            let key = SecretKey::from_bytes(&key).unwrap();
+            let sealed = seal(&key, &aad, &plaintext);
+            proptest::prop_assert_eq!(open(&key, &aad, &sealed).unwrap(), plaintext.clone());
+            let mut flipped = sealed.clone();
+            let at = bit % (sealed.len() * 8);
+            flipped[at / 8] ^= 1 << (at % 8);
+            proptest::prop_assert_eq!(open(&key, &aad, &flipped), Err(IntegrityError));
+            if other_aad != aad {
+                proptest::prop_assert_eq!(open(&key, &other_aad, &sealed), Err(IntegrityError));
+            }
+            proptest::prop_assert_eq!(open(&SecretKey::generate(), &aad, &sealed), Err(IntegrityError));
+            proptest::prop_assert_eq!(open(&key, &aad, &sealed[..cut % sealed.len()]), Err(IntegrityError));
+        }
+    }
+
     #[test]
     fn keys_do_not_print() {
         assert_eq!(format!("{:?}", SecretKey::generate()), "SecretKey(..)");
