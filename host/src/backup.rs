@@ -6,7 +6,7 @@
 //! separately, and a restore needs it.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -128,7 +128,7 @@ pub async fn restore(settings: &StorageSettings, src: &Path) -> Result<(), Comma
     let result = match store.backend() {
         Backend::Sqlite => {
             store.close().await;
-            let target = sqlite_path(&settings.database_url);
+            let target = crate::store::sqlite_path(&settings.database_url);
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", target.display()));
             }
@@ -155,11 +155,6 @@ pub async fn restore(settings: &StorageSettings, src: &Path) -> Result<(), Comma
     result?;
     println!("restored {}; now run `hearth verify --manifest {}`", manifest.file, src.join("manifest.json").display());
     Ok(())
-}
-
-fn sqlite_path(url: &str) -> PathBuf {
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
-    PathBuf::from(path.split('?').next().unwrap_or(path))
 }
 
 /// `hearth verify [--manifest FILE]`.

@@ -31,7 +31,7 @@ pub enum StartError {
     Tokens(#[from] crate::auth::token::TokenError),
     #[error("audit checkpoint key: {0}")]
     AuditKey(#[from] crate::audit::SignerError),
-    #[error("{0}. Check --database-url / HEARTH_DATABASE_URL and that the database server is running")]
+    #[error("{}", with_advice(.0))]
     Store(#[from] crate::store::StoreError),
     #[error(
         "{path} was issued by a Hearth development CA, whose key sits in a data directory. Use a real \
@@ -56,6 +56,18 @@ pub enum StartError {
     TrustKey(#[from] crate::plugins::signing::SigningError),
     #[error("cannot listen on {addr}: {source}. Choose another address with --listen")]
     Listen { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+/// A storage error at start-up; a failed connection also says where to look. (Errors that
+/// carry their own advice, such as a missing key or a read-only file system, keep just theirs.)
+fn with_advice(error: &crate::store::StoreError) -> String {
+    use crate::store::StoreError;
+    match error {
+        StoreError::Connect(_) | StoreError::Unavailable(_) | StoreError::UnsupportedUrl => {
+            format!("{error}. Check --database-url / HEARTH_DATABASE_URL and that the database server is running")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Opens the database with its keys: loads the keyring (generating the first KEK into the

@@ -7,6 +7,12 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] sqlx::Error),
+    /// The SQLite database (or its directory, where the journal goes) cannot be written.
+    #[error(
+        "the SQLite database at {path} cannot be written ({reason}): make sure its file system is \
+         mounted read-write and that the directory and the file are writable by this user, then start again"
+    )]
+    NotWritable { path: std::path::PathBuf, reason: String },
     #[error("cannot apply schema migrations: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
     /// The If-Match version (or the expectation that nothing exists) did not hold.

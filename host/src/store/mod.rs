@@ -13,7 +13,7 @@
 //! the pool is cheaper and fairer than retrying `SQLITE_BUSY`) and a reader pool; WAL mode lets
 //! readers proceed while the writer commits. PostgreSQL uses one pool for both.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -254,6 +254,9 @@ impl Store {
     ) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = backend_of(database_url)?;
+        if backend == Backend::Sqlite {
+            check_writable(&sqlite_path(database_url))?;
+        }
         let connect_options =
             AnyConnectOptions::from_str(&with_create_mode(database_url, backend)).map_err(StoreError::Connect)?;
         let pool = |max: u32| {
@@ -753,6 +756,37 @@ fn backend_of(database_url: &str) -> Result<Backend, StoreError> {
 }
 
 /// SQLite URLs open read-write-create unless the caller chose a mode.
+/// The file of a `sqlite://PATH?options` URL.
+pub fn sqlite_path(url: &str) -> PathBuf {
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    PathBuf::from(path.split('?').next().unwrap_or(path))
+}
+
+/// A SQLite database needs its file and its directory (the write-ahead log and shared-memory
+/// files go beside it) writable; SQLite itself would only say "unable to open database file"
+/// and the pool would keep retrying. In-memory databases are left alone.
+fn check_writable(path: &Path) -> Result<(), StoreError> {
+    if path.as_os_str().is_empty() || path.to_string_lossy().starts_with(":memory:") {
+        return Ok(());
+    }
+    let not_writable = |e: std::io::Error| StoreError::NotWritable { path: path.to_owned(), reason: e.to_string() };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.exists() {
+        // Created on first start (with the data directory); nothing to check yet.
+        return Ok(());
+    }
+    let probe = dir.join(".hearth-write-check");
+    std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&probe).map_err(not_writable)?;
+    let _ = std::fs::remove_file(&probe);
+    if path.exists() {
+        std::fs::OpenOptions::new().write(true).open(path).map_err(not_writable)?;
+    }
+    Ok(())
+}
+
 fn with_create_mode(database_url: &str, backend: Backend) -> String {
     if backend == Backend::Sqlite && !database_url.contains("mode=") {
         let sep = if database_url.contains('?') { '&' } else { '?' };
