@@ -2,7 +2,6 @@
 //! wildcards in every search parameter the server declares, path traversal in ids, and request
 //! smuggling. Each gets a clear answer, never a 5xx, and the data is intact afterwards.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -158,22 +157,7 @@ async fn ambiguous_framing_is_refused() {
 /// Sends `request` on a fresh TLS connection (HTTP/1.1) and reads until the server closes it
 /// (or 10 s pass).
 async fn raw_exchange(server: &Server, request: &[u8]) -> String {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut std::fs::read(&server.ca).unwrap().as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let port = server.base.rsplit(':').next().unwrap().trim_end_matches('/').parse::<u16>().unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = crate::harness::raw_tls(server).await;
     tls.write_all(request).await.unwrap();
     tls.flush().await.unwrap();
     let mut answer = Vec::new();
