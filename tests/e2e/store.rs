@@ -61,3 +61,58 @@ async fn blind_index_key_is_stable_across_restart_rotation_and_erasure(db: Db) {
     assert_eq!(token(&store.blind_index_key().await.unwrap()), first);
     store.close().await;
 }
+
+/// On PostgreSQL every resource type and id column compares byte-wise (COLLATE "C"), so joins
+/// between the tables (a read by id joins the head to its version; each search condition
+/// joins the index to the head) can use the other table's index on the id. Before migration
+/// 7 they did not: a read of 10 Observations by id scanned every Observation version
+/// (227 ms at 220,000 resources).
+#[tokio::test]
+async fn postgres_joins_on_resource_ids_use_the_indexes() {
+    use sqlx::{Connection, Row};
+    let opened = settings(Db::Postgres);
+    let store = open(&opened).await;
+    store.close().await;
+    let mut conn = sqlx::AnyConnection::connect(&opened.settings.database_url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT table_name::text, column_name::text, COALESCE(collation_name::text, 'default') FROM information_schema.columns \
+         WHERE table_schema = 'public' AND column_name IN ('res_type', 'res_id') ORDER BY 1, 2",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let columns: Vec<(String, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert!(columns.len() >= 8, "{columns:?}");
+    for (table, column, collation) in &columns {
+        assert_eq!(collation, "C", "{table}.{column} must compare byte-wise like the columns it is joined with");
+    }
+
+    // The planner's view, over 5,000 Observations: the head's id is part of the index
+    // condition on resource_version (before: a scan of every version of the type).
+    for statement in [
+        "INSERT INTO resource_head SELECT 'Observation', 'o' || g, 1, 0, 0 FROM generate_series(1, 5000) g",
+        "INSERT INTO resource_version SELECT 'Observation', 'o' || g, 1, 0, 0, NULL, NULL FROM generate_series(1, 5000) g",
+        "ANALYZE resource_head",
+        "ANALYZE resource_version",
+    ] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN SELECT v.body FROM resource_head h JOIN resource_version v \
+         ON v.res_type = h.res_type AND v.res_id = h.res_id AND v.version = h.version \
+         WHERE h.res_type = 'Observation' AND h.res_id IN ('o1', 'o2')",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    let version_scan = plan
+        .iter()
+        .skip_while(|line| !line.contains("on resource_version v"))
+        .find(|line| line.contains("Index Cond:"))
+        .unwrap_or_else(|| panic!("{plan:#?}"));
+    assert!(version_scan.contains("(res_id = h.res_id)"), "{plan:#?}");
+    assert!(!plan.iter().any(|line| line.contains("Seq Scan") || line.contains("Filter:")), "{plan:#?}");
+}

@@ -47,6 +47,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0006_bulk_export.sql"),
         include_str!("../../../migrations/postgres/0006_bulk_export.sql"),
     ),
+    (
+        7,
+        "byte-order resource ids",
+        include_str!("../../../migrations/sqlite/0007_byte_order_ids.sql"),
+        include_str!("../../../migrations/postgres/0007_byte_order_ids.sql"),
+    ),
 ];
 
 pub fn migrator(backend: Backend) -> Migrator {
