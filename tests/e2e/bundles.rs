@@ -115,6 +115,63 @@ async fn a_failed_entry_leaves_nothing_behind(db: Db) {
     server.post("", &bundle).await.expect_outcome(400, "not-found");
 }
 
+/// Transactions whose entries are all different resources are written with a few multi-row
+/// statements (store/batch.rs): new and existing resources, their data keys, versions and
+/// search index rows, and a precondition failing in the middle of them.
+async fn a_transaction_of_many_resources_is_written_together_and_atomically(db: Db) {
+    let server = Server::start(db).await;
+    let put = |n: usize, family: &str| {
+        json!({"resource": {"resourceType": "Patient", "id": format!("many-{n}"),
+                            "identifier": [{"system": MRN, "value": format!("MANY-{n}")}],
+                            "name": [{"family": family}]},
+               "request": {"method": "PUT", "url": format!("Patient/many-{n}")}})
+    };
+    // 30 new patients, each in its own compartment (a new data key each).
+    let created = server.post("", &transaction((0..30).map(|n| put(n, &format!("First{n}"))).collect())).await;
+    let created = created.expect(200);
+    for entry in created["entry"].as_array().unwrap() {
+        assert_eq!(entry["response"]["status"], "201 Created", "{entry}");
+    }
+    // All 30 updated, plus 5 new observations of the first: existing heads move, old index
+    // rows go.
+    let mut entries: Vec<Value> = (0..30).map(|n| put(n, &format!("Second{n}"))).collect();
+    entries.extend((0..5).map(|k| {
+        json!({"resource": {"resourceType": "Observation", "status": "final", "code": {"text": format!("obs {k}")},
+                            "subject": {"reference": "Patient/many-0"}},
+               "request": {"method": "POST", "url": "Observation"}})
+    }));
+    let updated = server.post("", &transaction(entries)).await.expect(200);
+    let statuses: Vec<&str> =
+        updated["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses[..30], ["200 OK"; 30]);
+    assert_eq!(statuses[30..], ["201 Created"; 5]);
+    for n in [0, 7, 29] {
+        let patient = server.get(&format!("Patient/many-{n}")).await.expect(200);
+        assert_eq!(patient["meta"]["versionId"], "2");
+        assert_eq!(patient["name"][0]["family"], format!("Second{n}"));
+        assert_eq!(ids(&server.get(&format!("Patient?family=Second{n}")).await.expect(200)), [format!("many-{n}")]);
+        assert!(ids(&server.get(&format!("Patient?family=First{n}")).await.expect(200)).is_empty());
+    }
+    assert_eq!(ids(&server.get("Observation?subject=Patient/many-0").await.expect(200)).len(), 5);
+
+    // A stale If-Match on the 14th of 20 updates: nothing of the 20 is written.
+    let entries: Vec<Value> = (0..20)
+        .map(|n| {
+            let mut entry = put(n, &format!("Third{n}"));
+            entry["request"]["ifMatch"] = json!(if n == 13 { "W/\"1\"" } else { "W/\"2\"" });
+            entry
+        })
+        .collect();
+    let message = server.post("", &transaction(entries)).await.expect_outcome(412, "conflict");
+    assert!(message.contains("Bundle.entry[13]"), "{message}");
+    for n in [0, 13, 19] {
+        let patient = server.get(&format!("Patient/many-{n}")).await.expect(200);
+        assert_eq!(patient["meta"]["versionId"], "2", "rolled back");
+        assert_eq!(ids(&server.get(&format!("Patient?family=Second{n}")).await.expect(200)), [format!("many-{n}")]);
+        assert!(ids(&server.get(&format!("Patient?family=Third{n}")).await.expect(200)).is_empty());
+    }
+}
+
 async fn a_batch_answers_each_entry(db: Db) {
     let server = Server::launch(
         db,
@@ -219,5 +276,6 @@ on_both_databases!(
     conditional_interactions,
     a_transaction_links_its_entries_and_answers_in_order,
     a_failed_entry_leaves_nothing_behind,
+    a_transaction_of_many_resources_is_written_together_and_atomically,
     a_batch_answers_each_entry
 );

@@ -23,7 +23,7 @@ use crate::fhir::search::registry::{Kind, Param, Storage};
 /// Ids per `IN (...)` list when loading resources by id.
 const IN_CHUNK: usize = 400;
 /// Rows per multi-row INSERT of index entries (9 columns each).
-const INSERT_CHUNK: usize = 100;
+const INSERT_CHUNK: usize = 300;
 
 /// A page of search matches, in order.
 #[derive(Debug)]
@@ -47,34 +47,61 @@ enum Bind {
     Text(String),
     Int(i64),
     Float(f64),
+    Bytes(Vec<u8>),
 }
 
 /// Dynamic SQL text with its numbered bind values (`$1`, `$2`, ...), in order.
 #[derive(Default)]
 pub(super) struct Sql {
     binds: Vec<Bind>,
+    /// Placeholders are plain `?` (SQLite), for statements whose text uses the values in the
+    /// order they were bound. SQLite finds a numbered parameter by a linear search of the
+    /// statement's names, once per value: a 2,700-value INSERT spent most of its time there.
+    positional: bool,
 }
 
 impl Sql {
+    /// For a multi-row write on `backend` (see [`Sql::into_one_off`]): placeholders in bind
+    /// order, so SQLite can take them as anonymous `?`.
+    pub(super) fn one_off(backend: super::Backend) -> Sql {
+        Sql { binds: Vec::new(), positional: backend == super::Backend::Sqlite }
+    }
+    fn placeholder(&self) -> String {
+        if self.positional { "?".to_owned() } else { format!("${}", self.binds.len()) }
+    }
     pub(super) fn text(&mut self, value: impl Into<String>) -> String {
         self.binds.push(Bind::Text(value.into()));
-        format!("${}", self.binds.len())
+        self.placeholder()
     }
     pub(super) fn int(&mut self, value: i64) -> String {
         self.binds.push(Bind::Int(value));
-        format!("${}", self.binds.len())
+        self.placeholder()
     }
     fn float(&mut self, value: f64) -> String {
         self.binds.push(Bind::Float(value));
-        format!("${}", self.binds.len())
+        self.placeholder()
+    }
+    /// A multi-row write, not kept prepared: such statements vary in length (and in where
+    /// NULLs are written inline) and would crowd out the connection's cached statements.
+    pub(super) fn into_one_off(self, text: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+        self.into_query(text).persistent(false)
+    }
+    pub(super) fn bytes(&mut self, value: Vec<u8>) -> String {
+        self.binds.push(Bind::Bytes(value));
+        self.placeholder()
     }
     pub(super) fn query(&self, text: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+        Sql { binds: self.binds.clone(), positional: self.positional }.into_query(text)
+    }
+    /// The query with the values moved in.
+    pub(super) fn into_query(self, text: String) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
         let mut query = sqlx::query(AssertSqlSafe(text));
-        for bind in &self.binds {
+        for bind in self.binds {
             query = match bind {
-                Bind::Text(t) => query.bind(t.clone()),
-                Bind::Int(i) => query.bind(*i),
-                Bind::Float(f) => query.bind(*f),
+                Bind::Text(t) => query.bind(t),
+                Bind::Int(i) => query.bind(i),
+                Bind::Float(f) => query.bind(f),
+                Bind::Bytes(b) => query.bind(b),
             };
         }
         query
@@ -446,7 +473,7 @@ impl Store {
                     Ok(None) | Err(StoreError::Erased) => Vec::new(),
                     Err(other) => return Err(other),
                 };
-                write_index(&mut tx, res_type, id, &entries, true).await?;
+                write_index(&mut tx, self.backend, res_type, id, &entries, true).await?;
             }
             tx.commit().await?;
             done += batch.len() as u64;
@@ -486,24 +513,54 @@ pub(super) fn index_entries_of(
 /// rows when it `existed` before (a new resource has none).
 pub(super) async fn write_index(
     conn: &mut AnyConnection,
+    backend: super::Backend,
     res_type: &str,
     id: &str,
     entries: &[IndexEntry],
     existed: bool,
 ) -> Result<(), StoreError> {
     if existed {
-        sqlx::query("DELETE FROM search_index WHERE res_type = $1 AND res_id = $2")
-            .bind(res_type)
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+        delete_index_many(conn, backend, &[(res_type, id)]).await?;
     }
-    for chunk in entries.chunks(INSERT_CHUNK) {
-        let mut sql = Sql::default();
-        let mut rows = Vec::with_capacity(chunk.len());
-        for entry in chunk {
+    insert_index_many(conn, backend, &[(res_type, id, entries)]).await
+}
+
+/// Removes the index rows of `resources` (type, id), per type in `IN` lists.
+pub(super) async fn delete_index_many(
+    conn: &mut AnyConnection,
+    backend: super::Backend,
+    resources: &[(&str, &str)],
+) -> Result<(), StoreError> {
+    let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for (res_type, id) in resources {
+        by_type.entry(res_type).or_default().push(id);
+    }
+    for (res_type, ids) in by_type {
+        for chunk in ids.chunks(IN_CHUNK) {
+            let mut sql = Sql::one_off(backend);
             let t = sql.text(res_type);
-            let i = sql.text(id);
+            let list: Vec<String> = chunk.iter().map(|id| sql.text(*id)).collect();
+            let text = format!("DELETE FROM search_index WHERE res_type = {t} AND res_id IN ({})", list.join(", "));
+            sql.into_one_off(text).execute(&mut *conn).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Inserts the index rows of several resources (type, id, rows) in multi-row INSERTs.
+pub(super) async fn insert_index_many(
+    conn: &mut AnyConnection,
+    backend: super::Backend,
+    resources: &[(&str, &str, &[IndexEntry])],
+) -> Result<(), StoreError> {
+    let all: Vec<(&str, &str, &IndexEntry)> =
+        resources.iter().flat_map(|(t, i, entries)| entries.iter().map(move |e| (*t, *i, e))).collect();
+    for chunk in all.chunks(INSERT_CHUNK) {
+        let mut sql = Sql::one_off(backend);
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (res_type, id, entry) in chunk {
+            let t = sql.text(*res_type);
+            let i = sql.text(*id);
             let p = sql.text(entry.param);
             let sys = optional_text(&mut sql, entry.sys.as_deref());
             let val = optional_text(&mut sql, entry.val.as_deref());
@@ -519,7 +576,7 @@ pub(super) async fn write_index(
             "INSERT INTO search_index (res_type, res_id, param, sys, val, unit, num, date_lo, date_hi) VALUES {}",
             rows.join(", ")
         );
-        sql.query(text).execute(&mut *conn).await?;
+        sql.into_one_off(text).execute(&mut *conn).await?;
     }
     Ok(())
 }
