@@ -14,6 +14,10 @@ use hearth_bench::load::{self, LoadSpec, Measurement};
 use hearth_bench::report::{Comparison, Report};
 use hearth_bench::servers::{ServerProcess, sibling_binary};
 
+/// As in the `hearth` binary (the floor, `serve` and the load generator all run from here).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bulk_case;
 mod hostile_case;
 mod scale_case;

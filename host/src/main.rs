@@ -8,6 +8,12 @@ use clap::{Parser, Subcommand};
 use hearth::config::{LogFormat, ServeArgs, StorageArgs};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: a write allocates and frees many small JSON values and
+/// strings on several threads at once, and glibc's arenas spent a quarter of an import's CPU
+/// time there (docs/benchmarks.md, case 6).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "hearth", version, about = "Hearth: an encrypted FHIR R4 server with WebAssembly policy plugins")]
 struct Cli {

@@ -543,6 +543,31 @@ fn references_unresolved(value: &Map<String, Value>) -> bool {
     })
 }
 
+/// An entry's resource as it is checked: without its `id` (`id: None`, a create), or with
+/// `id` added at the end when it has none (an update).
+struct EntryResource<'a> {
+    fields: &'a Map<String, Value>,
+    id: Option<&'a str>,
+}
+
+impl serde::Serialize for EntryResource<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.fields {
+            if key != "id" || self.id.is_some() {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        if let Some(id) = self.id
+            && !self.fields.contains_key("id")
+        {
+            map.serialize_entry("id", id)?;
+        }
+        map.end()
+    }
+}
+
 /// Scope and policy checks of one write entry; the parsed resource to store, if any.
 async fn check(
     state: &SharedState,
@@ -564,13 +589,9 @@ async fn check(
     let access = principal.access(interaction, &p.res_type).map_err(fail)?;
     let resource = match &p.resource {
         Some(fields) => {
-            let mut fields = fields.clone();
-            if p.method == Method::Post {
-                fields.remove("id");
-            } else {
-                fields.entry("id").or_insert_with(|| Value::String(id.to_owned()));
-            }
-            let bytes = serde_json::to_vec(&fields).map_err(|_| fail(FhirError::internal()))?;
+            // A create's id is the server's; an update's defaults to the one in its URL.
+            let entry = EntryResource { fields, id: (p.method == Method::Put).then_some(id) };
+            let bytes = serde_json::to_vec(&entry).map_err(|_| fail(FhirError::internal()))?;
             let resource = IncomingResource::parse(&bytes, &p.res_type).map_err(fail)?;
             if p.method == Method::Put {
                 resource.require_id(id).map_err(fail)?;

@@ -140,22 +140,39 @@ impl IncomingResource {
     /// the server's `id`, `meta.versionId` and `meta.lastUpdated` replacing whatever the client
     /// sent; every other element kept as the client sent it.
     pub fn stamped(&self, id: &str, version: i64, last_updated_us: i64) -> Vec<u8> {
-        let mut out = Map::with_capacity(self.fields.len() + 2);
-        out.insert("resourceType".into(), Value::String(self.res_type().to_owned()));
-        out.insert("id".into(), Value::String(id.to_owned()));
         let mut meta = match self.fields.get("meta") {
             Some(Value::Object(m)) => m.clone(),
             _ => Map::new(),
         };
         meta.insert("versionId".into(), Value::String(version.to_string()));
         meta.insert("lastUpdated".into(), Value::String(to_fhir_instant(last_updated_us)));
-        out.insert("meta".into(), Value::Object(meta));
-        for (key, value) in &self.fields {
+        // Written straight from the client's elements (no copy of the resource is built).
+        let stamped = Stamped { res_type: self.res_type(), id, meta: &meta, fields: &self.fields };
+        serde_json::to_vec(&stamped).expect("serialising a JSON value cannot fail")
+    }
+}
+
+/// A resource as [`IncomingResource::stamped`] writes it.
+struct Stamped<'a> {
+    res_type: &'a str,
+    id: &'a str,
+    meta: &'a Map<String, Value>,
+    fields: &'a Map<String, Value>,
+}
+
+impl serde::Serialize for Stamped<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("resourceType", self.res_type)?;
+        map.serialize_entry("id", self.id)?;
+        map.serialize_entry("meta", self.meta)?;
+        for (key, value) in self.fields {
             if !matches!(key.as_str(), "resourceType" | "id" | "meta") {
-                out.insert(key.clone(), value.clone());
+                map.serialize_entry(key, value)?;
             }
         }
-        serde_json::to_vec(&Value::Object(out)).expect("serialising a JSON value cannot fail")
+        map.end()
     }
 }
 
