@@ -4,47 +4,61 @@
 //! restart, every acknowledged write reads back and the audit chain verifies. SQLite on a small
 //! tmpfs mounted for the test (needs root, as CI runs; skipped with a message otherwise).
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::json;
 
 use crate::harness::{Db, Launch, Server};
 
-fn mount(dir: &Path, size: &str) -> bool {
-    Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success())
+/// A tmpfs mounted on a fresh directory for one test, unmounted when dropped.
+struct Volume {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
-fn remount(dir: &Path, size: &str) {
-    let status = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(dir).status().unwrap();
-    assert!(status.success(), "remount {size}");
+impl Volume {
+    /// `None` (with a message) where mounting needs a root this process does not have.
+    fn mount(size: &str) -> Option<Volume> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        std::fs::create_dir(&path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+            return None;
+        }
+        Some(Volume { path, _dir: dir })
+    }
+
+    /// `mount -o remount,OPTIONS`, e.g. `size=64m` or `ro`.
+    fn remount(&self, options: &str) {
+        let status =
+            Command::new("mount").args(["-o", &format!("remount,{options}")]).arg(&self.path).status().unwrap();
+        assert!(status.success(), "remount {options}");
+    }
+
+    /// A server launch whose data directory is this volume (its log stays outside).
+    fn launch(&self) -> Launch {
+        Launch { data_dir: Some(self.path.clone()), ..Launch::default() }
+    }
 }
 
-struct Unmount<'a>(&'a Path);
-
-impl Drop for Unmount<'_> {
+impl Drop for Volume {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
-    // The data directory is the small volume; the server's log sits beside it, outside.
-    let dir = tempfile::tempdir().unwrap();
-    let volume = dir.path().join("data");
-    std::fs::create_dir(&volume).unwrap();
-    if !mount(&volume, "6m") {
-        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
-        return;
-    }
-    let _unmount = Unmount(&volume);
-    let launch = Launch { data_dir: Some(volume.clone()), ..Launch::default() };
-    let server = Server::launch(Db::Sqlite, launch).await;
+    // The data directory is the small volume.
+    let Some(volume) = Volume::mount("6m") else { return };
+    let server = Server::launch(Db::Sqlite, volume.launch()).await;
     let filler = "x".repeat(20_000);
     let mut acknowledged = Vec::new();
     let mut full = None;
@@ -80,7 +94,7 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
     assert_eq!(server.get("healthz").await.status, 200, "the process is alive and answering");
 
     // Space returns: writes work again, without a restart.
-    remount(&volume, "64m");
+    volume.remount("size=64m");
     server.post("Patient", &json!({"resourceType": "Patient"})).await.expect(201);
     for location in &acknowledged {
         server.get(&format!("Patient/{}", id_of(location))).await.expect(200);
@@ -97,16 +111,8 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
 /// read-only while the server holds its files open for writing, so this is where it shows.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_database_is_refused_clearly_and_nothing_is_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let volume = dir.path().join("data");
-    std::fs::create_dir(&volume).unwrap();
-    if !mount(&volume, "64m") {
-        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
-        return;
-    }
-    let _unmount = Unmount(&volume);
-    let launch = || Launch { data_dir: Some(volume.clone()), ..Launch::default() };
-    let mut server = Server::launch(Db::Sqlite, launch()).await;
+    let Some(volume) = Volume::mount("64m") else { return };
+    let mut server = Server::launch(Db::Sqlite, volume.launch()).await;
     let mut acknowledged = Vec::new();
     for n in 0..20 {
         let reply =
@@ -116,10 +122,9 @@ async fn a_read_only_database_is_refused_clearly_and_nothing_is_lost() {
     }
     server.terminate().expect("clean stop");
     drop(server);
-    let status = Command::new("mount").args(["-o", "remount,ro"]).arg(&volume).status().unwrap();
-    assert!(status.success(), "remount read-only");
+    volume.remount("ro");
 
-    let data = volume.to_str().unwrap();
+    let data = volume.path.to_str().unwrap();
     let refused = crate::harness::hearth_command(&["serve", "--dev", "--data-dir", data, "--listen", "127.0.0.1:0"]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "started on a read-only volume: {stderr}");
@@ -127,9 +132,8 @@ async fn a_read_only_database_is_refused_clearly_and_nothing_is_lost() {
     assert!(!stderr.contains("database server is running"), "no misleading advice: {stderr}");
     assert!(stderr.contains("mounted read-write"), "what to do is said: {stderr}");
 
-    let status = Command::new("mount").args(["-o", "remount,rw"]).arg(&volume).status().unwrap();
-    assert!(status.success(), "remount read-write");
-    let server = Server::launch(Db::Sqlite, launch()).await;
+    volume.remount("rw");
+    let server = Server::launch(Db::Sqlite, volume.launch()).await;
     for location in &acknowledged {
         server.get(&format!("Patient/{}", id_of(location))).await.expect(200);
     }

@@ -101,6 +101,17 @@ pub fn with_policies(dir: &Path) -> Launch {
     Launch { extra_args: vec!["--policies".into(), dir.to_str().unwrap().into()], ..Launch::default() }
 }
 
+/// Starts a second host on `first`'s PostgreSQL database and data directory (same keys, TLS
+/// and token issuer), with the policies in `folder` and any `extra` arguments.
+pub async fn second_host(first: &Server, folder: &Path, extra: &[&str]) -> Server {
+    let mut launch = with_policies(folder);
+    launch.data_dir = Some(first.data_dir.clone());
+    launch.no_database_flag = true;
+    launch.extra_args.extend(["--database-url".to_owned(), first.database_url()]);
+    launch.extra_args.extend(extra.iter().map(|a| (*a).to_owned()));
+    Server::launch(Db::Postgres, launch).await
+}
+
 async fn reload(server: &Server) -> Reply {
     server.send(admin(server).post(server.url("admin/policies/reload"))).await
 }
@@ -882,11 +893,7 @@ async fn hl7_messages_become_stored_resources(db: Db) {
 async fn plugin_changes_reach_every_host_on_one_database() {
     let folder = policies("[[binding]]\nplugin = \"redact\"\ninteractions = [\"read\"]\n");
     let first = Server::launch(Db::Postgres, with_policies(folder.path())).await;
-    let mut launch = with_policies(folder.path());
-    launch.data_dir = Some(first.data_dir.clone());
-    launch.no_database_flag = true;
-    launch.extra_args.extend(["--database-url".to_owned(), first.database_url()]);
-    let second = Server::launch(Db::Postgres, launch).await;
+    let second = second_host(&first, folder.path(), &[]).await;
 
     let patient = json!({"resourceType": "Patient", "identifier": [{"system": SSN, "value": "222-33-4444"}]});
     // Bound but loaded nowhere yet: both hosts deny.

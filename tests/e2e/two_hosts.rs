@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::harness::{Db, Server};
-use crate::plugins::{SSN, admin, id_from_location, load, policies, receiver, with_policies};
+use crate::plugins::{SSN, admin, id_from_location, load, policies, receiver, second_host, with_policies};
 
 /// Workers per host.
 const WORKERS: usize = 2;
@@ -17,15 +17,6 @@ const WORKERS: usize = 2;
 const INCREMENTS: i64 = 15;
 /// Observations each worker creates.
 const CREATES: usize = 20;
-
-/// Starts a second host on the first one's database and data directory (same keys).
-async fn second_host(first: &Server, folder: &std::path::Path) -> Server {
-    let mut launch = with_policies(folder);
-    launch.data_dir = Some(first.data_dir.clone());
-    launch.no_database_flag = true;
-    launch.extra_args.extend(["--database-url".to_owned(), first.database_url()]);
-    Server::launch(Db::Postgres, launch).await
-}
 
 /// Adds one to the counter Observation's value through `reader` and `writer` (read on one
 /// host, conditional update on the other); retries when another writer got there first.
@@ -56,7 +47,7 @@ async fn two_hosts_on_one_postgres_stay_consistent_under_mixed_load() {
         addr = receiver.addr
     ));
     let a = Arc::new(Server::launch(Db::Postgres, with_policies(folder.path())).await);
-    let b = Arc::new(second_host(&a, folder.path()).await);
+    let b = Arc::new(second_host(&a, folder.path(), &[]).await);
     let allowed = json!([receiver.addr.to_string()]);
     load(&a, "notify", "notify", "integration", json!({"allowed_hosts": allowed})).await;
 
@@ -186,16 +177,7 @@ async fn plugin_changes_are_notified_to_other_hosts() {
     let folder =
         policies("[[binding]]\nplugin = \"redact\"\nresource_types = [\"Patient\"]\ninteractions = [\"read\"]\n");
     let a = Server::launch(Db::Postgres, with_policies(folder.path())).await;
-    let mut launch = with_policies(folder.path());
-    launch.data_dir = Some(a.data_dir.clone());
-    launch.no_database_flag = true;
-    launch.extra_args.extend([
-        "--database-url".to_owned(),
-        a.database_url(),
-        "--plugin-poll-seconds".into(),
-        "3600".into(),
-    ]);
-    let b = Server::launch(Db::Postgres, launch).await;
+    let b = second_host(&a, folder.path(), &["--plugin-poll-seconds", "3600"]).await;
     let patient =
         a.post("Patient", &json!({"resourceType": "Patient", "identifier": [{"system": SSN, "value": "TH-2"}]})).await;
     let path = format!("Patient/{}", id_from_location(&patient));
