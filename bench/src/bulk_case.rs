@@ -102,7 +102,9 @@ pub async fn run(
     let mut exported = 0u64;
     for file in manifest["output"].as_array().into_iter().flatten() {
         let url = file["url"].as_str().unwrap_or_default();
-        let mut reply = client.get(url).send().await.map_err(|e| e.to_string())?;
+        // One file holds every resource of its type (a million Observations take minutes), far
+        // beyond the client's 30 s limit for a request.
+        let mut reply = client.get(url).timeout(Duration::from_secs(3600)).send().await.map_err(|e| e.to_string())?;
         while let Some(chunk) = reply.chunk().await.map_err(|e| e.to_string())? {
             exported += chunk.iter().filter(|b| **b == b'\n').count() as u64;
         }

@@ -336,6 +336,9 @@ async fn all(
         if wanted(5) {
             comparisons.extend(search_case::measure(spec, &search_client, &server, &sqlite_loaded, "SQLite").await);
         }
+        if let Some(rss) = server.rss_mib() {
+            memory.push((format!("hearth (SQLite) after ingesting {patients} patients and the search load"), rss));
+        }
         drop(server);
         match ScratchPg::create(postgres_url).await {
             Ok(pg) => {
@@ -347,6 +350,12 @@ async fn all(
                 pg.analyze().await;
                 if wanted(5) {
                     comparisons.extend(search_case::measure(spec, &pg_client, &server, &pg_loaded, "PostgreSQL").await);
+                }
+                if let Some(rss) = server.rss_mib() {
+                    memory.push((
+                        format!("hearth (PostgreSQL) after ingesting {patients} patients and the search load"),
+                        rss,
+                    ));
                 }
                 drop(server);
                 pg.drop_database().await;
