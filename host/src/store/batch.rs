@@ -246,12 +246,8 @@ async fn read_heads<'a>(
     backend: Backend,
     puts: &[&PutRequest<'a>],
 ) -> Result<HashMap<(&'a str, &'a str), Head>, StoreError> {
-    let mut by_type: std::collections::BTreeMap<&'a str, Vec<&'a str>> = std::collections::BTreeMap::new();
-    for put in puts {
-        by_type.entry(put.res_type).or_default().push(put.id);
-    }
     let mut heads = HashMap::with_capacity(puts.len());
-    for (res_type, mut ids) in by_type {
+    for (res_type, mut ids) in super::ids_by_type(puts.iter().map(|p| (p.res_type, p.id))) {
         ids.sort_unstable();
         for chunk in ids.chunks(IN_CHUNK) {
             let mut sql = Sql::one_off(backend);

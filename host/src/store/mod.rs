@@ -461,43 +461,28 @@ impl Store {
     /// When no resource is written twice (FHIR forbids it in a transaction, but a batch of
     /// updates may do it), each run of consecutive puts is written with a few multi-row
     /// statements (see `batch.rs`); otherwise write by write, each seeing the one before.
+    /// Both go through the same code.
     pub async fn transaction(&self, writes: &[TxWrite<'_>]) -> Result<Vec<TxOutcome>, TransactionError> {
         let at = |entry: usize| move |error: StoreError| TransactionError { entry, error };
         let index_key = self.blind_index_key().await.map_err(at(0))?;
         let mut tx = self.begin_write().await.map_err(at(0))?;
-        if writes_distinct_resources(writes) {
-            let outcomes = self.write_runs(&mut tx, &index_key, writes).await?;
-            tx.commit()
-                .await
-                .map_err(|error| TransactionError { entry: writes.len().saturating_sub(1), error: error.into() })?;
-            return Ok(outcomes);
-        }
-        let mut outcomes = Vec::with_capacity(writes.len());
-        for (entry, write) in writes.iter().enumerate() {
-            let outcome = match write {
-                TxWrite::Put(put) => self.put_in(&mut tx, &index_key, put).await.map(|w| w.map(TxOutcome::Written)),
-                TxWrite::Delete { res_type, id, if_match, events } => {
-                    delete_in(&mut tx, self.backend, res_type, id, *if_match, events)
-                        .await
-                        .map(|d| d.map(TxOutcome::Deleted))
-                }
-            }
-            .map_err(at(entry))?;
-            // A lost race inside a transaction fails it; the client retries the whole Bundle.
-            outcomes.push(outcome.ok_or(TransactionError { entry, error: StoreError::TooMuchContention })?);
-        }
+        // With a resource written twice, each write must see the one before: runs of one.
+        let longest_run = if writes_distinct_resources(writes) { writes.len() } else { 1 };
+        let outcomes = self.write_runs(&mut tx, &index_key, writes, longest_run).await?;
         tx.commit()
             .await
             .map_err(|error| TransactionError { entry: writes.len().saturating_sub(1), error: error.into() })?;
         Ok(outcomes)
     }
 
-    /// `writes` inside `tx`: deletes one by one, each run of puts between them in one batch.
+    /// `writes` inside `tx`: deletes one by one, each run of up to `longest_run` consecutive
+    /// puts in one batch.
     async fn write_runs(
         &self,
         tx: &mut sqlx::AnyConnection,
         index_key: &BlindIndexKey,
         writes: &[TxWrite<'_>],
+        longest_run: usize,
     ) -> Result<Vec<TxOutcome>, TransactionError> {
         let mut outcomes = Vec::with_capacity(writes.len());
         let mut start = 0;
@@ -517,6 +502,7 @@ impl Store {
                     TxWrite::Put(put) => Some(put),
                     TxWrite::Delete { .. } => None,
                 })
+                .take(longest_run)
                 .collect();
             let written = self
                 .put_many(tx, index_key, &puts)
@@ -850,6 +836,17 @@ fn with_create_mode(database_url: &str, backend: Backend) -> String {
 /// The SQLite URL for a database file inside `data_dir`.
 pub fn sqlite_url_for(path: &Path) -> String {
     format!("sqlite://{}", path.display())
+}
+
+/// (type, id) pairs grouped by type, for statements of the form `res_type = $1 AND res_id IN (...)`.
+fn ids_by_type<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> std::collections::BTreeMap<&'a str, Vec<&'a str>> {
+    let mut by_type: std::collections::BTreeMap<&'a str, Vec<&'a str>> = std::collections::BTreeMap::new();
+    for (res_type, id) in pairs {
+        by_type.entry(res_type).or_default().push(id);
+    }
+    by_type
 }
 
 /// Whether every write of a transaction is to a different resource.

@@ -531,11 +531,7 @@ pub(super) async fn delete_index_many(
     backend: super::Backend,
     resources: &[(&str, &str)],
 ) -> Result<(), StoreError> {
-    let mut by_type: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
-    for (res_type, id) in resources {
-        by_type.entry(res_type).or_default().push(id);
-    }
-    for (res_type, ids) in by_type {
+    for (res_type, ids) in super::ids_by_type(resources.iter().copied()) {
         for chunk in ids.chunks(IN_CHUNK) {
             let mut sql = Sql::one_off(backend);
             let t = sql.text(res_type);
