@@ -195,6 +195,11 @@ pub async fn kickoff(
     state.store.create_export_job(&job).await.map_err(store_error)?;
     let (state, principal) = (state.clone(), principal.clone());
     tokio::spawn(async move {
+        // The snapshot's pages are planned from the tables' statistics: bring them up to date
+        // after a bulk load rather than read a million resources along a plan for ten.
+        if let Err(error) = state.store.analyze_if_stale().await {
+            tracing::warn!(job = job.id, %error, "could not refresh the planner's statistics; the export goes on");
+        }
         let outputs = output_types(&state, &principal, &job).await;
         let finished = match &outputs {
             Ok(types) => state.store.finish_export_job(&job.id, Ok(types)).await,

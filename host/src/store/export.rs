@@ -38,6 +38,10 @@ fn json_list(text: Option<String>) -> Vec<String> {
     text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
 }
 
+/// Changes below which statistics are never called stale (small tables are planned well
+/// whatever the statistics say).
+const STALE_MIN_CHANGES: i64 = 1_000;
+
 /// The data key sealing export requests (`export_job.request` holds them base64-encoded): a `_typeFilter` may hold search values (names,
 /// identifiers), which are never stored in plaintext.
 const REQUEST_KEY_ID: &str = "export/requests";
@@ -137,6 +141,36 @@ impl Store {
             .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Brings PostgreSQL's planner statistics on the resource tables up to date when they
+    /// changed much since the last `ANALYZE` (more than a tenth of their rows, as autovacuum
+    /// judges it), and says whether it ran one. Right after a bulk load, before autovacuum has
+    /// got to the tables, the planner takes them for nearly empty and plans each snapshot page
+    /// as a scan and sort of every remaining version of the type (seconds a page at a million
+    /// resources, instead of milliseconds along the primary key). SQLite's plans do not
+    /// depend on statistics: nothing to do there.
+    pub async fn analyze_if_stale(&self) -> Result<bool, StoreError> {
+        if self.backend() != super::Backend::Postgres {
+            return Ok(false);
+        }
+        let rows = sqlx::query(
+            "SELECT n_live_tup, n_mod_since_analyze FROM pg_stat_user_tables \
+             WHERE schemaname = current_schema() AND relname IN ('resource_head', 'resource_version')",
+        )
+        .fetch_all(&self.writer)
+        .await?;
+        let mut stale = false;
+        for row in &rows {
+            let (live, changed): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            stale |= changed > STALE_MIN_CHANGES + live / 10;
+        }
+        if stale {
+            let started = std::time::Instant::now();
+            sqlx::query("ANALYZE resource_head, resource_version, data_key").execute(&self.writer).await?;
+            tracing::info!(took_ms = started.elapsed().as_millis() as u64, "analysed the resource tables");
+        }
+        Ok(stale)
     }
 
     /// The conditions that make `v` the version of its resource current at `at_us`, not a
