@@ -89,14 +89,8 @@ async fn postgres_joins_on_resource_ids_use_the_indexes() {
 
     // The planner's view, over 5,000 Observations: the head's id is part of the index
     // condition on resource_version (before: a scan of every version of the type).
-    for statement in [
-        "INSERT INTO resource_head SELECT 'Observation', 'o' || g, 1, 0, 0 FROM generate_series(1, 5000) g",
-        "INSERT INTO resource_version SELECT 'Observation', 'o' || g, 1, 0, 0, NULL, NULL FROM generate_series(1, 5000) g",
-        "ANALYZE resource_head",
-        "ANALYZE resource_version",
-    ] {
-        sqlx::query(statement).execute(&mut conn).await.unwrap();
-    }
+    insert_observations(&mut conn, 5000).await;
+    sqlx::query("ANALYZE resource_head, resource_version").execute(&mut conn).await.unwrap();
     let plan: Vec<String> = sqlx::query(
         "EXPLAIN SELECT v.body FROM resource_head h JOIN resource_version v \
          ON v.res_type = h.res_type AND v.res_id = h.res_id AND v.version = h.version \
@@ -128,15 +122,12 @@ async fn stale_postgres_statistics_are_refreshed_once() {
     let opened = settings(Db::Postgres);
     let store = open(&opened).await;
     let mut conn = sqlx::AnyConnection::connect(&opened.settings.database_url).await.unwrap();
-    for statement in [
-        // The moment this covers: autovacuum has not got to the tables yet.
-        "ALTER TABLE resource_head SET (autovacuum_enabled = false)",
-        "ALTER TABLE resource_version SET (autovacuum_enabled = false)",
-        "INSERT INTO resource_head SELECT 'Observation', 'o' || g, 1, 0, 0 FROM generate_series(1, 20000) g",
-        "INSERT INTO resource_version SELECT 'Observation', 'o' || g, 1, 0, 0, NULL, NULL FROM generate_series(1, 20000) g",
-    ] {
-        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    // The moment this covers: autovacuum has not got to the tables yet.
+    for table in ["resource_head", "resource_version"] {
+        let statement = format!("ALTER TABLE {table} SET (autovacuum_enabled = false)");
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.unwrap();
     }
+    insert_observations(&mut conn, 20000).await;
     assert_eq!(analysed_tables(&mut conn).await, 0);
     // The inserting connection reports its changes to the statistics collector when idle,
     // within about a second.
@@ -177,4 +168,15 @@ async fn analysed_tables(conn: &mut sqlx::AnyConnection) -> i64 {
     .await
     .unwrap()
     .get(0)
+}
+
+/// Writes `count` bare Observation heads and versions (ids `o1`...) straight into the tables.
+async fn insert_observations(conn: &mut sqlx::AnyConnection, count: u32) {
+    for table in [("resource_head", "1, 0, 0"), ("resource_version", "1, 0, 0, NULL, NULL")] {
+        let statement = format!(
+            "INSERT INTO {} SELECT 'Observation', 'o' || g, {} FROM generate_series(1, {count}) g",
+            table.0, table.1
+        );
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *conn).await.unwrap();
+    }
 }
