@@ -9,6 +9,7 @@ use crate::harness::{Db, PgDatabase};
 use crate::on_both_databases;
 
 on_both_databases!(blind_index_key_is_stable_across_restart_rotation_and_erasure);
+on_both_databases!(audit_lookups_are_written_with_their_entries_and_rebuilt_from_them);
 
 struct Opened {
     settings: StorageSettings,
@@ -179,4 +180,65 @@ async fn insert_observations(conn: &mut sqlx::AnyConnection, count: u32) {
         );
         sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut *conn).await.unwrap();
     }
+}
+
+/// A batch of audit entries is written with its lookup rows (one time row per entry, one term
+/// row per distinct parameter value), and the start-up backlog pass rebuilds exactly those rows
+/// for entries written before lookups existed.
+async fn audit_lookups_are_written_with_their_entries_and_rebuilt_from_them(db: Db) {
+    use hearth::audit::{AuditEvent, Outcome};
+    use sqlx::Connection;
+    let opened = settings(db);
+    let store = open(&opened).await;
+    let events: Vec<AuditEvent> = (0..450)
+        .map(|n| AuditEvent {
+            at: format!("2026-11-28T10:{:02}:{:02}Z", n / 60 % 60, n % 60),
+            action: "read".to_owned(),
+            outcome: Outcome::Success,
+            status: 200,
+            subject: Some(format!("dr-{}", n % 7)),
+            resource_type: Some("Patient".to_owned()),
+            resource_id: Some(format!("p{n}")),
+            // A search-sized entry every so often: more terms than one statement takes.
+            returned: if n % 150 == 0 { (0..120).map(|i| format!("Observation/o{n}-{i}")).collect() } else { vec![] },
+            patients: vec![format!("p{n}")],
+            ..AuditEvent::default()
+        })
+        .collect();
+    let (first, _) = store.audit_head().await.unwrap();
+    let refs: Vec<&AuditEvent> = events.iter().collect();
+    let (head, _) = store.append_audit(&refs[..400]).await.unwrap();
+    assert_eq!(head, first + 400);
+    let (head, _) = store.append_audit(&refs[400..]).await.unwrap();
+    assert_eq!(head, first + 450);
+    let written = store.audit_entries(first, 1000).await.unwrap();
+    assert_eq!(written.len(), 450);
+    assert!(written.windows(2).all(|w| w[1].prev_hash == w[0].hash && w[1].seq == w[0].seq + 1), "one chain");
+
+    let mut conn = sqlx::AnyConnection::connect(&opened.settings.database_url).await.unwrap();
+    let (times, terms) = lookup_rows(&mut conn, first).await;
+    assert_eq!(times, 450, "one time row per entry");
+    assert!(terms > 450 + 3 * 120, "subjects, resources, patients and returned resources: {terms}");
+    // Entries from before the lookups existed: the backlog pass writes the same rows again.
+    for table in ["audit_term", "audit_time"] {
+        let statement = format!("DELETE FROM {table}");
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.unwrap();
+    }
+    let indexed = store.index_audit_backlog(&|_, _| {}).await.unwrap();
+    assert!(indexed >= 450, "{indexed}");
+    assert_eq!(lookup_rows(&mut conn, first).await, (times, terms));
+    store.close().await;
+}
+
+/// The audit lookup rows (time rows, term rows) of the entries after `after`.
+async fn lookup_rows(conn: &mut sqlx::AnyConnection, after: i64) -> (i64, i64) {
+    use sqlx::Row;
+    let row = sqlx::query(
+        "SELECT (SELECT COUNT(*) FROM audit_time WHERE seq > $1), (SELECT COUNT(*) FROM audit_term WHERE seq > $1)",
+    )
+    .bind(after)
+    .fetch_one(conn)
+    .await
+    .unwrap();
+    (row.get(0), row.get(1))
 }

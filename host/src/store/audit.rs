@@ -48,20 +48,37 @@ impl Store {
         let head = sqlx::query(head_sql).fetch_one(&mut *tx).await?;
         let mut seq: i64 = head.try_get(0)?;
         let mut hash: Vec<u8> = head.try_get(1)?;
+        // The chain is computed here and written with a few multi-row statements: on SQLite
+        // every statement is a round trip to the connection's thread, and one-by-one inserts
+        // (three per entry) made the batch's thread switches most of a read's cost.
+        let mut rows = Vec::with_capacity(events.len());
+        let mut lookups = Vec::with_capacity(events.len());
         for event in events {
             seq += 1;
             let entry = canonical_entry(seq, event);
-            let next = chain_hash(&hash, &entry);
-            sqlx::query("INSERT INTO audit_entry (seq, entry, prev_hash, hash) VALUES ($1, $2, $3, $4)")
-                .bind(seq)
-                .bind(String::from_utf8(entry).expect("audit entries are JSON text"))
-                .bind(&hash)
-                .bind(&next[..])
-                .execute(&mut *tx)
-                .await?;
-            hash = next.to_vec();
-            write_lookup(&mut tx, seq, &lookup_of(event)).await?;
+            let next = chain_hash(&hash, &entry).to_vec();
+            rows.push((seq, String::from_utf8(entry).expect("audit entries are JSON text"), hash, next.clone()));
+            lookups.push((seq, lookup_of(event)));
+            hash = next;
         }
+        for chunk in rows.chunks(ENTRY_CHUNK) {
+            let mut sql = Sql::one_off(self.backend);
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|(seq, entry, prev, next)| {
+                    format!(
+                        "({}, {}, {}, {})",
+                        sql.int(*seq),
+                        sql.text(entry.as_str()),
+                        sql.bytes(prev.clone()),
+                        sql.bytes(next.clone())
+                    )
+                })
+                .collect();
+            let text = format!("INSERT INTO audit_entry (seq, entry, prev_hash, hash) VALUES {}", values.join(", "));
+            sql.into_one_off(text).execute(&mut *tx).await?;
+        }
+        write_lookups(&mut tx, self.backend, &lookups).await?;
         sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
             .bind(seq)
             .bind(&hash)
@@ -132,28 +149,39 @@ fn stored_entry(row: &sqlx::any::AnyRow) -> Result<StoredAuditEntry, StoreError>
     })
 }
 
-/// Writes the lookup rows of entry `seq`.
-async fn write_lookup(conn: &mut sqlx::AnyConnection, seq: i64, lookup: &Lookup) -> Result<(), StoreError> {
+/// Audit entries per multi-row INSERT (4 values each).
+const ENTRY_CHUNK: usize = 200;
+/// Lookup rows per multi-row INSERT (at most 3 values each).
+const LOOKUP_CHUNK: usize = 300;
+
+/// Writes the lookup rows of entries `(seq, lookup)`.
+async fn write_lookups(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    lookups: &[(i64, Lookup)],
+) -> Result<(), StoreError> {
     // ON CONFLICT: two hosts starting together may both index an old entry.
-    sqlx::query("INSERT INTO audit_time (seq, at_us) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-        .bind(seq)
-        .bind(lookup.at_us)
-        .execute(&mut *conn)
-        .await?;
-    // One statement per 100 terms (a search's entry names every resource it returned).
-    for chunk in lookup.terms.chunks(100) {
-        let mut sql = String::from("INSERT INTO audit_term (param, value, seq) VALUES ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3));
-        }
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql + " ON CONFLICT DO NOTHING"));
-        for (param, value) in chunk {
-            query = query.bind(*param).bind(value.as_str()).bind(seq);
-        }
-        query.execute(&mut *conn).await?;
+    for chunk in lookups.chunks(LOOKUP_CHUNK) {
+        let mut sql = Sql::one_off(backend);
+        let values: Vec<String> =
+            chunk.iter().map(|(seq, lookup)| format!("({}, {})", sql.int(*seq), sql.int(lookup.at_us))).collect();
+        let text = format!("INSERT INTO audit_time (seq, at_us) VALUES {} ON CONFLICT DO NOTHING", values.join(", "));
+        sql.into_one_off(text).execute(&mut *conn).await?;
+    }
+    // A search's entry names every resource it returned: terms can be many per entry.
+    let terms: Vec<(i64, &str, &str)> = lookups
+        .iter()
+        .flat_map(|(seq, lookup)| lookup.terms.iter().map(move |(param, value)| (*seq, *param, value.as_str())))
+        .collect();
+    for chunk in terms.chunks(LOOKUP_CHUNK) {
+        let mut sql = Sql::one_off(backend);
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|(seq, param, value)| format!("({}, {}, {})", sql.text(*param), sql.text(*value), sql.int(*seq)))
+            .collect();
+        let text =
+            format!("INSERT INTO audit_term (param, value, seq) VALUES {} ON CONFLICT DO NOTHING", values.join(", "));
+        sql.into_one_off(text).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -185,14 +213,16 @@ impl Store {
                 .await?;
             let Some(last) = rows.last() else { break };
             below = last.try_get(0)?;
-            let mut tx = self.begin_write().await?;
+            let mut lookups = Vec::with_capacity(rows.len());
             for row in &rows {
                 let entry: String = row.try_get(1)?;
                 // An entry that is not valid JSON is the verifier's finding; it gets no lookups.
                 if let Ok(event) = serde_json::from_str::<AuditEvent>(&entry) {
-                    write_lookup(&mut tx, row.try_get(0)?, &lookup_of(&event)).await?;
+                    lookups.push((row.try_get(0)?, lookup_of(&event)));
                 }
             }
+            let mut tx = self.begin_write().await?;
+            write_lookups(&mut tx, self.backend, &lookups).await?;
             tx.commit().await?;
             done += i64::try_from(rows.len()).unwrap_or(0);
             progress(done, total);
