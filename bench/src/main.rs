@@ -273,7 +273,10 @@ async fn all(
         calls.extend(languages);
         notes.extend(skipped);
         match policy_cases(spec, &hearth_bin, &scratch, seed_patients).await {
-            Ok(found) => comparisons.extend(found),
+            Ok((found, skipped)) => {
+                comparisons.extend(found);
+                notes.extend(skipped);
+            }
             Err(error) => notes.push(format!("policy-gated read cases skipped: {error}")),
         }
     }
@@ -530,7 +533,7 @@ async fn policy_cases(
     hearth_bin: &Path,
     scratch: &Scratch,
     seed_patients: usize,
-) -> Result<Vec<Comparison>, String> {
+) -> Result<(Vec<Comparison>, Vec<String>), String> {
     let one = scratch.path("policies-one");
     let three = scratch.path("policies-three");
     for dir in [&one, &three] {
@@ -573,7 +576,8 @@ async fn policy_cases(
         |s| get_loop(s, &clients[0], &ungated, paths[0].clone()),
     )
     .await;
-    Ok(vec![
+    drop((gated, gated3));
+    let mut found = vec![
         Comparison::new(
             "3 policy plugins",
             ("read, 1 Rust policy (redact)", &gated_read),
@@ -588,7 +592,46 @@ async fn policy_cases(
             "report",
             None,
         ),
-    ])
+    ];
+
+    // The same policy (consent: each read looks up the patient's active Consents through the
+    // host) in each language, one server at a time, against the same ungated server.
+    let consent = scratch.path("policies-consent");
+    std::fs::create_dir_all(&consent).map_err(|e| e.to_string())?;
+    std::fs::write(consent.join("b.toml"), binding("consent")).map_err(|e| e.to_string())?;
+    let consent_dir = consent.display().to_string();
+    let mut skipped = Vec::new();
+    for (lang, label) in [("rust", "Rust"), ("javascript", "JavaScript"), ("python", "Python")] {
+        let name = format!("consent-{lang}");
+        let server = start_hearth(&name, hearth_bin, scratch, None, &[("HEARTH_POLICIES", consent_dir.as_str())]);
+        let data = scratch.path(&name);
+        let loaded = match lang {
+            "rust" => hearth_bench::plugins::load_into(&data, &server.base, "consent").await,
+            _ => hearth_bench::plugins::load_language_consent(&data, &server.base, "consent", lang).await,
+        };
+        if let Err(error) = loaded {
+            skipped.push(format!("read through the {label} consent policy skipped: {error}"));
+            continue;
+        }
+        let client = client_for(scratch, &name, spec.concurrency);
+        let ids = seed(&client, &server, seed_patients).await;
+        let reads = Arc::new(ids.iter().map(|id| format!("Patient/{id}")).collect::<Vec<_>>());
+        let (through, plain) = load::alternating(
+            spec,
+            ROUNDS,
+            |s| get_loop(s, &client, &server, reads.clone()),
+            |s| get_loop(s, &clients[0], &ungated, paths[0].clone()),
+        )
+        .await;
+        found.push(Comparison::new(
+            "3 policy plugins",
+            (&format!("read, 1 {label} policy (consent)"), &through),
+            ("read, no policy", &plain),
+            "report",
+            None,
+        ));
+    }
+    Ok((found, skipped))
 }
 
 /// Creates `count` patients (each with one observation) and returns the patient ids.

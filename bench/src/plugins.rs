@@ -296,12 +296,25 @@ pub async fn load_into(data: &Path, base_url: &str, name: &str) -> Result<(), St
 
 /// Loads reference plugin `crate_name` under `name`, with `extra` manifest fields (limits...).
 pub async fn load_as(data: &Path, base_url: &str, name: &str, crate_name: &str, extra: Value) -> Result<(), String> {
+    let bytes = std::fs::read(component_path(crate_name)).map_err(|e| format!("{crate_name} component: {e}"))?;
+    upload(data, base_url, name, "rust", &bytes, extra).await
+}
+
+/// Loads the consent plugin's twin in `lang` (`javascript`, `python`) under `name`; an error
+/// names the missing component when its toolchain was not there to build it.
+pub async fn load_language_consent(data: &Path, base_url: &str, name: &str, lang: &str) -> Result<(), String> {
+    let path = language_component(lang);
+    let bytes = std::fs::read(&path)
+        .map_err(|e| format!("{lang} consent plugin not built ({}: {e}); bench/run builds it", path.display()))?;
+    upload(data, base_url, name, lang, &bytes, json!({})).await
+}
+
+async fn upload(data: &Path, base_url: &str, name: &str, lang: &str, bytes: &[u8], extra: Value) -> Result<(), String> {
     let key = hearth::auth::token::DevSigningKey::load_or_create(&hearth::serve::dev_token_key_path(data))
         .map_err(|e| e.to_string())?;
     let token = key.issue("hearth-bench", "admin/plugins", std::time::Duration::from_secs(600), None, &[]);
     let client = crate::load::client(&data.join("tls/ca.pem"), 1, Some(&token));
-    let bytes = std::fs::read(component_path(crate_name)).map_err(|e| format!("{crate_name} component: {e}"))?;
-    let mut manifest = json!({"name": name, "version": "1.0.0", "world": "policy", "language": "rust"});
+    let mut manifest = json!({"name": name, "version": "1.0.0", "world": "policy", "language": lang});
     if let (Some(fields), Some(extra)) = (manifest.as_object_mut(), extra.as_object()) {
         fields.extend(extra.clone());
     }
