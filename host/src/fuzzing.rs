@@ -95,8 +95,23 @@ pub fn search_params(data: &[u8]) {
         let parser = Parser { key: blind_key(), base_url: "https://fuzz.example/fhir", strict };
         let Ok(parsed) = parser.parse(types.clone(), &pairs) else { continue };
         assert!(parsed.count <= MAX_COUNT, "page size {} above the limit", parsed.count);
-        for backend in [Backend::Sqlite, Backend::Postgres] {
-            let Ok(statements) = crate::store::search_sql_text(backend, &parsed) else { continue };
+        // Unrestricted, and confined as a patient/ token with a constraint is (the access
+        // predicate compiled into the main query, chains, _has and counts).
+        let confined = crate::auth::Principal {
+            subject: "fuzz".into(),
+            issuer: "fuzz".into(),
+            client_id: None,
+            patient: Some("p1".into()),
+            scopes: crate::auth::scopes::ScopeSet::parse("patient/*.rs user/Observation.rs?category=laboratory"),
+            roles: Vec::new(),
+        }
+        .predicate(crate::auth::Interaction::Search, blind_key(), "https://fuzz.example/fhir");
+        let visibilities: [&dyn crate::fhir::search::access::Visibility; 2] =
+            [&crate::fhir::search::access::Unrestricted, &confined];
+        for (backend, vis) in
+            [Backend::Sqlite, Backend::Postgres].into_iter().flat_map(|b| visibilities.map(|v| (b, v)))
+        {
+            let Ok(statements) = crate::store::search_sql_text(backend, vis, &parsed) else { continue };
             for (sql, binds) in statements {
                 let fixed = sql.replace("ESCAPE '\\'", "");
                 assert!(
@@ -220,7 +235,7 @@ pub fn plugin_values(data: &[u8]) {
         }
         assert_round_trips(&Value::Object(resource));
     }
-    if let Some((outcome, plugins)) = crate::api::gate::validation_outcome(&issues) {
+    if let Some((outcome, plugins)) = crate::service::validation_outcome(&issues) {
         assert!(!plugins.is_empty());
         assert_round_trips(&outcome);
         for issue in outcome["issue"].as_array().expect("issues") {

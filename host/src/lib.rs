@@ -18,6 +18,7 @@ pub mod policy;
 pub mod secret_file;
 pub mod serve;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod subscriptions;
 pub mod tls;

@@ -97,30 +97,34 @@ async fn scope_forms_grant_what_they_say(db: Db) {
     server.put("Observation/lab", &lab).await.expect(201);
     server.put("Observation/vitals", &vitals).await.expect(201);
 
-    // (scope, path, allowed?) for reads.
+    // (scope, path, answer) for reads: 403 when no scope allows reading the type at all (the
+    // token alone decides that), 404 when a scope does but the resource is beyond its reach,
+    // exactly as if it did not exist.
     let reads = [
-        ("user/Patient.r", "Patient/p", true),
-        ("user/Patient.r", "Observation/lab", false),
-        ("user/*.read", "Observation/lab", true),
-        ("user/Observation.rs?category=laboratory", "Observation/lab", true),
-        ("user/Observation.rs?category=laboratory", "Observation/vitals", false),
+        ("user/Patient.r", "Patient/p", 200),
+        ("user/Patient.r", "Observation/lab", 403),
+        ("user/*.read", "Observation/lab", 200),
+        ("user/Observation.rs?category=laboratory", "Observation/lab", 200),
+        ("user/Observation.rs?category=laboratory", "Observation/vitals", 404),
         (
             "user/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|vital-signs",
             "Observation/vitals",
-            true,
+            200,
         ),
-        ("system/*.cruds", "Observation/vitals", true),
-        ("user/Observation.cud", "Observation/lab", false),
-        ("openid fhirUser", "Patient/p", false),
+        ("user/Observation.rs?category=http://other.example|vital-signs", "Observation/vitals", 404),
+        ("system/*.cruds", "Observation/vitals", 200),
+        ("user/Observation.cud", "Observation/lab", 403),
+        ("openid fhirUser", "Patient/p", 403),
+        // A constraint that is no token or reference parameter of the type grants nothing.
+        ("user/Observation.rs?nonsense=1", "Observation/lab", 403),
     ];
-    for (scope, path, allowed) in reads {
+    for (scope, path, status) in reads {
         let token = server.token(scope, None);
         let reply = get_with(&server, Some(&token), path).await;
-        if allowed {
-            reply.expect(200);
-        } else {
-            let why = reply.expect_outcome(403, "forbidden");
-            assert!(!why.is_empty(), "{scope} on {path}");
+        match status {
+            200 => drop(reply.expect(200)),
+            403 => assert!(!reply.expect_outcome(403, "forbidden").is_empty(), "{scope} on {path}"),
+            _ => drop(reply.expect_outcome(404, "not-found")),
         }
     }
     // Writes: v1 .read cannot write; .write and v2 c can.
@@ -145,7 +149,10 @@ async fn scope_forms_grant_what_they_say(db: Db) {
     };
     let mut relabelled = vitals.clone();
     relabelled["category"] = lab["category"].clone();
-    server.send(put(&relabelled, "Observation/vitals")).await.expect_outcome(403, "forbidden");
+    server.send(put(&relabelled, "Observation/vitals")).await.expect_outcome(404, "not-found");
+    let mut vital_lab = lab.clone();
+    vital_lab["category"] = vitals["category"].clone();
+    server.send(put(&vital_lab, "Observation/lab")).await.expect_outcome(403, "forbidden");
     server.send(put(&lab, "Observation/lab")).await.expect(200);
 }
 
@@ -164,14 +171,25 @@ async fn patient_scopes_confine_to_the_compartment(db: Db) {
         ("Observation/obs-alice", 200),
         ("Observation/obs-alice/_history/1", 200),
         ("Observation/obs-alice/_history", 200),
-        ("Patient/bob", 403),
-        ("Observation/obs-bob", 403),
-        ("Observation/obs-bob/_history/1", 403),
-        ("Observation/obs-bob/_history", 403),
-        ("Organization/clinic", 403),
+        // What Alice cannot read answers exactly as what does not exist.
+        ("Patient/bob", 404),
+        ("Observation/obs-bob", 404),
+        ("Observation/obs-bob/_history/1", 404),
+        ("Observation/obs-bob/_history", 404),
+        ("Organization/clinic", 404),
     ] {
         let reply = get_with(&server, Some(&alice), path).await;
         assert_eq!(reply.status, status, "{path}: {}", String::from_utf8_lossy(&reply.bytes));
+        if status == 404 {
+            let id = path.split('/').nth(1).unwrap();
+            let missing = get_with(&server, Some(&alice), &path.replace(id, "nobody")).await;
+            assert_eq!(missing.status, 404, "{path}");
+            assert_eq!(
+                String::from_utf8_lossy(&reply.bytes).replace(id, "X"),
+                String::from_utf8_lossy(&missing.bytes).replace("nobody", "X"),
+                "{path}: a hidden resource and a missing one answer alike"
+            );
+        }
     }
     // A restricted reader's history Bundle does not reveal how many versions exist in all.
     let history = get_with(&server, Some(&alice), "Observation/obs-alice/_history").await.expect(200);
@@ -190,8 +208,8 @@ async fn patient_scopes_confine_to_the_compartment(db: Db) {
         .put(server.url("Observation/obs-bob"))
         .header("content-type", "application/fhir+json")
         .body(steal.to_string());
-    server.send(put).await.expect_outcome(403, "forbidden");
-    server.send(client.delete(server.url("Observation/obs-bob"))).await.expect_outcome(403, "forbidden");
+    server.send(put).await.expect_outcome(404, "not-found");
+    server.send(client.delete(server.url("Observation/obs-bob"))).await.expect_outcome(404, "not-found");
     assert_eq!(server.get("Observation/obs-bob").await.expect(200)["subject"]["reference"], "Patient/bob", "untouched");
     // A patient scope without a patient in context reaches nothing.
     let no_context = server.token("patient/*.cruds", None);

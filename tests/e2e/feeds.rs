@@ -78,7 +78,7 @@ async fn everything_returns_the_whole_compartment(db: Db) {
     let token = server.token("patient/*.rs", Some("ev-b"));
     let client = server.client_with(Some(&token));
     server.send(client.get(server.url("Patient/ev-b/$everything"))).await.expect(200);
-    server.send(client.get(server.url("Patient/ev-a/$everything"))).await.expect_outcome(403, "forbidden");
+    server.send(client.get(server.url("Patient/ev-a/$everything"))).await.expect_outcome(404, "not-found");
     server.get("Patient/nobody/$everything").await.expect_outcome(404, "not-found");
 }
 

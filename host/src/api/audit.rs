@@ -29,7 +29,7 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
 
     let status = response.status().as_u16();
     let principal = response.extensions().get::<Principal>();
-    let disclosed = response.extensions().get::<super::search::ReturnedIds>();
+    let disclosed = response.extensions().get::<crate::service::Disclosed>();
     let (action, resource_type, mut resource_id, mut version) = describe(&method, &path);
     if action == "create" {
         // The id and version the server assigned are in the Location header.
@@ -55,7 +55,7 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
         resource_type,
         resource_id,
         version,
-        decided_by: response.extensions().get::<super::gate::DecidedBy>().map(|d| d.0.clone()).or_else(|| {
+        decided_by: response.extensions().get::<crate::fhir::outcome::DecidedBy>().map(|d| d.0.clone()).or_else(|| {
             matches!(status, 401 | 403).then(|| if status == 401 { "authentication" } else { "scope" }.to_owned())
         }),
         break_glass,

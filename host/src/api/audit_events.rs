@@ -14,11 +14,12 @@ use serde_json::{Value, json};
 
 use super::SharedState;
 use super::fhir::{fhir_json, store_error};
-use super::search::{ReturnedIds, form_pairs, pairs_of, strict_handling};
+use super::search::{form_pairs, pairs_of, respond, strict_handling};
 use crate::audit::AuditEvent;
 use crate::audit::lookup::{AuditQuery, parse_query, to_resource};
 use crate::auth::Principal;
 use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
+use crate::service::Disclosed;
 use crate::store::StoredAuditEntry;
 
 pub fn routes() -> Router<SharedState> {
@@ -87,7 +88,7 @@ async fn run(state: &SharedState, headers: &HeaderMap, pairs: Vec<(String, Strin
         .map_err(|message| FhirError::bad_request(IssueType::Value, message))?;
     let (entries, more) = state.store.search_audit(&query).await.map_err(store_error)?;
     let base = &state.settings.base_url;
-    let mut returned = ReturnedIds::default();
+    let mut returned = Disclosed::default();
     let mut bundle_entries = Vec::with_capacity(entries.len() + 1);
     for stored in &entries {
         let resource = render(stored)?;
@@ -112,7 +113,7 @@ async fn run(state: &SharedState, headers: &HeaderMap, pairs: Vec<(String, Strin
     if more && let Some(last) = entries.last() {
         links.push(json!({"relation": "next", "url": link(base, &pairs, &query, Some(last.seq))}));
     }
-    returned.respond(&super::search::searchset(links, bundle_entries))
+    respond(returned, &crate::service::searchset(links, bundle_entries))
 }
 
 /// The URL of a page: the search's own parameters (as understood) and the cursor.

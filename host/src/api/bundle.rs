@@ -16,15 +16,16 @@ use serde_json::{Map, Value, json};
 
 use super::SharedState;
 use super::extract::{FhirBody, ReturnPreference, return_preference};
-use super::fhir::{fhir_json, live_version, read_live, require, store_error, wake_delivery};
-use super::gate::{authorize_write, caller};
-use super::search::{ReturnedIds, matching_ids, pairs_of, search_bundle};
+use super::fhir::{fhir_json, requester};
+use super::gate::caller;
+use super::search::{pairs_of, respond, search_bundle};
 use crate::auth::{Interaction, Principal};
 use crate::fhir::etag;
 use crate::fhir::instant::to_fhir_instant;
 use crate::fhir::outcome::{FhirError, IssueType};
 use crate::fhir::resource::{IncomingResource, check_id, check_type_name};
 use crate::policy::{Caller, PolicyInteraction};
+use crate::service::{Disclosed, Requester};
 use crate::store::{DeleteResult, EventTargets, Precondition, PutRequest, TxOutcome, TxWrite};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,6 +52,9 @@ struct Planned {
     /// Conditional create that found its match, or conditional delete that found none: no
     /// write, this answer.
     settled: Option<Value>,
+    /// The id was assigned by this server (a create, or a conditional update without a match
+    /// or an id of its own): nothing stored can be behind it.
+    fresh: bool,
 }
 
 /// A failed entry: its status and OperationOutcome.
@@ -67,14 +71,6 @@ impl Failure {
             issue["diagnostics"] = json!(format!("Bundle.entry[{index}]: {diagnostics}"));
         }
         Failure { status: error.status, outcome }
-    }
-
-    /// A response another part of the API built (a policy denial, a 422).
-    async fn of_response(response: Response) -> Failure {
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap_or_default();
-        let outcome = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({"resourceType": "OperationOutcome"}));
-        Failure { status, outcome }
     }
 
     fn into_response(self) -> Response {
@@ -115,7 +111,7 @@ pub async fn bundle(
     }
     let caller = caller(&principal, &headers)?;
     let minimal = return_preference(&headers) == ReturnPreference::Minimal;
-    let mut returned = ReturnedIds::default();
+    let mut returned = Disclosed::default();
     let responses = if kind == "transaction" {
         match transaction(&state, &principal, &caller, &headers, entries, &mut returned).await {
             Ok(responses) => responses,
@@ -152,7 +148,7 @@ pub async fn bundle(
         "type": format!("{kind}-response"),
         "entry": entry,
     });
-    returned.respond(&bundle)
+    respond(returned, &bundle)
 }
 
 /// Batch entries run one by one; their errors name entry 0 of a one-entry run: fix the index.
@@ -175,22 +171,26 @@ async fn transaction(
     caller: &Caller,
     headers: &HeaderMap,
     entries: Vec<Value>,
-    returned: &mut ReturnedIds,
+    returned: &mut Disclosed,
 ) -> Result<Vec<Value>, Failure> {
+    let who = requester(principal, caller);
     let mut planned = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
         planned.push(plan(index, entry).map_err(|e| Failure::of(e, index))?);
     }
     // Conditional URLs resolve to ids (or settle the entry) before anything is written.
     for p in &mut planned {
-        resolve_conditional(state, principal, headers, p).await.map_err(|e| Failure::of(e, p.index))?;
+        resolve_conditional(state, who, p).await.map_err(|e| Failure::of(e, p.index))?;
     }
     link(&mut planned)?;
 
-    // Checks: scopes, then policies, entry by entry.
+    // Checks: scopes, reach, then policies, entry by entry.
     let mut incoming: Vec<Option<IncomingResource>> = Vec::with_capacity(planned.len());
+    let mut preconditions: Vec<Precondition> = Vec::with_capacity(planned.len());
     for p in &planned {
-        incoming.push(check(state, principal, caller, p).await?);
+        let (resource, precondition) = check(state, who, p).await?;
+        incoming.push(resource);
+        preconditions.push(precondition);
     }
 
     // The writes, in processing order.
@@ -247,27 +247,21 @@ async fn transaction(
         let Some(id) = p.id.as_deref() else { continue };
         match (p.method, &stamps[i]) {
             (Method::Post | Method::Put, Some(stamp)) => {
-                let precondition = match (p.method, p.if_match) {
-                    (_, Some(version)) => Precondition::IfMatch(version),
-                    (Method::Post, None) => Precondition::MustNotExist,
-                    _ => Precondition::None,
-                };
                 writes.push(TxWrite::Put(PutRequest {
                     res_type: &p.res_type,
                     id,
                     key_id: &key_ids[i],
-                    precondition,
+                    precondition: preconditions[i],
                     events: &events[i],
                     stamp: stamp.as_ref(),
                 }));
             }
             (Method::Delete, _) => {
-                writes.push(TxWrite::Delete {
-                    res_type: &p.res_type,
-                    id,
-                    if_match: p.if_match,
-                    events: &events[i].created,
-                });
+                let if_match = match preconditions[i] {
+                    Precondition::IfMatch(version) => Some(version),
+                    _ => None,
+                };
+                writes.push(TxWrite::Delete { res_type: &p.res_type, id, if_match, events: &events[i].created });
             }
             _ => continue,
         }
@@ -278,10 +272,10 @@ async fn transaction(
     } else {
         state.store.transaction(&writes).await.map_err(|failed| {
             let index = write_entries.get(failed.entry).map_or(0, |&i| planned[i].index);
-            Failure::of(store_error(failed.error), index)
+            Failure::of(FhirError::from(failed.error), index)
         })?
     };
-    wake_delivery(state, events.iter().any(|e| !e.is_empty()));
+    state.records.wake_delivery(events.iter().any(|e| !e.is_empty()));
 
     let mut responses: Vec<Value> = vec![Value::Null; planned.len()];
     for (outcome, &i) in outcomes.into_iter().zip(&write_entries) {
@@ -316,7 +310,7 @@ async fn transaction(
     // Reads last, seeing the writes.
     for (i, p) in planned.iter().enumerate() {
         if p.method == Method::Get {
-            responses[i] = read_entry(state, principal, caller, headers, p, returned).await?;
+            responses[i] = read_entry(state, principal, headers, who, p, returned).await?;
         }
     }
     Ok(responses)
@@ -396,7 +390,7 @@ fn plan(index: usize, entry: Value) -> Result<Planned, FhirError> {
     if matches!(method, Method::Post | Method::Put) && resource.is_none() {
         return Err(FhirError::bad_request(IssueType::Required, "a POST or PUT entry carries a resource"));
     }
-    Ok(Planned { index, method, res_type, id, query, if_match, full_url, resource, settled: None })
+    Ok(Planned { index, method, res_type, id, query, if_match, full_url, resource, settled: None, fresh: false })
 }
 
 /// Gives creates their server ids and rewrites `urn:uuid:` references between entries to
@@ -406,6 +400,7 @@ fn link(planned: &mut [Planned]) -> Result<(), Failure> {
     for p in planned.iter_mut() {
         if p.method == Method::Post && p.id.is_none() {
             p.id = Some(uuid::Uuid::new_v4().to_string());
+            p.fresh = true;
         }
         if let (Some(full_url), Some(id)) = (&p.full_url, &p.id)
             && matches!(p.method, Method::Post | Method::Put)
@@ -450,33 +445,28 @@ pub fn plan_offline(entries: Vec<Value>) -> Result<Vec<(String, Option<String>, 
         .collect())
 }
 
-/// Resolves conditional create (If-None-Exist), update and delete URLs.
-async fn resolve_conditional(
-    state: &SharedState,
-    principal: &Principal,
-    headers: &HeaderMap,
-    p: &mut Planned,
-) -> Result<(), FhirError> {
+/// Resolves conditional create (If-None-Exist), update and delete URLs, as `who`'s own
+/// search: only what `who` may see matches.
+async fn resolve_conditional(state: &SharedState, who: Requester<'_>, p: &mut Planned) -> Result<(), FhirError> {
     let Some(query) = p.query.clone() else { return Ok(()) };
     match p.method {
         Method::Get => Ok(()),
         Method::Post => {
-            let ids = matching_ids(state, principal, headers, &p.res_type, &query).await?;
+            let ids = state.records.matching_ids(who, &p.res_type, &query).await?;
             match ids.as_slice() {
                 [] => Ok(()),
                 [existing] => {
+                    // Answered as a read of it would be: the scopes, reach and read policies
+                    // apply, and the audit entry names it.
+                    let record = state.records.read(who, &p.res_type, existing).await?;
                     p.id = Some(existing.clone());
-                    let record = state.store.read_current(&p.res_type, existing).await.map_err(store_error)?;
-                    let resource = record
-                        .as_ref()
-                        .and_then(|r| r.body.as_deref())
-                        .and_then(|b| serde_json::from_slice::<Value>(b).ok());
+                    let resource = record.body.as_deref().and_then(|b| serde_json::from_slice::<Value>(b).ok());
                     p.settled = Some(json!({
                         "fullUrl": format!("{}/{}/{existing}", state.settings.base_url, p.res_type),
                         "resource": resource,
                         "response": {
                             "status": "200 OK",
-                            "location": format!("{}/{existing}/_history/{}", p.res_type, record.map_or(0, |r| r.version)),
+                            "location": format!("{}/{existing}/_history/{}", p.res_type, record.version),
                         }
                     }));
                     Ok(())
@@ -485,11 +475,12 @@ async fn resolve_conditional(
             }
         }
         Method::Put | Method::Delete if p.id.is_none() => {
-            let ids = matching_ids(state, principal, headers, &p.res_type, &query).await?;
+            let ids = state.records.matching_ids(who, &p.res_type, &query).await?;
             match (ids.as_slice(), p.method) {
                 ([], Method::Put) => {
                     // No match: a create, with the client's id if it sent one.
                     let id = p.resource.as_ref().and_then(|r| r.get("id")).and_then(Value::as_str).map(str::to_owned);
+                    p.fresh = id.is_none();
                     p.id = Some(id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()));
                     Ok(())
                 }
@@ -568,27 +559,28 @@ impl serde::Serialize for EntryResource<'_> {
     }
 }
 
-/// Scope and policy checks of one write entry; the parsed resource to store, if any.
+/// The checks of one write entry ([`crate::service::Records::guard_write`], as for a single
+/// write): the parsed resource to store, if any, and the precondition to write it with.
 async fn check(
     state: &SharedState,
-    principal: &Principal,
-    caller: &Caller,
+    who: Requester<'_>,
     p: &Planned,
-) -> Result<Option<IncomingResource>, Failure> {
+) -> Result<(Option<IncomingResource>, Precondition), Failure> {
     let fail = |e: FhirError| Failure::of(e, p.index);
+    let none = (None, Precondition::None);
     if p.settled.is_some() || p.method == Method::Get {
-        return Ok(None);
+        return Ok(none);
     }
-    let Some(id) = p.id.as_deref() else { return Ok(None) };
-    let (interaction, policy) = match p.method {
-        Method::Post => (Interaction::Create, PolicyInteraction::Create),
-        Method::Put => (Interaction::Update, PolicyInteraction::Update),
-        Method::Delete => (Interaction::Delete, PolicyInteraction::Delete),
-        Method::Get => return Ok(None),
+    let Some(id) = p.id.as_deref() else { return Ok(none) };
+    let interaction = match p.method {
+        Method::Post => Interaction::Create,
+        Method::Put => Interaction::Update,
+        Method::Delete => Interaction::Delete,
+        Method::Get => return Ok(none),
     };
-    let access = principal.access(interaction, &p.res_type).map_err(fail)?;
+    who.principal.check(interaction, &p.res_type).map_err(fail)?;
     let resource = match &p.resource {
-        Some(fields) => {
+        Some(fields) if p.method != Method::Delete => {
             // A create's id is the server's; an update's defaults to the one in its URL.
             let entry = EntryResource { fields, id: (p.method == Method::Put).then_some(id) };
             let bytes = serde_json::to_vec(&entry).map_err(|_| fail(FhirError::internal()))?;
@@ -596,44 +588,32 @@ async fn check(
             if p.method == Method::Put {
                 resource.require_id(id).map_err(fail)?;
             }
-            require(&access, &p.res_type, id, resource.fields()).map_err(fail)?;
             Some(resource)
         }
-        None => None,
+        _ => None,
     };
-    let current = if !access.is_unrestricted() || p.method == Method::Delete {
-        live_version(state, &p.res_type, id).await.map_err(fail)?
-    } else {
-        None
-    };
-    if let Some((_, content)) = &current {
-        require(&access, &p.res_type, id, content).map_err(fail)?;
-    }
-    if let Some(plan) = state.plugins.policies.plan(&p.res_type, policy) {
-        let content = resource.as_ref().map(IncomingResource::fields).or(current.as_ref().map(|(_, c)| c));
-        if let Err(response) = authorize_write(state, caller, &plan, policy, &p.res_type, Some(id), content).await {
-            return Err(Failure::of_response(response).await);
-        }
-    }
-    Ok(resource)
+    let content = resource.as_ref().map(IncomingResource::fields);
+    let guarded = state
+        .records
+        .guard_write(who, interaction, &p.res_type, id, content, p.fresh, p.if_match)
+        .await
+        .map_err(fail)?;
+    Ok((resource, guarded.precondition))
 }
 
 /// A GET entry: a read (`Type/id`) or a search (`Type?...`).
 async fn read_entry(
     state: &SharedState,
     principal: &Principal,
-    caller: &Caller,
     headers: &HeaderMap,
+    who: Requester<'_>,
     p: &Planned,
-    returned: &mut ReturnedIds,
+    returned: &mut Disclosed,
 ) -> Result<Value, Failure> {
     let fail = |e: FhirError| Failure::of(e, p.index);
     match &p.id {
         Some(id) => {
-            let record = match read_live(state, principal, caller, &p.res_type, id).await.map_err(fail)? {
-                Ok(record) => record,
-                Err(response) => return Err(Failure::of_response(response).await),
-            };
+            let record = state.records.read(who, &p.res_type, id).await.map_err(fail)?;
             returned.add(&record);
             let resource: Value =
                 record.body.as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
@@ -646,7 +626,7 @@ async fn read_entry(
         None => {
             let pairs = pairs_of(p.query.as_deref().unwrap_or(""));
             let (bundle, ids) =
-                search_bundle(state, principal, headers, vec![p.res_type.clone()], pairs, None, &p.res_type)
+                search_bundle(state, principal, headers, vec![p.res_type.clone()], pairs, None, p.res_type.clone())
                     .await
                     .map_err(fail)?;
             returned.extend(ids);

@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::SharedState;
-use super::fhir::store_error;
-use super::gate::{authorize_write, caller};
+use super::fhir::{requester, store_error};
+use super::gate::caller;
 use crate::auth::{Interaction, Principal, forbidden};
 use crate::fhir::etag;
 use crate::fhir::instant::to_fhir_instant;
@@ -166,6 +166,14 @@ async fn convert_fhir(
         .find(|(key, _)| key == "plugin")
         .map(|(_, value)| value.into_owned())
         .ok_or_else(|| FhirError::bad_request(IssueType::Required, "name the converter: POST /$convert?plugin=NAME"))?;
+    // The converter's output is stored as creates: a token without any create scope (say,
+    // `openid` alone) has no business running an integration plugin.
+    if !principal.scopes.clinical.iter().any(|scope| scope.permissions.contains('c')) {
+        return Err(forbidden(
+            "$convert stores what it converts: the token needs a create scope on the types the converter produces \
+             (e.g. user/Patient.c user/Observation.c)",
+        ));
+    }
     let media_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -243,24 +251,25 @@ async fn convert_fhir(
         let bytes = serde_json::to_vec(value).map_err(|_| FhirError::internal())?;
         let resource = IncomingResource::parse(&bytes, res_type)
             .map_err(|e| unprocessable(format!("{name} produced an invalid {res_type}: {}", e.diagnostics)))?;
-        let access = principal.access(Interaction::Create, res_type)?;
-        if !access.permits(res_type, id, resource.fields()) {
-            return Err(forbidden(format!("this token may not create the {res_type} the message converts to")));
-        }
-        if let Some(plan) = state.plugins.policies.plan(res_type, PolicyInteraction::Create)
-            && let Err(response) = authorize_write(
-                &state,
-                &caller,
-                &plan,
-                PolicyInteraction::Create,
+        state
+            .records
+            .guard_write(
+                requester(&principal, &caller),
+                Interaction::Create,
                 res_type,
-                Some(id),
+                id,
                 Some(resource.fields()),
+                true,
+                None,
             )
             .await
-        {
-            return Ok(response);
-        }
+            .map_err(|error| {
+                if error.status == StatusCode::FORBIDDEN && error.decided_by.is_none() {
+                    forbidden(format!("this token may not create the {res_type} the message converts to"))
+                } else {
+                    error
+                }
+            })?;
         let key_id = resource.data_key_id(id);
         let events = state.plugins.policies.integrations_for(res_type, PolicyInteraction::Create);
         incoming.push((resource, key_id, events));

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::SharedState;
 use super::fhir::store_error;
-use super::gate::{admit_records, caller};
+use super::gate::caller;
 use super::search::pairs_of;
 use crate::auth::{Interaction, Principal, forbidden};
 use crate::fhir::instant::{now_us, parse_instant, to_fhir_instant};
@@ -61,7 +61,7 @@ fn not_found(id: &str) -> FhirError {
 /// Whether the principal may export `res_type`: it needs search access without a patient
 /// restriction (system/ or user/ scopes, as SMART Bulk Data expects).
 fn may_export(principal: &Principal, res_type: &str) -> bool {
-    principal.access(Interaction::Search, res_type).is_ok_and(|a| a.is_unrestricted())
+    principal.reaches_all(Interaction::Search, res_type)
 }
 
 /// The kick-off: `GET /$export`, `/Patient/$export` or `/Group/{id}/$export`.
@@ -148,13 +148,11 @@ pub async fn kickoff(
     if let Kind::Group(group_id) = &kind {
         check_id(group_id)?;
         principal
-            .access(Interaction::Read, "Group")
+            .check(Interaction::Read, "Group")
             .map_err(|_| forbidden("a group export needs read access to Group (its member list)"))?;
-        let group = state.store.read_current("Group", group_id).await.map_err(store_error)?;
-        let group = group
-            .filter(|g| !g.deleted)
-            .and_then(|g| g.body)
-            .ok_or_else(|| FhirError::not_found(format!("Group/{group_id} does not exist")))?;
+        let caller = caller(principal, headers)?;
+        let group = state.records.read(super::fhir::requester(principal, &caller), "Group", group_id).await?;
+        let group = group.body.ok_or_else(FhirError::internal)?;
         let group: Value = serde_json::from_slice(&group).map_err(|_| FhirError::internal())?;
         let mut ids = BTreeSet::new();
         for member in group["member"].as_array().into_iter().flatten() {
@@ -254,12 +252,15 @@ fn type_filters(job: &ExportJob, res_type: &str) -> Vec<Vec<(String, String)>> {
 /// narrowed to these ids).
 async fn matching_ids(
     state: &SharedState,
+    principal: &Principal,
     res_type: &str,
     filters: &[Vec<(String, String)>],
     records: &[crate::store::VersionRecord],
 ) -> Result<BTreeSet<String>, FhirError> {
     let key = state.store.blind_index_key().await.map_err(store_error)?;
     let parser = Parser { key: &key, base_url: &state.settings.base_url, strict: true };
+    // A filter's chains and _has reach only as far as the exporter's own searches would.
+    let vis = principal.predicate(Interaction::Search, &key, &state.settings.base_url);
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
     let mut matched = BTreeSet::new();
     for filter in filters {
@@ -267,8 +268,9 @@ async fn matching_ids(
         pairs.push(("_id".to_owned(), ids.join(",")));
         pairs.push(("_count".to_owned(), PAGE.to_string()));
         let query = parser.parse(vec![res_type.to_owned()], &pairs).map_err(|e| bad(e.message))?;
-        let page = state.store.search(&query, &crate::store::SearchScope::default()).await.map_err(store_error)?;
-        matched.extend(page.records.into_iter().map(|r| r.id));
+        let scope = crate::store::SearchScope::default();
+        let rows = state.store.search_rows(&query, &scope, &vis, None, PAGE).await.map_err(store_error)?;
+        matched.extend(rows.matches.into_iter().map(|m| m.record.id));
     }
     Ok(matched)
 }
@@ -400,15 +402,17 @@ async fn next_chunk(cursor: &mut Cursor) -> Result<Option<Bytes>, FhirError> {
         }
         let mut records = records;
         if !cursor.filters.is_empty() && !records.is_empty() {
-            let matched = matching_ids(&cursor.state, &cursor.res_type, &cursor.filters, &records).await?;
+            let matched =
+                matching_ids(&cursor.state, &cursor.principal, &cursor.res_type, &cursor.filters, &records).await?;
             records.retain(|r| matched.contains(&r.id));
         }
         if records.is_empty() {
             continue;
         }
-        let principal = &cursor.principal;
-        let reach = |t: &str| principal.access(Interaction::Search, t).ok();
-        let admitted = admit_records(&cursor.state, &cursor.caller, PolicyInteraction::Search, records, &reach).await?;
+        // The exporter reaches every resource of the type (`may_export`); the search policies
+        // judge each one, as they would in a search.
+        let who = super::fhir::requester(&cursor.principal, &cursor.caller);
+        let admitted = cursor.state.records.admit(who, PolicyInteraction::Search, records).await?;
         let mut lines = Vec::with_capacity(admitted.len() * 512);
         for record in admitted {
             if let Some(body) = record.body {

@@ -59,6 +59,8 @@ pub struct PluginServices {
 /// State shared by every handler.
 pub struct AppState {
     pub store: Store,
+    /// Every read, search, history and write of resources goes through here.
+    pub records: crate::service::Records,
     pub tokens: Arc<TokenVerifier>,
     pub audit: crate::audit::AuditLog,
     pub metrics: metrics::Metrics,
@@ -90,8 +92,15 @@ pub fn router(
             ("export", "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"),
         ],
     });
+    let records = crate::service::Records::new(
+        store.clone(),
+        plugins.policies.clone(),
+        plugins.delivery_wake.clone(),
+        settings.base_url.clone(),
+    );
     let state = Arc::new(AppState {
         store,
+        records,
         tokens,
         audit,
         metrics: metrics::Metrics::default(),

@@ -4,8 +4,6 @@
 //! Clinical scopes grant FHIR data access only; admin scopes grant administrative operations
 //! only. Neither implies the other.
 
-use serde_json::Value;
-
 /// Whose data a clinical scope reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Context {
@@ -28,7 +26,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    fn letter(self) -> char {
+    pub fn letter(self) -> char {
         match self {
             Permission::Create => 'c',
             Permission::Read => 'r',
@@ -139,40 +137,9 @@ pub fn parse_clinical(scope: &str) -> Option<ClinicalScope> {
     Some(ClinicalScope { context, resource_type, permissions, constraints })
 }
 
-/// Whether `resource` satisfies a scope constraint `name=value`. The parameter is looked up
-/// as the top-level element of the same name (`category`, `code`, `status`, ...), matched
-/// with token semantics: `code` or `system|code` against any Coding (also inside a
-/// CodeableConcept or a list of them), or the plain value of a code/string element.
-pub fn constraint_holds(resource: &serde_json::Map<String, Value>, name: &str, expected: &str) -> bool {
-    let Some(element) = resource.get(name) else {
-        return false;
-    };
-    let (system, code) = match expected.split_once('|') {
-        Some((system, code)) => (Some(system), code),
-        None => (None, expected),
-    };
-    let coding_matches = |coding: &Value| {
-        coding.get("code").and_then(Value::as_str) == Some(code)
-            && system.is_none_or(|s| coding.get("system").and_then(Value::as_str) == Some(s))
-    };
-    let concept_matches = |concept: &Value| match concept {
-        Value::String(text) => system.is_none() && text == code,
-        Value::Object(_) => {
-            concept.get("coding").and_then(Value::as_array).is_some_and(|codings| codings.iter().any(coding_matches))
-                || coding_matches(concept)
-        }
-        _ => false,
-    };
-    match element {
-        Value::Array(items) => items.iter().any(concept_matches),
-        other => concept_matches(other),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn v2_and_v1_forms() {
@@ -212,21 +179,5 @@ mod tests {
         assert_eq!(set.other, ["openid", "fhirUser", "launch/patient", "admin/"]);
         assert!(set.has_admin("erasure") && !set.has_admin("keys"));
         assert!(ScopeSet::parse("admin/*").has_admin("keys"));
-    }
-
-    #[test]
-    fn constraints_match_codings_and_codes() {
-        let lab = json!({"category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "laboratory"}]}], "status": "final"});
-        let lab = lab.as_object().unwrap().clone();
-        assert!(constraint_holds(&lab, "category", "laboratory"));
-        assert!(constraint_holds(
-            &lab,
-            "category",
-            "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
-        ));
-        assert!(!constraint_holds(&lab, "category", "http://other|laboratory"));
-        assert!(!constraint_holds(&lab, "category", "vital-signs"));
-        assert!(constraint_holds(&lab, "status", "final"));
-        assert!(!constraint_holds(&lab, "code", "x"));
     }
 }

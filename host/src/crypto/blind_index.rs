@@ -50,6 +50,15 @@ impl BlindIndexKey {
         BlindIndexKey(key)
     }
 
+    /// A key for another purpose derived from this one (HMAC with `label`), so every host of a
+    /// database shares it without another stored secret. Labels keep purposes apart.
+    pub fn derive(&self, label: &str) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(self.0.expose()).expect("HMAC takes any key length");
+        mac.update(b"hearth/derived-key\0");
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// The token for `value` of search parameter `parameter` (e.g. `Patient.family`):
     /// the same value under another parameter gives an unrelated token.
     pub fn token(&self, parameter: &str, kind: Normalization, value: &str) -> [u8; 32] {

@@ -81,11 +81,35 @@ pub struct FhirError {
     pub expression: Option<String>,
     /// Further issues of the same failure (e.g. every validation problem of a resource).
     pub more: Vec<(IssueType, String, Option<String>)>,
+    /// The rule that decided a refusal (`policy:consent`, `validation:rules`), for the audit
+    /// entry; it travels as a [`DecidedBy`] response extension.
+    pub decided_by: Option<String>,
+    /// A complete OperationOutcome to answer with instead of the one built from the fields
+    /// (a validation plugin's issues, each with its own severity).
+    pub body: Option<Value>,
 }
+
+/// Which rule decided a refusal, for the audit entry (a response extension).
+#[derive(Debug, Clone)]
+pub struct DecidedBy(pub String);
 
 impl FhirError {
     pub fn new(status: StatusCode, code: IssueType, diagnostics: impl Into<String>) -> Self {
-        FhirError { status, code, diagnostics: diagnostics.into(), expression: None, more: Vec::new() }
+        FhirError {
+            status,
+            code,
+            diagnostics: diagnostics.into(),
+            expression: None,
+            more: Vec::new(),
+            decided_by: None,
+            body: None,
+        }
+    }
+
+    /// The same error, naming the rule that decided it.
+    pub fn decided_by(mut self, rule: impl Into<String>) -> Self {
+        self.decided_by = Some(rule.into());
+        self
     }
 
     pub fn at(mut self, expression: impl Into<String>) -> Self {
@@ -135,6 +159,9 @@ impl FhirError {
     }
 
     pub fn outcome(&self) -> Value {
+        if let Some(body) = &self.body {
+            return body.clone();
+        }
         let mut outcome = operation_outcome("error", self.code, &self.diagnostics, self.expression.as_deref());
         if let Some(Value::Array(issues)) = outcome.get_mut("issue") {
             for (code, diagnostics, expression) in &self.more {
@@ -156,6 +183,9 @@ impl IntoResponse for FhirError {
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(rule) = self.decided_by {
+            response.extensions_mut().insert(DecidedBy(rule));
         }
         response
     }

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use super::bindings::types::{ChangeEvent, ChangeKind};
 use super::registry::PluginRegistry;
 use crate::fhir::instant::{now_us, to_fhir_instant};
+use crate::fhir::search::access::Unrestricted;
 use crate::fhir::search::query::Parser;
 use crate::policy::{PolicyEngine, PolicyInteraction};
 use crate::store::{OutboxEvent, SearchScope, Store, StoreError};
@@ -160,7 +161,10 @@ impl Delivery {
                 let mut pairs = subscription.criteria.clone();
                 pairs.push(("_id".to_owned(), event.res_id.clone()));
                 let matched = match parser.parse(vec![event.res_type.clone()], &pairs) {
-                    Ok(query) => !self.store.search(&query, &SearchScope::default()).await?.records.is_empty(),
+                    Ok(query) => {
+                        let scope = SearchScope::default();
+                        !self.store.search_rows(&query, &scope, &Unrestricted, None, 1).await?.matches.is_empty()
+                    }
                     Err(error) => {
                         tracing::warn!(subscription = subscription.id, error = error.message, "criteria do not parse");
                         false

@@ -81,16 +81,17 @@ impl Store {
                 .map(|&i| {
                     let p = &prepared[i];
                     format!(
-                        "({}, {}, {}, {}, 0)",
+                        "({}, {}, {}, {}, 0, {})",
                         sql.text(p.put.res_type),
                         sql.text(p.put.id),
                         sql.int(p.version),
-                        sql.int(p.last_updated_us)
+                        sql.int(p.last_updated_us),
+                        sql.text(p.put.key_id)
                     )
                 })
                 .collect();
             let text = format!(
-                "INSERT INTO resource_head (res_type, res_id, version, last_updated_us, deleted) VALUES {} \
+                "INSERT INTO resource_head (res_type, res_id, version, last_updated_us, deleted, key_id) VALUES {} \
                  ON CONFLICT DO NOTHING",
                 rows.join(", ")
             );
@@ -102,9 +103,17 @@ impl Store {
         }
         for (i, p) in prepared.iter().enumerate() {
             if let Some(head) = &p.head {
-                let moved = move_head(tx, p.put.res_type, p.put.id, Some(head), p.version, p.last_updated_us, false)
-                    .await
-                    .map_err(|e| (i, e))?;
+                let moved = move_head(
+                    tx,
+                    p.put.res_type,
+                    p.put.id,
+                    Some(head),
+                    p.version,
+                    p.last_updated_us,
+                    Some(p.put.key_id),
+                )
+                .await
+                .map_err(|e| (i, e))?;
                 if !moved {
                     return Err((i, StoreError::TooMuchContention));
                 }

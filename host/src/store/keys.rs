@@ -208,6 +208,12 @@ impl Store {
             .bind(key_id)
             .execute(&mut *tx)
             .await?;
+            // Their heads move to the erased state (2), which every search, count, chain and
+            // include leaves out.
+            sqlx::query("UPDATE resource_head SET deleted = 2 WHERE key_id = $1 AND deleted = 0")
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("INSERT INTO erasure (key_id, erased_us, reason) VALUES ($1, $2, $3)")
                 .bind(key_id)
                 .bind(now)

@@ -53,6 +53,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0007_byte_order_ids.sql"),
         include_str!("../../../migrations/postgres/0007_byte_order_ids.sql"),
     ),
+    (
+        8,
+        "head compartment and erased state",
+        include_str!("../../../migrations/sqlite/0008_head_compartment.sql"),
+        include_str!("../../../migrations/postgres/0008_head_compartment.sql"),
+    ),
 ];
 
 pub fn migrator(backend: Backend) -> Migrator {

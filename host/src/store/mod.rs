@@ -26,6 +26,7 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::crypto::blind_index::BlindIndexKey;
 use crate::crypto::{SecretKey, resource_aad, unwrap_data_key, wrap_data_key};
 use crate::crypto::{open_with, seal_with};
+use crate::fhir::search::access::Visibility;
 
 mod audit;
 mod backup;
@@ -44,7 +45,7 @@ pub use error::StoreError;
 pub use export::{ExportJob, SnapshotScope};
 pub use keys::{KeyStatus, RotationReport};
 pub use plugins::{NewPluginVersion, OutboxEvent, PluginRow, PluginVersionRow};
-pub use search::{SearchPage, SearchScope, search_sql_text};
+pub use search::{HistoryOf, Match, Position, SearchRows, SearchScope, search_sql_text};
 pub use vault::KeyVault;
 
 /// How many times a write is retried after losing a race it did not ask to detect
@@ -110,6 +111,21 @@ pub struct WriteResult {
     pub created: bool,
 }
 
+/// A read by id, as the reader may know it.
+#[derive(Debug)]
+pub enum Lookup {
+    /// No such resource, or one outside the reader's reach: the same answer.
+    NotFound,
+    /// The current version is this live one.
+    Live(VersionRecord),
+    /// Deleted at `version`. Told only to readers who reach every resource of the type (a
+    /// deletion marker has no compartment or content to judge).
+    Deleted { version: i64 },
+    /// Erased (its data key was destroyed). Told to readers who reach every resource of the
+    /// type or the erased patient's compartment.
+    Erased,
+}
+
 /// The result of a delete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeleteResult {
@@ -119,14 +135,6 @@ pub enum DeleteResult {
     AlreadyDeleted,
     /// No such resource; nothing was written.
     NotFound,
-}
-
-/// A page of a resource's history, newest first.
-#[derive(Debug, Clone)]
-pub struct HistoryPage {
-    pub versions: Vec<VersionRecord>,
-    /// How many versions match the filter in total (all pages).
-    pub total: i64,
 }
 
 /// The database's schema migrations against this build's.
@@ -443,7 +451,7 @@ impl Store {
             let sealed = seal_with(&cipher, &resource_aad(res_type, id, version, key_id), &body);
             (body, sealed)
         };
-        if !move_head(tx, res_type, id, head.as_ref(), version, last_updated_us, false).await? {
+        if !move_head(tx, res_type, id, head.as_ref(), version, last_updated_us, Some(key_id)).await? {
             return Ok(None);
         }
         insert_version(tx, res_type, id, version, last_updated_us, Some((key_id, &sealed))).await?;
@@ -529,7 +537,7 @@ impl Store {
                 let cipher = self.data_key_for_write(&mut tx, item.key_id).await?;
                 seal_with(&cipher, &resource_aad(item.res_type, item.id, 1, item.key_id), &body)
             };
-            if !move_head(&mut tx, item.res_type, item.id, None, 1, last_updated_us, false).await? {
+            if !move_head(&mut tx, item.res_type, item.id, None, 1, last_updated_us, Some(item.key_id)).await? {
                 return Err(StoreError::AlreadyExists);
             }
             insert_version(&mut tx, item.res_type, item.id, 1, last_updated_us, Some((item.key_id, &sealed))).await?;
@@ -586,6 +594,78 @@ impl Store {
         row.map(|r| self.version_record(res_type, id, &r)).transpose()
     }
 
+    /// The current version of `res_type/id` as a reader with `vis`'s reach may know it: a
+    /// resource outside its reach is [`Lookup::NotFound`], exactly like one that never existed,
+    /// and nothing of it is decrypted. A deletion (or erasure) is told only to a reader whose
+    /// reach would include it (see [`Lookup`]).
+    pub async fn read_visible(&self, res_type: &str, id: &str, vis: &dyn Visibility) -> Result<Lookup, StoreError> {
+        let reach = vis.reach(res_type);
+        if reach.is_nothing() {
+            return Ok(Lookup::NotFound);
+        }
+        let mut sql = search::Sql::default();
+        let (t, i) = (sql.text(res_type), sql.text(id));
+        let within =
+            search::reach_condition(&mut sql, vis, &reach, res_type, "h").unwrap_or_else(|| "1 = 1".to_owned());
+        let text = format!(
+            "SELECT v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, k.wrapped, h.deleted, \
+             CASE WHEN {within} THEN 1 ELSE 0 END \
+             FROM resource_head h JOIN resource_version v \
+               ON v.res_type = h.res_type AND v.res_id = h.res_id AND v.version = h.version \
+             LEFT JOIN data_key k ON k.key_id = v.key_id \
+             WHERE h.res_type = {t} AND h.res_id = {i}"
+        );
+        let Some(row) = sql.query(text).fetch_optional(&self.reader).await? else { return Ok(Lookup::NotFound) };
+        if row.try_get::<i64, _>(8)? == 0 {
+            return Ok(Lookup::NotFound);
+        }
+        Ok(match row.try_get::<i64, _>(7)? {
+            0 => match self.version_record(res_type, id, &row) {
+                Ok(record) => Lookup::Live(record),
+                Err(StoreError::Erased) => Lookup::Erased,
+                Err(other) => return Err(other),
+            },
+            1 => Lookup::Deleted { version: row.try_get(0)? },
+            _ => Lookup::Erased,
+        })
+    }
+
+    /// Version `version` of `res_type/id` as a reader with `vis`'s reach may know it, as far as
+    /// its compartment goes (see [`Lookup`]): the caller checks a live version's content against
+    /// the reach's constraints.
+    pub async fn read_version_visible(
+        &self,
+        res_type: &str,
+        id: &str,
+        version: i64,
+        vis: &dyn Visibility,
+    ) -> Result<Lookup, StoreError> {
+        let reach = vis.reach(res_type);
+        if reach.is_nothing() {
+            return Ok(Lookup::NotFound);
+        }
+        let mut sql = search::Sql::default();
+        let (t, i, n) = (sql.text(res_type), sql.text(id), sql.int(version));
+        let within = search::version_reach_sql(&mut sql, &reach, "v").map_or_else(String::new, |c| format!(" AND {c}"));
+        let text = format!(
+            "SELECT v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, k.wrapped \
+             FROM resource_version v LEFT JOIN data_key k ON k.key_id = v.key_id \
+             WHERE v.res_type = {t} AND v.res_id = {i} AND v.version = {n}{within}"
+        );
+        let Some(row) = sql.query(text).fetch_optional(&self.reader).await? else { return Ok(Lookup::NotFound) };
+        if row.try_get::<i64, _>(2)? != 0 {
+            return Ok(Lookup::Deleted { version });
+        }
+        Ok(match self.version_record(res_type, id, &row) {
+            Ok(record) => Lookup::Live(record),
+            Err(StoreError::Erased) => {
+                let key_id: Option<String> = row.try_get(4)?;
+                if reach.admits(id, key_id.as_deref(), &[]) { Lookup::Erased } else { Lookup::NotFound }
+            }
+            Err(other) => return Err(other),
+        })
+    }
+
     /// One specific version of a resource.
     pub async fn read_version(
         &self,
@@ -606,43 +686,17 @@ impl Store {
         row.map(|r| self.version_record(res_type, id, &r)).transpose()
     }
 
-    /// Versions of one resource, newest first: those with `version < before_version` (a paging
-    /// cursor) and `last_updated >= since_us`, at most `limit` of them.
-    pub async fn history(
-        &self,
-        res_type: &str,
-        id: &str,
-        since_us: Option<i64>,
-        before_version: Option<i64>,
-        limit: i64,
-    ) -> Result<HistoryPage, StoreError> {
-        let since = since_us.unwrap_or(i64::MIN);
-        let before = before_version.unwrap_or(i64::MAX);
-        let rows = sqlx::query(
-            "SELECT v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, k.wrapped \
-             FROM resource_version v LEFT JOIN data_key k ON k.key_id = v.key_id \
-             WHERE v.res_type = $1 AND v.res_id = $2 AND v.last_updated_us >= $3 AND v.version < $4 \
-             ORDER BY v.version DESC LIMIT $5",
+    /// How many versions of one resource changed at or after `since_us`.
+    pub async fn history_total(&self, res_type: &str, id: &str, since_us: Option<i64>) -> Result<i64, StoreError> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) FROM resource_version WHERE res_type = $1 AND res_id = $2 AND last_updated_us >= $3",
         )
         .bind(res_type)
         .bind(id)
-        .bind(since)
-        .bind(before)
-        .bind(limit)
-        .fetch_all(&self.reader)
-        .await?;
-        let total: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM resource_version \
-             WHERE res_type = $1 AND res_id = $2 AND last_updated_us >= $3",
-        )
-        .bind(res_type)
-        .bind(id)
-        .bind(since)
+        .bind(since_us.unwrap_or(i64::MIN))
         .fetch_one(&self.reader)
         .await?
-        .try_get(0)?;
-        let versions = rows.iter().map(|r| self.version_record(res_type, id, r)).collect::<Result<_, _>>()?;
-        Ok(HistoryPage { versions, total })
+        .try_get(0)?)
     }
 
     /// Decodes a version row (columns: version, last_updated_us, deleted, body, key_id,
@@ -902,7 +956,7 @@ async fn delete_in(
     }
     let version = head.version + 1;
     let last_updated_us = next_timestamp(Some(&head));
-    if !move_head(tx, res_type, id, Some(&head), version, last_updated_us, true).await? {
+    if !move_head(tx, res_type, id, Some(&head), version, last_updated_us, None).await? {
         return Ok(None);
     }
     insert_version(tx, res_type, id, version, last_updated_us, None).await?;
@@ -936,6 +990,7 @@ async fn read_head(
 }
 
 /// Compare-and-set of the head: succeeds only if the head is still what `expected` says.
+/// `key_id` is the data key (compartment) of the new current version, `None` for a deletion.
 /// Returns false when another writer got there first.
 async fn move_head(
     conn: &mut sqlx::AnyConnection,
@@ -944,17 +999,19 @@ async fn move_head(
     expected: Option<&Head>,
     version: i64,
     last_updated_us: i64,
-    deleted: bool,
+    key_id: Option<&str>,
 ) -> Result<bool, StoreError> {
+    let deleted = i16::from(key_id.is_none());
     let result = match expected {
         Some(head) => {
             sqlx::query(
-                "UPDATE resource_head SET version = $1, last_updated_us = $2, deleted = $3 \
-                 WHERE res_type = $4 AND res_id = $5 AND version = $6",
+                "UPDATE resource_head SET version = $1, last_updated_us = $2, deleted = $3, key_id = $4 \
+                 WHERE res_type = $5 AND res_id = $6 AND version = $7",
             )
             .bind(version)
             .bind(last_updated_us)
-            .bind(i16::from(deleted))
+            .bind(deleted)
+            .bind(key_id)
             .bind(res_type)
             .bind(id)
             .bind(head.version)
@@ -963,14 +1020,15 @@ async fn move_head(
         }
         None => {
             sqlx::query(
-                "INSERT INTO resource_head (res_type, res_id, version, last_updated_us, deleted) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                "INSERT INTO resource_head (res_type, res_id, version, last_updated_us, deleted, key_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
             )
             .bind(res_type)
             .bind(id)
             .bind(version)
             .bind(last_updated_us)
-            .bind(i16::from(deleted))
+            .bind(deleted)
+            .bind(key_id)
             .execute(&mut *conn)
             .await?
         }

@@ -7,12 +7,12 @@
 //! at, never an offset, so pages stay stable while resources are added. All values are bound
 //! parameters; the SQL text holds only fixed fragments and placeholders.
 
-use base64::Engine as _;
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::{AnyConnection, AssertSqlSafe};
 
 use super::{Store, StoreError, VersionRecord};
+use crate::fhir::search::access::{Reach, Unrestricted, Visibility};
 use crate::fhir::search::dates::DateRange;
 use crate::fhir::search::extract::IndexEntry;
 use crate::fhir::search::query::{
@@ -25,18 +25,41 @@ const IN_CHUNK: usize = 400;
 /// Rows per multi-row INSERT of index entries (9 columns each).
 const INSERT_CHUNK: usize = 300;
 
-/// A page of search matches, in order.
-#[derive(Debug)]
-pub struct SearchPage {
-    pub records: Vec<VersionRecord>,
-    /// Cursor of the page after this one, if there is one.
-    pub next: Option<String>,
-    /// Cursor of the page before this one, if there is one.
-    pub prev: Option<String>,
-    pub total: Option<i64>,
+/// Where a page of matches starts: strictly after (or, `backwards`, before) the row whose sort
+/// values are `values` (one per sort key, the type and id last). Paging cursors carry one;
+/// `service::cursor` seals them so a client can neither read nor forge them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub backwards: bool,
+    pub values: Vec<Value>,
 }
 
-/// Extra restrictions the caller's access adds to a search (a patient compartment).
+/// One search match and its position in the sort order.
+#[derive(Debug)]
+pub struct Match {
+    pub record: VersionRecord,
+    pub position: Position,
+}
+
+/// Matches in the order they were found: the nearest to the starting position first (so,
+/// paging backwards, in reverse sort order).
+#[derive(Debug)]
+pub struct SearchRows {
+    pub matches: Vec<Match>,
+    /// Whether more rows lie beyond the last one.
+    pub more: bool,
+}
+
+/// Whose versions a history read lists.
+#[derive(Debug, Clone, Copy)]
+pub enum HistoryOf<'a> {
+    System,
+    Type(&'a str),
+    Instance(&'a str, &'a str),
+}
+
+/// Filters a search carries besides its parameters (the compartment of
+/// `GET /Patient/{id}/{type}`).
 #[derive(Debug, Default, Clone)]
 pub struct SearchScope {
     pub filters: Vec<Filter>,
@@ -48,6 +71,17 @@ enum Bind {
     Int(i64),
     Float(f64),
     Bytes(Vec<u8>),
+}
+
+/// [`reach_sql`] for one type, for the store's other reads.
+pub(super) fn reach_condition(
+    sql: &mut Sql,
+    vis: &dyn Visibility,
+    reach: &Reach,
+    res_type: &str,
+    alias: &str,
+) -> Option<String> {
+    reach_sql(sql, vis, reach, &Types::One(res_type), alias)
 }
 
 /// Dynamic SQL text with its numbered bind values (`$1`, `$2`, ...), in order.
@@ -114,7 +148,11 @@ enum Types<'a> {
     Several(&'a [String]),
 }
 
-impl Types<'_> {
+impl<'a> Types<'a> {
+    fn of(types: &'a [String]) -> Types<'a> {
+        if types.len() == 1 { Types::One(&types[0]) } else { Types::Several(types) }
+    }
+
     /// `s.res_type = $1` or `s.res_type IN ($1, $2)`.
     fn condition(&self, sql: &mut Sql, column: &str) -> String {
         match self {
@@ -149,51 +187,42 @@ struct SortExpr {
     descending: bool,
 }
 
-/// Where a page starts: after (next) or before (prev) the row with these sort values.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Cursor {
-    /// `a`: rows after; `b`: rows before.
-    d: char,
-    v: Vec<Value>,
-}
-
-impl Cursor {
-    fn encode(&self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    fn decode(text: &str, keys: usize) -> Result<Cursor, StoreError> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).map_err(|_| StoreError::BadCursor)?;
-        let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| StoreError::BadCursor)?;
-        if cursor.v.len() != keys || !matches!(cursor.d, 'a' | 'b') {
-            return Err(StoreError::BadCursor);
-        }
-        Ok(cursor)
-    }
-}
-
 impl Store {
-    /// One page of the resources matching `query` (plus `scope`), in its sort order.
-    pub async fn search(&self, query: &SearchQuery, scope: &SearchScope) -> Result<SearchPage, StoreError> {
-        let types = if query.types.len() == 1 { Types::One(&query.types[0]) } else { Types::Several(&query.types) };
+    /// How many resources match `query` (plus `scope`) within `vis`'s reach.
+    pub async fn search_count(
+        &self,
+        query: &SearchQuery,
+        scope: &SearchScope,
+        vis: &dyn Visibility,
+    ) -> Result<i64, StoreError> {
+        let types = Types::of(&query.types);
         let order = self.filter_order(&types, query, scope).await?;
-        let total = if query.total == crate::fhir::search::query::Total::Accurate {
-            let mut count_sql = Sql::default();
-            let count_where = where_clause(self.backend, &mut count_sql, &types, &order);
-            let text = format!("SELECT COUNT(*) FROM resource_head h WHERE {count_where}");
-            Some(count_sql.query(text).fetch_one(&self.reader).await?.try_get::<i64, _>(0)?)
-        } else {
-            None
-        };
-        if query.summary == crate::fhir::search::query::Summary::Count {
-            return Ok(SearchPage { records: Vec::new(), next: None, prev: None, total });
-        }
-        let PageSql { sql, text, keys, cursor } = page_sql(self.backend, &types, query, &order)?;
-        let backwards = cursor.as_ref().is_some_and(|c| c.d == 'b');
+        let mut sql = Sql::default();
+        let text = format!(
+            "SELECT COUNT(*) FROM resource_head h WHERE {}",
+            where_clause(self.backend, &mut sql, vis, &types, &order)
+        );
+        Ok(sql.query(text).fetch_one(&self.reader).await?.try_get::<i64, _>(0)?)
+    }
+
+    /// Up to `limit` resources matching `query` (plus `scope`) within `vis`'s reach, from
+    /// `from` on (the start, if `None`) in the query's sort order.
+    pub async fn search_rows(
+        &self,
+        query: &SearchQuery,
+        scope: &SearchScope,
+        vis: &dyn Visibility,
+        from: Option<&Position>,
+        limit: usize,
+    ) -> Result<SearchRows, StoreError> {
+        let types = Types::of(&query.types);
+        let order = self.filter_order(&types, query, scope).await?;
+        let PageSql { sql, text, keys } = page_sql(self.backend, vis, &types, query, &order, from, limit)?;
+        let backwards = from.is_some_and(|p| p.backwards);
         let rows = sql.query(text).fetch_all(&self.reader).await?;
-        let more = rows.len() > query.count;
-        let mut found: Vec<(String, String, Vec<Value>)> = Vec::with_capacity(rows.len());
-        for row in rows.iter().take(query.count) {
+        let more = rows.len() > limit;
+        let mut found: Vec<(String, String, Vec<Value>)> = Vec::with_capacity(rows.len().min(limit));
+        for row in rows.iter().take(limit) {
             let values = keys
                 .iter()
                 .enumerate()
@@ -201,50 +230,57 @@ impl Store {
                 .collect::<Result<Vec<_>, _>>()?;
             found.push((row.try_get(0)?, row.try_get(1)?, values));
         }
-        if backwards {
-            found.reverse();
-        }
-        let (has_next, has_prev) = match (&cursor, backwards) {
-            (None, _) => (more, false),
-            (Some(_), false) => (more, true),
-            (Some(_), true) => (true, more),
-        };
-        let next = has_next.then(|| found.last().map(|f| Cursor { d: 'a', v: f.2.clone() }.encode())).flatten();
-        let prev = has_prev.then(|| found.first().map(|f| Cursor { d: 'b', v: f.2.clone() }.encode())).flatten();
         // Load the bodies, keeping the order.
-        let mut records = Vec::with_capacity(found.len());
         let mut by_type: std::collections::BTreeMap<&str, Vec<String>> = std::collections::BTreeMap::new();
         for (res_type, id, _) in &found {
             by_type.entry(res_type.as_str()).or_default().push(id.clone());
         }
         let mut loaded = std::collections::HashMap::new();
         for (res_type, ids) in by_type {
-            for record in self.read_current_many(res_type, &ids).await? {
+            for record in self.read_current_many(res_type, &ids, vis).await? {
                 loaded.insert((record.res_type.clone(), record.id.clone()), record);
             }
         }
-        for (res_type, id, _) in found {
-            // A resource deleted between the two queries is left out.
+        let mut matches = Vec::with_capacity(found.len());
+        for (res_type, id, values) in found {
+            // A resource deleted (or moved out of reach) between the two queries is left out.
             if let Some(record) = loaded.remove(&(res_type, id)) {
-                records.push(record);
+                matches.push(Match { record, position: Position { backwards, values } });
             }
         }
-        Ok(SearchPage { records, next, prev, total })
+        Ok(SearchRows { matches, more })
     }
 
-    /// The current, not deleted versions of `ids` (those that exist), in no particular order.
-    pub async fn read_current_many(&self, res_type: &str, ids: &[String]) -> Result<Vec<VersionRecord>, StoreError> {
+    /// How many values a [`Position`] of `query` holds (its sort keys, plus type and id).
+    pub fn position_len(query: &SearchQuery) -> usize {
+        query.sort.len() + usize::from(query.types.len() > 1) + 1
+    }
+
+    /// The current, not deleted versions of `ids` (those that exist and are within `vis`'s
+    /// reach), in no particular order.
+    pub async fn read_current_many(
+        &self,
+        res_type: &str,
+        ids: &[String],
+        vis: &dyn Visibility,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
         let mut records = Vec::with_capacity(ids.len());
+        let reach = vis.reach(res_type);
+        if reach.is_nothing() {
+            return Ok(records);
+        }
         for chunk in ids.chunks(IN_CHUNK) {
             let mut sql = Sql::default();
             let t = sql.text(res_type);
             let list: Vec<String> = chunk.iter().map(|id| sql.text(id.clone())).collect();
+            let within = reach_sql(&mut sql, vis, &reach, &Types::One(res_type), "h")
+                .map_or_else(String::new, |c| format!(" AND {c}"));
             let text = format!(
                 "SELECT v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, k.wrapped, h.res_id \
                  FROM resource_head h JOIN resource_version v \
                    ON v.res_type = h.res_type AND v.res_id = h.res_id AND v.version = h.version \
                  LEFT JOIN data_key k ON k.key_id = v.key_id \
-                 WHERE h.res_type = {t} AND h.deleted = 0 AND h.res_id IN ({})",
+                 WHERE h.res_type = {t} AND h.deleted = 0 AND h.res_id IN ({}){within}",
                 list.join(", ")
             );
             for row in sql.query(text).fetch_all(&self.reader).await? {
@@ -296,25 +332,36 @@ impl Store {
         Ok(out)
     }
 
-    /// The ids of `source_type` resources whose reference parameters `params` point at one of
-    /// `targets` of `target_type`.
+    /// The ids of `source_type` resources within `vis`'s reach whose reference parameters
+    /// `params` point at one of `targets` of `target_type`; at most `limit` of them.
     pub async fn referencing(
         &self,
         source_type: &str,
         params: &[&str],
         target_type: &str,
         targets: &[String],
+        vis: &dyn Visibility,
+        limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         let mut out = Vec::new();
+        let reach = vis.reach(source_type);
+        if reach.is_nothing() {
+            return Ok(out);
+        }
         for chunk in targets.chunks(IN_CHUNK) {
             let mut sql = Sql::default();
             let s = sql.text(source_type);
             let t = sql.text(target_type);
             let list: Vec<String> = chunk.iter().map(|id| sql.text(id.clone())).collect();
             let param_list: Vec<String> = params.iter().map(|p| sql.text(*p)).collect();
+            let within = reach_sql(&mut sql, vis, &reach, &Types::One(source_type), "h")
+                .map_or_else(String::new, |c| format!(" AND {c}"));
+            let limit = sql.int(i64::try_from(limit).unwrap_or(i64::MAX));
             let text = format!(
-                "SELECT DISTINCT res_id FROM search_index WHERE res_type = {s} AND param IN ({}) AND sys = {t} \
-                 AND val IS NOT NULL AND val IN ({})",
+                "SELECT DISTINCT r.res_id FROM search_index r JOIN resource_head h \
+                   ON h.res_type = r.res_type AND h.res_id = r.res_id \
+                 WHERE r.res_type = {s} AND r.param IN ({}) AND r.sys = {t} AND r.val IS NOT NULL \
+                 AND r.val IN ({}) AND h.deleted = 0{within} LIMIT {limit}",
                 param_list.join(", "),
                 list.join(", ")
             );
@@ -335,17 +382,22 @@ impl Store {
         &self,
         key_id: &str,
         types: &[String],
+        vis: &dyn Visibility,
         since_us: Option<i64>,
         after: Option<(&str, &str)>,
         limit: usize,
     ) -> Result<(Vec<VersionRecord>, bool), StoreError> {
         let mut sql = Sql::default();
         let k = sql.text(key_id);
-        let mut conditions = vec![format!("v.key_id = {k}"), "h.deleted = 0".to_owned()];
+        let mut conditions = vec![format!("h.key_id = {k}"), "h.deleted = 0".to_owned()];
         if !types.is_empty() {
             let list: Vec<String> = types.iter().map(|t| sql.text(t.clone())).collect();
-            conditions.push(format!("v.res_type IN ({})", list.join(", ")));
+            conditions.push(format!("h.res_type IN ({})", list.join(", ")));
         }
+        let types = (!types.is_empty()).then_some(types);
+        conditions.extend(any_type_reach_sql(&mut sql, vis, types, "h", &|sql, reach, group| {
+            reach_sql(sql, vis, reach, group, "h")
+        }));
         if let Some(since) = since_us {
             conditions.push(format!("h.last_updated_us >= {}", sql.int(since)));
         }
@@ -370,17 +422,32 @@ impl Store {
     /// or after `since_us` and strictly before the `before` position (a paging cursor of
     /// (last_updated_us, type, id, version)), at most `limit`. Returns them and whether more
     /// follow.
+    ///
+    /// Only versions `vis` may reach *as far as SQL can tell* (their compartment; see
+    /// [`version_reach_sql`]): the caller checks each version's content against the rest.
     pub async fn history_all(
         &self,
-        res_type: Option<&str>,
+        of: HistoryOf<'_>,
+        vis: &dyn Visibility,
         since_us: Option<i64>,
         before: Option<(i64, &str, &str, i64)>,
         limit: usize,
     ) -> Result<(Vec<VersionRecord>, bool), StoreError> {
         let mut sql = Sql::default();
         let mut conditions = vec!["1 = 1".to_owned()];
-        if let Some(t) = res_type {
-            conditions.push(format!("v.res_type = {}", sql.text(t)));
+        match of {
+            HistoryOf::System => {
+                conditions.extend(any_type_reach_sql(&mut sql, vis, None, "v", &|sql, reach, _| {
+                    version_reach_sql(sql, reach, "v")
+                }));
+            }
+            HistoryOf::Type(t) | HistoryOf::Instance(t, _) => {
+                conditions.push(format!("v.res_type = {}", sql.text(t)));
+                conditions.extend(version_reach_sql(&mut sql, &vis.reach(t), "v"));
+            }
+        }
+        if let HistoryOf::Instance(_, id) = of {
+            conditions.push(format!("v.res_id = {}", sql.text(id)));
         }
         if let Some(since) = since_us {
             conditions.push(format!("v.last_updated_us >= {}", sql.int(since)));
@@ -577,18 +644,25 @@ pub(super) async fn insert_index_many(
     Ok(())
 }
 
-/// The conditions on `h`. The most selective filter (by its kind: ids and references
-/// first, dates and quantities last) becomes an `IN (subquery)` that drives the search;
-/// the others are correlated `EXISTS` checks of each candidate, so a broad parameter
-/// (`code=`, `date=ge...`) never materialises all its matches.
-fn where_clause(backend: super::Backend, sql: &mut Sql, types: &Types<'_>, filters: &[&Filter]) -> String {
+/// The conditions on `h`: its types, live, within `vis`'s reach, and the filters. The most
+/// selective filter (by its kind: ids and references first, dates and quantities last) becomes
+/// an `IN (subquery)` that drives the search; the others are correlated `EXISTS` checks of each
+/// candidate, so a broad parameter (`code=`, `date=ge...`) never materialises all its matches.
+fn where_clause(
+    backend: super::Backend,
+    sql: &mut Sql,
+    vis: &dyn Visibility,
+    types: &Types<'_>,
+    filters: &[&Filter],
+) -> String {
     let mut parts = vec![types.condition(sql, "h.res_type"), "h.deleted = 0".to_owned()];
+    parts.extend(types_reach_sql(sql, vis, types, "h"));
     for (position, filter) in filters.iter().copied().enumerate() {
         match filter {
             Filter::Param { param, condition, negated }
                 if position > 0 && !param.is_special() && !matches!(condition, Condition::Missing(_)) =>
             {
-                let row = row_condition(sql, condition);
+                let row = row_condition(sql, vis, condition);
                 let p = sql.text(param.code);
                 // SQLite would otherwise pick the value index and scan every row with that
                 // value for each candidate; PostgreSQL's planner chooses well on its own.
@@ -602,62 +676,169 @@ fn where_clause(backend: super::Backend, sql: &mut Sql, types: &Types<'_>, filte
                     if *negated { "NOT " } else { "" }
                 ));
             }
-            other => parts.push(head_filter(sql, types, other, "h")),
+            other => parts.push(head_filter(sql, vis, types, other, "h")),
         }
     }
     parts.join(" AND ")
 }
 
-/// The SELECT of one page and what decoding its rows needs.
+/// The condition that head row `alias` (of one of `types`, which all share `reach`) is within
+/// `reach`; `None` when every resource of the types is.
+fn reach_sql(sql: &mut Sql, vis: &dyn Visibility, reach: &Reach, types: &Types<'_>, alias: &str) -> Option<String> {
+    match reach {
+        Reach::All => None,
+        Reach::Nothing => Some("1 = 0".to_owned()),
+        Reach::Grants(grants) => {
+            let alternatives: Vec<String> = grants
+                .iter()
+                .map(|grant| {
+                    let mut parts = Vec::new();
+                    if let Some(compartment) = &grant.compartment {
+                        parts.push(format!("{alias}.key_id = {}", sql.text(compartment.clone())));
+                    }
+                    for filter in &grant.filters {
+                        parts.push(head_filter(sql, vis, types, filter, alias));
+                    }
+                    if parts.is_empty() { "1 = 1".to_owned() } else { format!("({})", parts.join(" AND ")) }
+                })
+                .collect();
+            Some(format!("({})", alternatives.join(" OR ")))
+        }
+    }
+}
+
+/// What SQL can tell of `reach` on a *version* row `alias` (history, vread): its compartment.
+/// A necessary condition only: scope constraints are checked on each version's content in
+/// memory, since the search index describes current versions alone. `None`: no condition.
+pub(super) fn version_reach_sql(sql: &mut Sql, reach: &Reach, alias: &str) -> Option<String> {
+    match reach {
+        Reach::All => None,
+        Reach::Nothing => Some("1 = 0".to_owned()),
+        Reach::Grants(grants) => {
+            let mut keys = Vec::new();
+            for grant in grants {
+                match &grant.compartment {
+                    Some(key) => keys.push(sql.text(key.clone())),
+                    // Deletion markers have no key, and satisfy no constraint.
+                    None => return Some(format!("{alias}.key_id IS NOT NULL")),
+                }
+            }
+            Some(format!("{alias}.key_id IN ({})", keys.join(", ")))
+        }
+    }
+}
+
+/// The condition that a row `alias` of any resource type is within reach: the types grouped by
+/// their reach, each group as `alias.res_type IN (...) AND <its condition>`, rendered by
+/// `render` (head rows: [`reach_sql`]; version rows: [`version_reach_sql`]). Only `types` when
+/// given, else every R4 type. `None`: everything is within reach.
+fn any_type_reach_sql(
+    sql: &mut Sql,
+    vis: &dyn Visibility,
+    types: Option<&[String]>,
+    alias: &str,
+    render: &dyn Fn(&mut Sql, &Reach, &Types<'_>) -> Option<String>,
+) -> Option<String> {
+    let names: Vec<String> = match types {
+        Some(types) => types.to_vec(),
+        None => crate::fhir::resource_types::R4_RESOURCE_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+    };
+    let mut groups: Vec<(Reach, Vec<String>)> = Vec::new();
+    for name in names {
+        let reach = vis.reach(&name);
+        match groups.iter_mut().find(|(r, _)| *r == reach) {
+            Some((_, members)) => members.push(name),
+            None => groups.push((reach, vec![name])),
+        }
+    }
+    if groups.iter().all(|(r, _)| r.is_all()) {
+        return None;
+    }
+    let alternatives: Vec<String> = groups
+        .iter()
+        .filter(|(reach, _)| !reach.is_nothing())
+        .map(|(reach, members)| {
+            let group = Types::of(members);
+            let is_type = group.condition(sql, &format!("{alias}.res_type"));
+            match render(sql, reach, &group) {
+                Some(within) => format!("({is_type} AND {within})"),
+                None => is_type,
+            }
+        })
+        .collect();
+    Some(if alternatives.is_empty() { "1 = 0".to_owned() } else { format!("({})", alternatives.join(" OR ")) })
+}
+
+/// [`reach_sql`] for a head row of any of `types`, each with its own reach.
+fn types_reach_sql(sql: &mut Sql, vis: &dyn Visibility, types: &Types<'_>, alias: &str) -> Option<String> {
+    match types {
+        Types::One(t) => reach_sql(sql, vis, &vis.reach(t), types, alias),
+        Types::Several(list) => any_type_reach_sql(sql, vis, Some(list), alias, &|sql, reach, group| {
+            reach_sql(sql, vis, reach, group, alias)
+        }),
+    }
+}
+
+/// The SELECT of one page and how its sort keys decode.
 struct PageSql {
     sql: Sql,
     text: String,
     keys: Vec<SortExpr>,
-    cursor: Option<Cursor>,
 }
 
-/// The page query for `query` with its filters in `order` (the first drives the search).
+/// The query for up to `limit` (plus one, to tell whether more follow) matches of `query` from
+/// `from` on, with its filters in `order` (the first drives the search).
 fn page_sql(
     backend: super::Backend,
+    vis: &dyn Visibility,
     types: &Types<'_>,
     query: &SearchQuery,
     order: &[&Filter],
+    from: Option<&Position>,
+    limit: usize,
 ) -> Result<PageSql, StoreError> {
     let mut sql = Sql::default();
-    let where_clause = where_clause(backend, &mut sql, types, order);
+    let where_clause = where_clause(backend, &mut sql, vis, types, order);
     let mut keys: Vec<SortExpr> =
-        query.sort.iter().map(|k| sort_expr(&mut sql, types, k.kind, &k.code, k.descending)).collect();
+        query.sort.iter().map(|k| sort_expr(&mut sql, k.kind, &k.code, k.descending)).collect();
     if matches!(types, Types::Several(_)) {
         keys.push(SortExpr { sql: "h.res_type".into(), kind: SortKind::Id, descending: false });
     }
     keys.push(SortExpr { sql: "h.res_id".into(), kind: SortKind::Id, descending: false });
-    let cursor = query.cursor.as_deref().map(|c| Cursor::decode(c, keys.len())).transpose()?;
-    let backwards = cursor.as_ref().is_some_and(|c| c.d == 'b');
+    let backwards = from.is_some_and(|p| p.backwards);
     let mut conditions = vec![where_clause];
-    if let Some(cursor) = &cursor {
-        conditions.push(keyset_condition(&mut sql, &keys, &cursor.v, backwards)?);
+    if let Some(from) = from {
+        if from.values.len() != keys.len() {
+            return Err(StoreError::BadCursor);
+        }
+        conditions.push(keyset_condition(&mut sql, &keys, &from.values, backwards)?);
     }
     let order: Vec<String> =
         keys.iter().map(|k| format!("{} {}", k.sql, if k.descending != backwards { "DESC" } else { "ASC" })).collect();
     let columns: Vec<String> = keys.iter().map(|k| k.sql.clone()).collect();
-    let limit = sql.int(i64::try_from(query.count).unwrap_or(i64::MAX) + 1);
+    let limit = sql.int(i64::try_from(limit).unwrap_or(i64::MAX - 1) + 1);
     let text = format!(
         "SELECT h.res_type, h.res_id, {} FROM resource_head h WHERE {} ORDER BY {} LIMIT {limit}",
         columns.join(", "),
         conditions.join(" AND "),
         order.join(", ")
     );
-    Ok(PageSql { sql, text, keys, cursor })
+    Ok(PageSql { sql, text, keys })
 }
 
 /// For the fuzz targets (`host/fuzz`): the SQL of `query`'s total count and first page on
-/// `backend`, filters in the order given, each with how many values it binds. Nothing runs.
-pub fn search_sql_text(backend: super::Backend, query: &SearchQuery) -> Result<Vec<(String, usize)>, StoreError> {
-    let types = if query.types.len() == 1 { Types::One(&query.types[0]) } else { Types::Several(&query.types) };
+/// `backend` within `vis`'s reach, filters in the order given, each with how many values it
+/// binds. Nothing runs.
+pub fn search_sql_text(
+    backend: super::Backend,
+    vis: &dyn Visibility,
+    query: &SearchQuery,
+) -> Result<Vec<(String, usize)>, StoreError> {
+    let types = Types::of(&query.types);
     let order: Vec<&Filter> = query.filters.iter().collect();
     let mut count_sql = Sql::default();
-    let count_where = where_clause(backend, &mut count_sql, &types, &order);
-    let page = page_sql(backend, &types, query, &order)?;
+    let count_where = where_clause(backend, &mut count_sql, vis, &types, &order);
+    let page = page_sql(backend, vis, &types, query, &order, None, query.count)?;
     Ok(vec![
         (format!("SELECT COUNT(*) FROM resource_head h WHERE {count_where}"), count_sql.binds.len()),
         (page.text, page.sql.binds.len()),
@@ -669,7 +850,7 @@ fn optional_text(sql: &mut Sql, value: Option<&str>) -> String {
 }
 
 /// A filter as a condition on the head row `alias`.
-fn head_filter(sql: &mut Sql, types: &Types<'_>, filter: &Filter, alias: &str) -> String {
+fn head_filter(sql: &mut Sql, vis: &dyn Visibility, types: &Types<'_>, filter: &Filter, alias: &str) -> String {
     match filter {
         Filter::Nothing => "1 = 0".to_owned(),
         Filter::Param { param, condition, negated } if param.is_special() => {
@@ -681,7 +862,7 @@ fn head_filter(sql: &mut Sql, types: &Types<'_>, filter: &Filter, alias: &str) -
             format!("{} {} ({rows})", types.head_key(alias), if *missing { "NOT IN" } else { "IN" })
         }
         Filter::Param { param, condition, negated } => {
-            let row = row_condition(sql, condition);
+            let row = row_condition(sql, vis, condition);
             let rows = index_rows(sql, types, param, Some(row));
             format!("{} {} ({rows})", types.head_key(alias), if *negated { "NOT IN" } else { "IN" })
         }
@@ -690,7 +871,7 @@ fn head_filter(sql: &mut Sql, types: &Types<'_>, filter: &Filter, alias: &str) -
             let s = sql.text(source.clone());
             let p = sql.text(ref_param.code);
             let t = sql.text(*target);
-            let inner_ids = matching_ids(sql, source, inner);
+            let inner_ids = matching_ids(sql, vis, source, inner);
             format!(
                 "{alias}.res_id IN (SELECT r.val FROM search_index r WHERE r.res_type = {s} AND r.param = {p} \
                  AND r.sys = {t} AND r.res_id IN ({inner_ids}))"
@@ -729,7 +910,7 @@ impl Store {
                 continue;
             }
             let mut sql = Sql::default();
-            let row = row_condition(&mut sql, condition);
+            let row = row_condition(&mut sql, &Unrestricted, condition);
             let rows = index_rows(&mut sql, types, param, Some(row));
             let text = format!("SELECT COUNT(*) FROM ({rows} LIMIT 1000) probe");
             counts.push((sql.query(text).fetch_one(&self.reader).await?.try_get::<i64, _>(0)?, i));
@@ -782,23 +963,29 @@ fn index_rows(sql: &mut Sql, types: &Types<'_>, param: &Param, row: Option<Strin
     text
 }
 
-/// The ids of live `res_type` resources matching `filter` (for chains and `_has`).
-fn matching_ids(sql: &mut Sql, res_type: &str, filter: &Filter) -> String {
+/// The ids of live `res_type` resources within `vis`'s reach matching `filter` (for chains
+/// and `_has`: a hop never reaches further than the request itself may).
+fn matching_ids(sql: &mut Sql, vis: &dyn Visibility, res_type: &str, filter: &Filter) -> String {
+    let reach = vis.reach(res_type);
     match filter {
+        // Within reach of everything: the index rows alone answer (they exist only for live
+        // resources).
         Filter::Param { param, condition, negated: false }
-            if !param.is_special() && !matches!(condition, Condition::Missing(_)) =>
+            if reach.is_all() && !param.is_special() && !matches!(condition, Condition::Missing(_)) =>
         {
-            let row = row_condition(sql, condition);
+            let row = row_condition(sql, vis, condition);
             index_rows(sql, &Types::One(res_type), param, Some(row))
         }
         other => {
             // Nested subqueries get their own alias, one level deeper each time.
             let alias = format!("h{}", sql.binds.len());
             let t = sql.text(res_type);
-            let clause = head_filter(sql, &Types::One(res_type), other, &alias);
+            let clause = head_filter(sql, vis, &Types::One(res_type), other, &alias);
+            let within = reach_sql(sql, vis, &reach, &Types::One(res_type), &alias)
+                .map_or_else(String::new, |c| format!(" AND {c}"));
             format!(
                 "SELECT {alias}.res_id FROM resource_head {alias} WHERE {alias}.res_type = {t} \
-                 AND {alias}.deleted = 0 AND {clause}"
+                 AND {alias}.deleted = 0 AND {clause}{within}"
             )
         }
     }
@@ -828,7 +1015,7 @@ fn special_condition(sql: &mut Sql, param: &Param, condition: &Condition, alias:
 }
 
 /// The condition one index row `s` must meet.
-fn row_condition(sql: &mut Sql, condition: &Condition) -> String {
+fn row_condition(sql: &mut Sql, vis: &dyn Visibility, condition: &Condition) -> String {
     let any = |parts: Vec<String>| if parts.is_empty() { "1 = 0".to_owned() } else { parts.join(" OR ") };
     match condition {
         Condition::Token(matches) => any(matches.iter().map(|m| token_condition(sql, m)).collect()),
@@ -868,7 +1055,7 @@ fn row_condition(sql: &mut Sql, condition: &Condition) -> String {
             .collect()),
         Condition::Chain { target, inner } => {
             let t = sql.text(target.clone());
-            let ids = matching_ids(sql, target, inner);
+            let ids = matching_ids(sql, vis, target, inner);
             format!("s.sys = {t} AND s.val IN ({ids})")
         }
         Condition::Missing(_) => "1 = 1".to_owned(),
@@ -935,7 +1122,7 @@ fn quantity_condition(sql: &mut Sql, q: &QuantityMatch) -> String {
 
 /// The SQL of one `_sort` key: the smallest value ascending, the largest descending (as FHIR
 /// asks for repeating elements); resources without a value sort last either way.
-fn sort_expr(sql: &mut Sql, types: &Types<'_>, kind: SortKind, code: &str, descending: bool) -> SortExpr {
+fn sort_expr(sql: &mut Sql, kind: SortKind, code: &str, descending: bool) -> SortExpr {
     let (column, fallback) = match (kind, descending) {
         (SortKind::Id, _) => return SortExpr { sql: "h.res_id".into(), kind, descending },
         (SortKind::LastUpdated, _) => return SortExpr { sql: "h.last_updated_us".into(), kind, descending },
@@ -946,7 +1133,6 @@ fn sort_expr(sql: &mut Sql, types: &Types<'_>, kind: SortKind, code: &str, desce
         (SortKind::Text, false) => ("MIN(s.val)", sql.text("\u{10FFFF}")),
         (SortKind::Text, true) => ("MAX(s.val)", sql.text("")),
     };
-    let _ = types;
     let p = sql.text(code);
     SortExpr {
         sql: format!(
@@ -992,14 +1178,6 @@ fn keyset_condition(sql: &mut Sql, keys: &[SortExpr], values: &[Value], backward
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cursors_round_trip_and_refuse_tampering() {
-        let cursor = Cursor { d: 'a', v: vec![Value::from(5), Value::from("abc")] };
-        assert_eq!(Cursor::decode(&cursor.encode(), 2).unwrap(), cursor);
-        assert!(Cursor::decode(&cursor.encode(), 3).is_err());
-        assert!(Cursor::decode("not-a-cursor", 2).is_err());
-    }
 
     #[test]
     fn keyset_conditions_nest_keys_in_order() {

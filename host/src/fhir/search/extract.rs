@@ -67,8 +67,22 @@ pub fn blind_date_forms(date: &str) -> Vec<String> {
 
 /// Every index row for `resource` (of type `res_type`).
 pub fn index_entries(res_type: &str, resource: &Map<String, Value>, key: &BlindIndexKey) -> Vec<IndexEntry> {
+    let params: Vec<&'static Param> = registry::of_type(res_type).collect();
+    let mut entries = index_entries_of_params(res_type, &params, resource, key);
+    entries.dedup();
+    entries
+}
+
+/// The index rows of `params` only (all of `res_type`'s), for checking an access predicate
+/// without indexing the whole resource.
+pub fn index_entries_of_params(
+    res_type: &str,
+    params: &[&'static Param],
+    resource: &Map<String, Value>,
+    key: &BlindIndexKey,
+) -> Vec<IndexEntry> {
     let mut entries = Vec::new();
-    for param in registry::of_type(res_type).filter(|p| !p.is_special()) {
+    for param in params.iter().copied().filter(|p| !p.is_special()) {
         if param.kind == Kind::CompositeQuantity {
             composite(param, resource, &mut entries);
             continue;
@@ -79,7 +93,6 @@ pub fn index_entries(res_type: &str, resource: &Map<String, Value>, key: &BlindI
             }
         }
     }
-    entries.dedup();
     entries
 }
 

@@ -17,6 +17,11 @@ pub const MAX_COUNT: usize = 1000;
 /// filters in one search: bounds on the SQL a request can make the server build.
 const MAX_ALTERNATIVES: usize = 100;
 const MAX_FILTERS: usize = 40;
+/// Parameters (known or not) in one search request at most: each unknown one is reported in
+/// the answer, so without a bound a request could make the server write an answer of any size.
+pub const MAX_PARAMETERS: usize = 100;
+/// `_include` and `_revinclude` parameters in one search at most: each costs a query per level.
+pub const MAX_INCLUDES: usize = 10;
 /// `_include`/`_revinclude` iterations at most.
 pub const MAX_INCLUDE_DEPTH: usize = 3;
 
@@ -100,6 +105,24 @@ pub enum Filter {
     Has { source: String, ref_param: &'static Param, inner: Box<Filter> },
     /// Matches nothing (e.g. a compartment no resource of the type can be in).
     Nothing,
+}
+
+impl Filter {
+    /// The types whose resources this filter searches besides its own (chain targets and
+    /// `_has` sources, at every depth): a request must be allowed to search each of them.
+    pub fn searched_types(&self, out: &mut Vec<String>) {
+        match self {
+            Filter::Param { condition: Condition::Chain { target, inner }, .. } => {
+                out.push(target.clone());
+                inner.searched_types(out);
+            }
+            Filter::Has { source, inner, .. } => {
+                out.push(source.clone());
+                inner.searched_types(out);
+            }
+            Filter::Param { .. } | Filter::Nothing => {}
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +236,12 @@ impl Parser<'_> {
             ignored: Vec::new(),
             link_params: Vec::new(),
         };
+        if pairs.len() > MAX_PARAMETERS {
+            return Err(SearchError::too_costly(format!(
+                "a search takes at most {MAX_PARAMETERS} parameters ({} given)",
+                pairs.len()
+            )));
+        }
         for (name, value) in pairs {
             if name != "_cursor" && name != "_type" {
                 query.link_params.push((name.clone(), value.clone()));
@@ -225,6 +254,11 @@ impl Parser<'_> {
                 }
                 Err(error) => return Err(error),
             }
+        }
+        if query.includes.len() + query.revincludes.len() > MAX_INCLUDES {
+            return Err(SearchError::too_costly(format!(
+                "a search takes at most {MAX_INCLUDES} _include and _revinclude parameters"
+            )));
         }
         if query.filters.len() > MAX_FILTERS {
             return Err(SearchError::too_costly(format!("at most {MAX_FILTERS} search parameters per search")));
@@ -305,6 +339,24 @@ impl Parser<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A scope constraint (`patient/Observation.rs?category=laboratory`) as a filter on
+    /// `res_type`: only `name=value` on a token or reference parameter the index holds, without
+    /// modifiers, chains or `_has`, so the SQL and `access::Reach::admits` agree on it. `None`
+    /// when the constraint is anything else: the grant it belongs to then grants nothing.
+    pub fn constraint(&self, res_type: &str, name: &str, value: &str) -> Option<Filter> {
+        if name.contains([':', '.']) {
+            return None;
+        }
+        match self.filter(res_type, name, value, 0).ok()? {
+            filter @ Filter::Param {
+                param,
+                condition: Condition::Token(_) | Condition::Reference(_),
+                negated: false,
+            } if !param.is_special() => Some(filter),
+            _ => None,
+        }
     }
 
     /// One `name=value` filter on `res_type`. `depth` counts chain/_has levels.
@@ -793,6 +845,16 @@ mod tests {
         assert!(parse("Patient", "_sort=family", true).unwrap_err().message.contains("keyed hashes"));
         assert!(parse("Patient", "_count=5000", true).unwrap_err().too_costly);
         assert_eq!(parse("Patient", "_count=5000", false).unwrap().count, MAX_COUNT);
+    }
+
+    #[test]
+    fn requests_are_bounded() {
+        let many: String = (0..=MAX_PARAMETERS).map(|i| format!("x{i}=1&")).collect();
+        let error = parse("Patient", &many, false).unwrap_err();
+        assert!(error.too_costly && error.message.contains("at most"), "{error:?}");
+        let includes: String = (0..=MAX_INCLUDES).map(|_| "_include=Observation:subject&").collect();
+        assert!(parse("Observation", &includes, false).unwrap_err().too_costly);
+        assert!(parse("Observation", "_include=Observation:subject&_revinclude=Observation:subject", false).is_ok());
     }
 
     #[test]

@@ -1,0 +1,201 @@
+//! The guarded service layer: every read, vread, history, search, create, update, patch and
+//! delete of a FHIR resource, and their conditional forms, whatever the entry point (REST
+//! handlers, Bundle entries, operations). One place does, for each of them:
+//!
+//! 1. the scope check (403 naming the missing scope: it depends on the token alone);
+//! 2. the access predicate ([`crate::auth::AccessPredicate`]), which the store compiles into the
+//!    SQL of every query the request causes (search, each chain hop and `_has`, includes,
+//!    counts, history, conditional matches), so what a token cannot read is never a result,
+//!    never counted, never a cursor position and never told apart from what does not exist;
+//! 3. the policy plugins, judging results *before* paging, so pages, links and cursors only
+//!    ever reflect what the caller may see;
+//! 4. what was disclosed (for the audit entry) and which integration events to wake.
+//!
+//! Handlers translate HTTP only. See docs/security.md for the rules and what proves them.
+
+mod conditional;
+pub mod cursor;
+mod disclosed;
+mod gate;
+mod history;
+mod read;
+mod search;
+mod write;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+
+pub use disclosed::Disclosed;
+pub use gate::{denied, validation_outcome};
+pub use history::{EverythingRequest, HistoryFeed, HistoryRequest};
+pub use search::{MAX_INCLUDED, SearchRequest, Searchset, searchset};
+pub use write::{Guarded, PatchRequest, WriteRequest, Written};
+
+use crate::auth::{AccessPredicate, Interaction, Principal};
+use crate::fhir::outcome::{FhirError, IssueType};
+use crate::fhir::search::access::{Reach, Visibility};
+use crate::policy::{Caller, PolicyEngine};
+use crate::store::{Store, StoreError, VersionRecord};
+
+/// The records service of one server: the store, the policy engine and what a write wakes.
+pub struct Records {
+    store: Store,
+    policies: Arc<PolicyEngine>,
+    delivery_wake: Arc<tokio::sync::Notify>,
+    base_url: String,
+}
+
+/// Who is asking: the verified principal, and what policy plugins see of it and its request.
+#[derive(Clone, Copy)]
+pub struct Requester<'a> {
+    pub principal: &'a Principal,
+    pub caller: &'a Caller,
+}
+
+impl Records {
+    pub fn new(
+        store: Store,
+        policies: Arc<PolicyEngine>,
+        delivery_wake: Arc<tokio::sync::Notify>,
+        base_url: String,
+    ) -> Self {
+        Records { store, policies, delivery_wake, base_url }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The access predicate of `who` for `interaction`.
+    async fn predicate(&self, who: Requester<'_>, interaction: Interaction) -> Result<AccessPredicate, FhirError> {
+        let key = self.store.blind_index_key().await?;
+        Ok(who.principal.predicate(interaction, &key, &self.base_url))
+    }
+
+    /// The scope check for `interaction` on `res_type`, and the reach `vis` gives there: a 403
+    /// when the token's scopes grant the interaction but their constraints cannot be applied
+    /// to the type (they then grant nothing, and saying so discloses nothing stored).
+    fn reach_of(
+        who: Requester<'_>,
+        vis: &AccessPredicate,
+        interaction: Interaction,
+        res_type: &str,
+    ) -> Result<Reach, FhirError> {
+        who.principal.check(interaction, res_type)?;
+        let reach = vis.reach(res_type);
+        if reach.is_nothing() {
+            return Err(crate::auth::forbidden(format!(
+                "the token's scopes for {interaction:?} on {res_type} carry constraints that are not token or \
+                 reference search parameters of {res_type}, so they grant nothing"
+            )));
+        }
+        Ok(reach)
+    }
+
+    /// Lets the outbox worker know there is work, when a write queued events.
+    pub(crate) fn wake_delivery(&self, queued: bool) {
+        if queued {
+            self.delivery_wake.notify_one();
+        }
+    }
+
+    /// Whether `record` (a live version, read without SQL's view of its constraints: a past
+    /// version, or a resource about to be written) is within `reach`: its compartment and its
+    /// own content's index rows for the reach's constraints.
+    async fn admits_version(&self, reach: &Reach, record: &VersionRecord) -> Result<bool, FhirError> {
+        if reach.is_all() {
+            return Ok(true);
+        }
+        let Some(body) = record.body.as_deref() else { return Ok(false) };
+        let content: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|_| FhirError::internal())?;
+        self.admits_content(reach, &record.res_type, &record.id, record.key_id.as_deref(), &content).await
+    }
+
+    async fn admits_content(
+        &self,
+        reach: &Reach,
+        res_type: &str,
+        id: &str,
+        key_id: Option<&str>,
+        content: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<bool, FhirError> {
+        if reach.is_all() {
+            return Ok(true);
+        }
+        let params = reach.params();
+        let entries = if params.is_empty() {
+            Vec::new()
+        } else {
+            let key = self.store.blind_index_key().await?;
+            crate::fhir::search::extract::index_entries_of_params(res_type, &params, content, &key)
+        };
+        Ok(reach.admits(id, key_id, &entries))
+    }
+}
+
+/// The one answer for a resource the caller cannot see, whether or not it exists, deleted or
+/// not: nothing in it depends on what is stored.
+pub fn not_found(res_type: &str, id: &str) -> FhirError {
+    FhirError::not_found(format!("{res_type}/{id} is not known to this server, or not within this token's reach"))
+}
+
+fn gone(res_type: &str, id: &str, version: i64) -> FhirError {
+    FhirError::gone(format!("{res_type}/{id} was deleted (version {version})"))
+}
+
+fn erased() -> FhirError {
+    FhirError::gone("these records were erased (their encryption key was destroyed) and can never be read again")
+}
+
+/// How a storage failure reaches the client; unexpected failures are logged here, once.
+impl From<StoreError> for FhirError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::VersionConflict { current: Some(current) } => FhirError::precondition_failed(format!(
+                "If-Match does not name the current version ({}); read the resource again and retry",
+                crate::fhir::etag(current)
+            )),
+            StoreError::VersionConflict { current: None } => FhirError::precondition_failed(
+                "If-Match names a version, but the resource has no current version to match",
+            ),
+            StoreError::AlreadyExists => {
+                FhirError::new(StatusCode::CONFLICT, IssueType::Conflict, "a resource with this id already exists")
+            }
+            StoreError::TooMuchContention => FhirError::new(
+                StatusCode::CONFLICT,
+                IssueType::Conflict,
+                "too many concurrent updates to this resource; retry",
+            ),
+            StoreError::Erased => FhirError::gone(
+                "these records were erased (their encryption key was destroyed) and can never be read or written again",
+            ),
+            StoreError::BadCursor => FhirError::bad_request(
+                IssueType::Value,
+                "_cursor is not one this server issued for this request; start again from the first page",
+            ),
+            // The alert with row details was logged where it was detected.
+            StoreError::Integrity => FhirError::internal(),
+            StoreError::Unavailable(ref cause) => {
+                tracing::error!(error = %cause, "database unavailable");
+                FhirError::unavailable("the database is unavailable; retry shortly")
+            }
+            StoreError::Full(ref cause) => {
+                tracing::error!(
+                    error = %cause,
+                    "ALERT: the database is out of space; writes are refused until space is freed"
+                );
+                FhirError::out_of_space()
+            }
+            other => {
+                tracing::error!(error = %other, "storage failure");
+                FhirError::internal()
+            }
+        }
+    }
+}
