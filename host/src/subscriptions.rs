@@ -94,6 +94,25 @@ pub fn read(id: &str, version: i64, body: &Value) -> Result<Subscription, String
     })
 }
 
+/// Whether `endpoint` is within one of the `allowed` URLs, compared as parsed URLs: the same
+/// scheme, host and port, and a path at or below the allowed one (segment by segment). An
+/// endpoint with user information (`http://allowed@elsewhere/`) is never allowed: it reads as
+/// one host and connects to another.
+pub fn endpoint_allowed(allowed: &[String], endpoint: &str) -> bool {
+    let Ok(target) = url::Url::parse(endpoint) else { return false };
+    if !target.username().is_empty() || target.password().is_some() || target.host_str().is_none() {
+        return false;
+    }
+    allowed.iter().filter_map(|entry| url::Url::parse(entry).ok()).any(|entry| {
+        let prefix = entry.path().trim_end_matches('/');
+        let path = target.path();
+        entry.scheme() == target.scheme()
+            && entry.host_str() == target.host_str()
+            && entry.port_or_known_default() == target.port_or_known_default()
+            && (path.trim_end_matches('/') == prefix || path.starts_with(&format!("{prefix}/")))
+    })
+}
+
 /// The Subscriptions this host delivers, re-read every second.
 pub struct Subscriptions {
     active: RwLock<Arc<Vec<Subscription>>>,
@@ -134,7 +153,7 @@ impl Subscriptions {
     }
 
     fn allows(&self, endpoint: &str) -> bool {
-        self.allowed.iter().any(|prefix| endpoint.starts_with(prefix.as_str()))
+        endpoint_allowed(&self.allowed, endpoint)
     }
 
     /// Re-reads every Subscription: activates the requested ones that can be served, puts
@@ -252,6 +271,29 @@ mod tests {
     fn subscription(channel: Value) -> Value {
         json!({"resourceType": "Subscription", "status": "requested", "reason": "r",
                "criteria": "Observation?code=http://loinc.org|8867-4&status=final", "channel": channel})
+    }
+
+    #[test]
+    fn endpoints_are_compared_as_urls() {
+        let allowed = vec!["http://127.0.0.1:19000".to_owned(), "https://hooks.example/clinic/".to_owned()];
+        for (endpoint, ok) in [
+            ("http://127.0.0.1:19000/x", true),
+            ("http://127.0.0.1:19000", true),
+            ("http://127.0.0.1:19000@127.0.0.1:19001/x", false),
+            ("http://user:pw@127.0.0.1:19000/x", false),
+            ("http://127.0.0.1:190001/x", false),
+            ("http://127.0.0.1:19001/x", false),
+            ("https://127.0.0.1:19000/x", false),
+            ("https://hooks.example/clinic/a", true),
+            ("https://hooks.example/clinic", true),
+            ("https://hooks.example/clinicx", false),
+            ("https://hooks.example/other", false),
+            ("https://hooks.example:443/clinic/a", true),
+            ("https://hooks.example.evil/clinic/a", false),
+            ("not a url", false),
+        ] {
+            assert_eq!(endpoint_allowed(&allowed, endpoint), ok, "{endpoint}");
+        }
     }
 
     #[test]

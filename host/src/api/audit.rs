@@ -85,9 +85,17 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
     }
 }
 
-/// The action, resource type, id and version a request path names.
+/// The action, resource type, id and version a request path names. Segments are
+/// percent-decoded first, as the router decodes them: `/%4Fbservation/%6Fb1` reads
+/// Observation/ob1 and is audited as that.
 fn describe(method: &Method, path: &str) -> (String, Option<String>, Option<String>, Option<i64>) {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let owned = |s: &&str| Some((*s).to_owned());
     match (method.as_str(), segments.as_slice()) {
         ("POST", ["admin", operation]) => (format!("admin-{operation}"), None, None, None),
@@ -129,6 +137,7 @@ fn describe(method: &Method, path: &str) -> (String, Option<String>, Option<Stri
         ("GET", [t, id]) => ("read".into(), owned(t), owned(id), None),
         ("PUT", [t, id]) => ("update".into(), owned(t), owned(id), None),
         ("DELETE", [t, id]) => ("delete".into(), owned(t), owned(id), None),
+        ("PATCH", [t, id]) => ("patch".into(), owned(t), owned(id), None),
         ("GET", [t, id, "_history"]) => ("history-instance".into(), owned(t), owned(id), None),
         ("GET", [t, id, "_history", v]) => ("vread".into(), owned(t), owned(id), v.parse().ok()),
         ("GET", ["Patient", id, "$everything"]) => {
@@ -175,7 +184,14 @@ mod tests {
         );
         assert_eq!(describe(&Method::POST, "/admin/plugins/consent/rollback").0, "admin-plugin-rollback");
         assert_eq!(describe(&Method::DELETE, "/admin/plugins/consent").0, "admin-plugin-remove");
-        assert_eq!(describe(&Method::PATCH, "/Patient/a").0, "patch Patient");
+        assert_eq!(
+            describe(&Method::PATCH, "/Patient/a"),
+            ("patch".into(), Some("Patient".into()), Some("a".into()), None)
+        );
+        assert_eq!(
+            describe(&Method::GET, "/%4Fbservation/%6Fb1"),
+            ("read".into(), Some("Observation".into()), Some("ob1".into()), None)
+        );
         assert_eq!(describe(&Method::GET, "/Observation").0, "search-type");
         assert_eq!(describe(&Method::POST, "/Observation/_search").0, "search-type");
         assert_eq!(describe(&Method::GET, "/").0, "search-system");
