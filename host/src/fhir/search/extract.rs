@@ -151,7 +151,9 @@ fn choice_fits(kind: Kind, choice: &str) -> bool {
         return true;
     }
     match kind {
-        Kind::Token => matches!(choice, "CodeableConcept" | "Coding" | "Boolean" | "Code" | "Identifier" | "String"),
+        // Not `String`: a choice's string (`Observation.valueString`) is free text, which the
+        // index may hold only as blind tokens (`value-string`), never as a plain code.
+        Kind::Token => matches!(choice, "CodeableConcept" | "Coding" | "Boolean" | "Code" | "Identifier"),
         Kind::Date => matches!(choice, "DateTime" | "Date" | "Period" | "Instant"),
         Kind::Quantity | Kind::CompositeQuantity => {
             matches!(choice, "Quantity" | "Age" | "Duration" | "Distance" | "Count" | "SimpleQuantity")
@@ -416,6 +418,28 @@ mod tests {
         assert_eq!((component[0].val.as_deref(), component[0].num), (Some("8480-6"), Some(120.0)));
         assert_eq!(find("combo-code-value-quantity").len(), 2);
         assert!(find("value-concept").is_empty(), "a Quantity is not a concept");
+    }
+
+    #[test]
+    fn free_text_results_are_never_plain() {
+        let result = "Positive for HIV-1 antibodies, confirmed";
+        let rows = entries(
+            "Observation",
+            json!({
+                "resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "75622-1"}]},
+                "valueString": result,
+                "component": [{"code": {"coding": [{"system": "http://loinc.org", "code": "x"}]}, "valueString": result}]
+            }),
+        );
+        for row in &rows {
+            for value in [&row.val, &row.sys, &row.unit].into_iter().flatten() {
+                assert!(!value.to_lowercase().contains("positive"), "free text in plain: {row:?}");
+            }
+        }
+        let concepts = ["value-concept", "combo-value-concept", "component-value-concept"];
+        assert!(rows.iter().all(|r| !concepts.contains(&r.param)), "no concept rows from strings: {rows:?}");
+        assert_eq!(rows.iter().filter(|r| r.param == "value-string").count(), 1, "found as a blind token");
     }
 
     #[test]

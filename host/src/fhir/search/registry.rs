@@ -428,7 +428,8 @@ pub fn patient_param(res_type: &str) -> Option<&'static Param> {
 pub fn fingerprint() -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
-    hash.update(b"hearth-search-index-v1\n");
+    // v2: token parameters no longer index a choice element's string (free text in plain).
+    hash.update(b"hearth-search-index-v2\n");
     for p in all() {
         hash.update(format!("{}|{}|{:?}|{:?}|{:?}|{:?}\n", p.resource, p.code, p.kind, p.paths, p.targets, p.storage));
     }
