@@ -242,7 +242,9 @@ pub async fn start_plugins(
     };
     let cache = settings.storage.data_dir.join("plugin-cache");
     let runtime = Arc::new(PluginRuntime::new(services, Some(cache)).map_err(StartError::Plugins)?);
-    let registry = Arc::new(PluginRegistry::new(runtime, store.clone()));
+    let trust_keys =
+        Arc::new(settings.plugin_trust_keys.iter().map(|p| TrustKey::load(p)).collect::<Result<Vec<_>, _>>()?);
+    let registry = Arc::new(PluginRegistry::new(runtime, store.clone(), trust_keys.clone()));
     registry.refresh().await?;
     registry.spawn_refresher(settings.plugin_poll);
     let policies = Arc::new(PolicyEngine::new(registry.clone(), settings.policies.clone())?);
@@ -260,7 +262,6 @@ pub async fn start_plugins(
     let delivery = Arc::new(Delivery::new(store.clone(), registry.clone(), policies.clone(), subscriptions)?);
     let delivery_wake = delivery.wake.clone();
     delivery.spawn();
-    let trust_keys = settings.plugin_trust_keys.iter().map(|p| TrustKey::load(p)).collect::<Result<Vec<_>, _>>()?;
     #[cfg(unix)]
     {
         let policies = Arc::downgrade(&policies);
@@ -275,7 +276,7 @@ pub async fn start_plugins(
             });
         }
     }
-    Ok(PluginServices { registry, policies, delivery_wake, trust_keys: Arc::new(trust_keys) })
+    Ok(PluginServices { registry, policies, delivery_wake, trust_keys })
 }
 
 /// Re-reads the Subscriptions every second (activating, erroring) and tells the policy engine

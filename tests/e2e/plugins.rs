@@ -676,6 +676,63 @@ async fn only_signed_plugins_load_when_trust_keys_are_configured() {
     assert_eq!((active["version"].as_str(), active["seq"].as_i64()), (Some("1"), Some(1)), "rolled back: {listed}");
 }
 
+/// A version stored while the server loaded unsigned plugins is re-verified whenever it would
+/// load: once trust keys are configured it neither loads at start nor can be rolled back to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_unsigned_versions_do_not_load_once_trust_keys_are_configured() {
+    let server = Server::launch(Db::Sqlite, Launch::default()).await;
+    let bytes = component("validate");
+    upload(&server, "validate", &bytes, json!({"name": "validate", "version": "1", "world": "policy"}))
+        .await
+        .expect(201);
+
+    let keys = tempfile::tempdir().unwrap();
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    std::fs::write(keys.path().join("release.pem"), pair.serialize_pem()).unwrap();
+    std::fs::write(keys.path().join("release.pub"), pair.public_key_pem()).unwrap();
+    let trusting = || Launch {
+        extra_args: vec!["--plugin-trust-key".into(), keys.path().join("release.pub").to_str().unwrap().into()],
+        ..Launch::default()
+    };
+    let server = server.restart(trusting()).await;
+    let listed = server.send(admin(&server).get(server.url("admin/plugins"))).await.expect(200);
+    assert_eq!(listed["plugins"], json!([]), "the unsigned version is not in force: {listed}");
+    assert!(server.log().contains("not trusted"), "the refusal is logged");
+
+    // A signed version loads; rolling back to the unsigned one is refused and changes nothing.
+    let manifest_file = keys.path().join("validate.toml");
+    std::fs::write(&manifest_file, "name = \"validate\"\nversion = \"2\"\nworld = \"policy\"\n").unwrap();
+    let component_file = plugin_dir().join("hearth_plugin_validate.wasm");
+    let signed = hearth_command(&[
+        "plugin",
+        "sign",
+        "--key",
+        keys.path().join("release.pem").to_str().unwrap(),
+        "--manifest",
+        manifest_file.to_str().unwrap(),
+        component_file.to_str().unwrap(),
+    ]);
+    let signature = String::from_utf8(signed.stdout).unwrap().trim().to_owned();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+    let body = json!({"manifest": {"name": "validate", "version": "2", "world": "policy"}, "component": b64,
+        "signature": signature});
+    // (201: no version of it was in force.)
+    let loaded = server.send(admin(&server).put(server.url("admin/plugins/validate")).json(&body)).await.expect(201);
+    assert_eq!((loaded["seq"].as_i64(), loaded["signedBy"].as_str()), (Some(2), Some("release")));
+    let rollback = admin(&server).post(server.url("admin/plugins/validate/rollback")).body(r#"{"seq": 1}"#);
+    let refused = server.send(rollback).await.expect_outcome(403, "security");
+    assert!(refused.contains("unsigned"), "{refused}");
+    let listed = server.send(admin(&server).get(server.url("admin/plugins"))).await.expect(200);
+    assert_eq!(listed["plugins"][0]["seq"], 2, "{listed}");
+    // After a restart the signed version is the one in force, verified again.
+    let server = server.restart(trusting()).await;
+    let listed = server.send(admin(&server).get(server.url("admin/plugins"))).await.expect(200);
+    assert_eq!(
+        (listed["plugins"][0]["seq"].as_i64(), listed["plugins"][0]["signedBy"].as_str()),
+        (Some(2), Some("release"))
+    );
+}
+
 /// A local HTTP receiver recording every notice; answers 503 to the first `fail_first`.
 pub struct Receiver {
     pub addr: SocketAddr,

@@ -174,14 +174,17 @@ async fn load(
         ));
     }
     let trust_keys = &state.plugins.trust_keys;
+    let mut signature_bytes = None;
     let signed_by = match &upload.signature {
         Some(signature) => {
             let signature = base64::engine::general_purpose::STANDARD
                 .decode(signature.trim())
                 .map_err(|_| FhirError::bad_request(IssueType::Value, "signature must be base64"))?;
             let message = signed_message(&component, &manifest);
-            match signer(trust_keys, &message, &signature) {
-                Some(key) => Some(key.name.clone()),
+            let verified = signer(trust_keys, &message, &signature).map(|key| key.name.clone());
+            signature_bytes = Some(signature);
+            match verified {
+                Some(key) => Some(key),
                 None if trust_keys.is_empty() => None,
                 None => {
                     return Err(FhirError::new(
@@ -225,6 +228,7 @@ async fn load(
             component: &component,
             sha256: &compiled.sha256,
             signed_by: signed_by.as_deref(),
+            signature: signature_bytes.as_deref(),
             uploaded_by: &principal.subject,
         })
         .await
@@ -302,6 +306,20 @@ async fn rollback(
             })?
         }
     };
+    // The version must be trusted now, whatever it was when it was stored.
+    let stored = state
+        .store
+        .plugin_component(&name, target)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| FhirError::not_found(format!("plugin {name} has no stored version {target}")))?;
+    if let Err(reason) = state.plugins.registry.verify_stored(&stored) {
+        return Err(FhirError::new(
+            StatusCode::FORBIDDEN,
+            IssueType::Security,
+            format!("version {target} of {name} cannot be activated: {reason}"),
+        ));
+    }
     if !state.store.activate_plugin_version(&name, target).await.map_err(store_error)? {
         return Err(FhirError::not_found(format!("plugin {name} has no stored version {target}")));
     }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use super::manifest::Manifest;
 use super::runtime::{CompiledPlugin, PluginRuntime};
-use crate::store::{Store, StoreError};
+use super::signing::{TrustKey, signed_message, signer};
+use crate::store::{Store, StoreError, StoredComponent};
 
 /// Latency histogram buckets: four per power of two of microseconds, up to about 70 s.
 const LATENCY_BUCKETS: usize = 26 * 4;
@@ -181,6 +182,8 @@ impl ActivePlugin {
 pub struct PluginRegistry {
     pub runtime: Arc<PluginRuntime>,
     store: Store,
+    /// The keys plugin signatures must come from; empty: unsigned plugins load.
+    trust_keys: Arc<Vec<TrustKey>>,
     active: RwLock<HashMap<String, Arc<ActivePlugin>>>,
     generation: AtomicI64,
     /// Serialises refreshes and installs, so a refresh that read the database just before an
@@ -189,10 +192,11 @@ pub struct PluginRegistry {
 }
 
 impl PluginRegistry {
-    pub fn new(runtime: Arc<PluginRuntime>, store: Store) -> Self {
+    pub fn new(runtime: Arc<PluginRuntime>, store: Store, trust_keys: Arc<Vec<TrustKey>>) -> Self {
         PluginRegistry {
             runtime,
             store,
+            trust_keys,
             active: RwLock::default(),
             generation: AtomicI64::new(-1),
             changing: tokio::sync::Mutex::new(()),
@@ -249,17 +253,47 @@ impl PluginRegistry {
         Ok(())
     }
 
+    pub fn trust_keys(&self) -> &Arc<Vec<TrustKey>> {
+        &self.trust_keys
+    }
+
+    /// Which trust key signed stored version `seq` of `name`, checked now against the keys
+    /// this server runs with: `Ok(Some(key))`, `Ok(None)` when no trust keys are configured
+    /// (unsigned plugins load), `Err(reason)` when keys are configured and none verifies it
+    /// (stored unsigned, or signed by a key no longer trusted).
+    pub fn verify_stored(&self, stored: &StoredComponent) -> Result<Option<String>, String> {
+        let manifest: Manifest = serde_json::from_str(&stored.manifest_json).map_err(|e| e.to_string())?;
+        let message = signed_message(&stored.component, &manifest);
+        match (&stored.signature, self.trust_keys.is_empty()) {
+            (Some(signature), _) => match signer(&self.trust_keys, &message, signature) {
+                Some(key) => Ok(Some(key.name.clone())),
+                None if self.trust_keys.is_empty() => Ok(None),
+                None => Err("its signature does not verify with any trusted plugin key".to_owned()),
+            },
+            (None, true) => Ok(None),
+            (None, false) => Err("it was stored unsigned, and this server only loads signed plugins".to_owned()),
+        }
+    }
+
     /// Loads stored version `seq` of `name`; a version that no longer loads (e.g. after an
-    /// engine upgrade refused it) is logged and skipped, which makes its bindings fail closed.
+    /// engine upgrade refused it, or because no trusted key signed it) is logged and skipped,
+    /// which makes its bindings fail closed.
     async fn reload(&self, name: &str, seq: i64) -> Result<Option<ActivePlugin>, StoreError> {
-        let Some((manifest_json, component, signed_by)) = self.store.plugin_component(name, seq).await? else {
+        let Some(stored) = self.store.plugin_component(name, seq).await? else {
             return Ok(None);
+        };
+        let signed_by = match self.verify_stored(&stored) {
+            Ok(signed_by) => signed_by,
+            Err(reason) => {
+                tracing::error!(plugin = name, seq, %reason, "a stored plugin is not trusted; it does not load and its bindings deny");
+                return Ok(None);
+            }
         };
         let runtime = self.runtime.clone();
         let name_owned = name.to_owned();
         let loaded = tokio::task::spawn_blocking(move || {
-            let manifest: Manifest = serde_json::from_str(&manifest_json).map_err(|e| e.to_string())?;
-            runtime.load(manifest, &component).map_err(|e| e.to_string())
+            let manifest: Manifest = serde_json::from_str(&stored.manifest_json).map_err(|e| e.to_string())?;
+            runtime.load(manifest, &stored.component).map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));

@@ -59,6 +59,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0008_head_compartment.sql"),
         include_str!("../../../migrations/postgres/0008_head_compartment.sql"),
     ),
+    (
+        9,
+        "plugin signatures",
+        include_str!("../../../migrations/sqlite/0009_plugin_signatures.sql"),
+        include_str!("../../../migrations/postgres/0009_plugin_signatures.sql"),
+    ),
 ];
 
 pub fn migrator(backend: Backend) -> Migrator {

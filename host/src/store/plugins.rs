@@ -38,7 +38,17 @@ pub struct NewPluginVersion<'a> {
     pub component: &'a [u8],
     pub sha256: &'a str,
     pub signed_by: Option<&'a str>,
+    /// The Ed25519 signature it was uploaded with, re-verified at every load.
+    pub signature: Option<&'a [u8]>,
     pub uploaded_by: &'a str,
+}
+
+/// A stored plugin version as it is loaded.
+pub struct StoredComponent {
+    pub manifest_json: String,
+    pub component: Vec<u8>,
+    /// The signature it was uploaded with, if any.
+    pub signature: Option<Vec<u8>>,
 }
 
 /// A committed change waiting for an integration plugin.
@@ -86,7 +96,7 @@ impl Store {
         let now = now_us();
         sqlx::query(
             "INSERT INTO plugin_version (name, seq, version, world, manifest, component, sha256, signed_by, \
-             uploaded_us, uploaded_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             uploaded_us, uploaded_by, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(new.name)
         .bind(seq)
@@ -98,6 +108,7 @@ impl Store {
         .bind(new.signed_by)
         .bind(now)
         .bind(new.uploaded_by)
+        .bind(new.signature)
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -156,18 +167,17 @@ impl Store {
             .collect()
     }
 
-    /// The manifest (JSON), component and signer of one stored version.
-    pub async fn plugin_component(
-        &self,
-        name: &str,
-        seq: i64,
-    ) -> Result<Option<(String, Vec<u8>, Option<String>)>, StoreError> {
-        let row = sqlx::query("SELECT manifest, component, signed_by FROM plugin_version WHERE name = $1 AND seq = $2")
+    /// The manifest (JSON), component and signature of one stored version.
+    pub async fn plugin_component(&self, name: &str, seq: i64) -> Result<Option<StoredComponent>, StoreError> {
+        let row = sqlx::query("SELECT manifest, component, signature FROM plugin_version WHERE name = $1 AND seq = $2")
             .bind(name)
             .bind(seq)
             .fetch_optional(&self.reader)
             .await?;
-        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).transpose()
+        row.map(|r| {
+            Ok(StoredComponent { manifest_json: r.try_get(0)?, component: r.try_get(1)?, signature: r.try_get(2)? })
+        })
+        .transpose()
     }
 
     /// Makes stored version `seq` the active one. False if there is no such version.
