@@ -8,6 +8,7 @@ mod auth;
 mod backup;
 mod bundles;
 mod concurrency;
+mod confidentiality;
 mod console;
 mod crash;
 mod crud;

@@ -304,6 +304,10 @@ async fn transaction(
     }
     for (i, p) in planned.iter().enumerate() {
         if let Some(settled) = &p.settled {
+            // A conditional create's match was returned: the audit entry names it.
+            if let (Method::Post, Some(id)) = (p.method, &p.id) {
+                returned.add_written(&p.res_type, id, settled["resource"].as_object());
+            }
             responses[i] = settled.clone();
         }
     }
