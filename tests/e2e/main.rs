@@ -3,6 +3,7 @@
 mod harness;
 
 mod abuse;
+mod access_differential;
 mod audit;
 mod auth;
 mod backup;
