@@ -125,3 +125,53 @@ async fn bad_requests_get_operation_outcomes(db: Db) {
     assert_eq!(server.get("healthz").await.status, 200);
     assert_eq!(server.get("readyz").await.status, 200);
 }
+
+/// Issue 22, repro 11: a body over the limit was logged as 413 while most clients (curl over
+/// HTTP/2, Python requests over HTTP/1.1, both still sending) saw the connection drop; they
+/// get the OperationOutcome now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_its_413_over_http_1_and_2() {
+    let server = Server::launch(
+        Db::Sqlite,
+        Launch { extra_args: vec!["--max-body-bytes".into(), "65536".into()], ..Default::default() },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("big.json");
+    std::fs::write(&body, format!(r#"{{"resourceType": "Patient", "text": {{"div": "{}"}}}}"#, "x".repeat(3 << 20)))
+        .unwrap();
+    let token = server.token("user/*.cruds", None);
+    let url = server.url("Patient");
+    for version in ["--http2", "--http1.1"] {
+        let output = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                version,
+                "--cacert",
+                server.ca.to_str().unwrap(),
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+            ])
+            .args(["-H", "Content-Type: application/fhir+json", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .args(["-w", "\n%{http_code}", &url])
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.ends_with("\n413") && text.contains("too-long"),
+            "curl {version}: {text} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let script = format!(
+        "import requests, sys\nr = requests.post({url:?}, data=open({body:?}, 'rb'), verify={ca:?}, \
+         headers={{'Authorization': 'Bearer {token}', 'Content-Type': 'application/fhir+json'}})\n\
+         print(r.status_code, r.json()['issue'][0]['code'])",
+        body = body.display().to_string(),
+        ca = server.ca.display().to_string(),
+    );
+    let output = std::process::Command::new("python3").args(["-c", &script]).output().expect("python3 runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(text.trim(), "413 too-long", "python requests: {}", String::from_utf8_lossy(&output.stderr));
+}

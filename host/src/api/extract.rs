@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 
 use super::SharedState;
 use crate::fhir::outcome::{FhirError, IssueType};
@@ -79,27 +79,67 @@ impl FromRequest<SharedState> for FhirBody {
                 ));
             }
         }
-        let too_large = || {
+        read_body(request, limit).await.map(FhirBody)
+    }
+}
+
+/// A request body of any media type, up to `--max-body-bytes` (JSON Patch documents).
+pub struct LimitedBody(pub Bytes);
+
+impl FromRequest<SharedState> for LimitedBody {
+    type Rejection = FhirError;
+
+    async fn from_request(request: Request, state: &SharedState) -> Result<Self, Self::Rejection> {
+        read_body(request, state.settings.max_body_bytes).await.map(LimitedBody)
+    }
+}
+
+/// A body over the limit is read on, and thrown away, up to this much, so that a client still
+/// sending it gets the 413 OperationOutcome instead of a connection reset; past this (or when
+/// the declared length is past it) the 413 is sent at once and the connection may be cut.
+const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// Reads the body of `request`, at most `limit` bytes: 413 when larger, 408 when the client
+/// sends it too slowly (see `server::PacedBody`).
+async fn read_body(request: Request, limit: usize) -> Result<Bytes, FhirError> {
+    let too_large = || {
+        FhirError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            IssueType::TooLong,
+            format!("the request body is larger than this server's limit of {limit} bytes"),
+        )
+    };
+    let failed = |error: axum::Error| {
+        if crate::server::is_slow_client(&error) {
             FhirError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                IssueType::TooLong,
-                format!("the request body is larger than this server's limit of {limit} bytes"),
+                StatusCode::REQUEST_TIMEOUT,
+                IssueType::Transient,
+                "the request body arrived too slowly; send it again without pauses",
             )
-        };
-        let declared_length = request
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared_length.is_some_and(|len| len > limit as u64) {
+        } else {
+            FhirError::bad_request(IssueType::Structure, "the request body could not be read")
+        }
+    };
+    let declared_length =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > DRAIN_LIMIT) {
+        return Err(too_large());
+    }
+    let mut body = request.into_body();
+    let mut collected: Vec<u8> = Vec::with_capacity(declared_length.map_or(0, |l| l.min(limit as u64) as usize));
+    let mut received: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(failed)?;
+        let Ok(data) = frame.into_data() else { continue };
+        received += data.len() as u64;
+        if received > DRAIN_LIMIT {
             return Err(too_large());
         }
-        match Limited::new(request.into_body(), limit).collect().await {
-            Ok(collected) => Ok(FhirBody(collected.to_bytes())),
-            Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-            Err(_) => Err(FhirError::bad_request(IssueType::Structure, "the request body could not be read")),
+        if received <= limit as u64 {
+            collected.extend_from_slice(&data);
         }
     }
+    if received > limit as u64 { Err(too_large()) } else { Ok(Bytes::from(collected)) }
 }
 
 /// Parses a version from an ETag-style header value: `W/"3"`, `"3"` or `3`.

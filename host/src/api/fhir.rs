@@ -10,7 +10,7 @@ use axum::{Extension, Router};
 use serde_json::Value;
 
 use super::SharedState;
-use super::extract::{FhirBody, ReturnPreference, if_match, if_none_match_matches, return_preference};
+use super::extract::{FhirBody, LimitedBody, ReturnPreference, if_match, if_none_match_matches, return_preference};
 use super::gate::caller;
 use crate::auth::{Interaction, Principal};
 use crate::fhir::bundle::{Link, history_bundle};
@@ -106,7 +106,7 @@ async fn patch(
     Extension(principal): Extension<Principal>,
     Path((res_type, id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    LimitedBody(body): LimitedBody,
 ) -> Result<Response, FhirError> {
     check_type_name(&res_type)?;
     check_id(&id)?;
@@ -117,9 +117,6 @@ async fn patch(
             IssueType::NotSupported,
             "PATCH takes a JSON Patch document (Content-Type: application/json-patch+json)",
         ));
-    }
-    if body.len() > state.settings.max_body_bytes {
-        return Err(FhirError::new(StatusCode::PAYLOAD_TOO_LARGE, IssueType::TooLong, "the patch is too large"));
     }
     principal.check(Interaction::Update, &res_type)?;
     let operations: Value = crate::fhir::json::parse_strict(&body)
