@@ -14,7 +14,10 @@ use crate::harness::{Db, Launch, Server};
 use crate::on_both_databases;
 use crate::plugins::id_from_location;
 
-on_both_databases!(subscriptions_notify_a_real_receiver_of_every_matching_change);
+on_both_databases!(
+    subscriptions_notify_a_real_receiver_of_every_matching_change,
+    a_subscription_tells_only_what_its_owner_may_read
+);
 
 /// One request the receiver got: method, path, the header `x-hook-key`, and the body.
 type Seen = (String, String, Option<String>, Vec<u8>);
@@ -154,4 +157,56 @@ async fn subscriptions_notify_a_real_receiver_of_every_matching_change(db: Db) {
 
 fn summary(seen: &[Seen]) -> Vec<(String, String)> {
     seen.iter().map(|(method, path, _, _)| (method.clone(), path.clone())).collect()
+}
+
+/// Issue 22, repro 8: Subscriptions notified with the full resource whatever the creator's
+/// scopes. A Subscription matches and notifies as its owner (who last wrote it) may read.
+async fn a_subscription_tells_only_what_its_owner_may_read(db: Db) {
+    let hook = hook().await;
+    let base = format!("http://{}", hook.addr);
+    let launch = Launch { extra_args: vec!["--subscription-endpoint".into(), format!("{base}/")], ..Launch::default() };
+    let server = Server::launch(db, launch).await;
+    for p in ["alice", "bob"] {
+        server.put(&format!("Patient/{p}"), &json!({"resourceType": "Patient", "id": p})).await.expect(201);
+    }
+    // Alice's app may read her observations only, and keep a Subscription.
+    let alice = server.token("patient/Observation.rs user/Subscription.cru", Some("alice"));
+    let request = server
+        .client_with(Some(&alice))
+        .post(server.url("Subscription"))
+        .header("content-type", "application/fhir+json")
+        .body(subscription("Observation?code=http://loinc.org|8867-4", &format!("{base}/alice")).to_string());
+    let id = id_from_location(&server.send(request).await);
+    until_status(&server, &id, "active").await;
+    let mut expected = Vec::new();
+    for p in ["alice", "bob", "bob", "alice", "bob"] {
+        let created = id_from_location(&server.post("Observation", &heart_rate(p, "8867-4")).await);
+        if p == "alice" {
+            expected.push(format!("/alice/Observation/{created}"));
+        }
+    }
+    for _ in 0..150 {
+        if hook.seen.lock().unwrap().len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut paths: Vec<String> = hook.seen.lock().unwrap().iter().map(|(_, path, _, _)| path.clone()).collect();
+    paths.sort();
+    expected.sort();
+    assert_eq!(paths, expected, "only Alice's observations reach Alice's endpoint");
+
+    // Rewritten by a principal that may not read Observations: nothing more is sent.
+    let current = server.get(&format!("Subscription/{id}")).await.expect(200);
+    let other = server.token("user/Subscription.cru user/Patient.rs", None);
+    let request = server
+        .client_with(Some(&other))
+        .put(server.url(&format!("Subscription/{id}")))
+        .header("content-type", "application/fhir+json")
+        .body(current.to_string());
+    server.send(request).await.expect(200);
+    server.post("Observation", &heart_rate("alice", "8867-4")).await.expect(201);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(hook.seen.lock().unwrap().len(), expected.len(), "the new owner reads no Observation");
 }

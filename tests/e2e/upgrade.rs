@@ -55,7 +55,7 @@ async fn an_older_schema_is_migrated_on_request_and_reads_back(db: Db) {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success()
-            && stderr.contains("needs schema migrations [2, 3, 4, 5, 6, 7, 8, 9]")
+            && stderr.contains("needs schema migrations [2, 3, 4, 5, 6, 7, 8, 9, 10]")
             && stderr.contains("hearth migrate"),
         "{stderr}"
     );
@@ -64,7 +64,7 @@ async fn an_older_schema_is_migrated_on_request_and_reads_back(db: Db) {
     migrate.extend(storage);
     let migrated = hearth_command(&migrate);
     assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
-    assert!(String::from_utf8_lossy(&migrated.stdout).contains("migrations [1, 2, 3, 4, 5, 6, 7, 8, 9] applied"));
+    assert!(String::from_utf8_lossy(&migrated.stdout).contains("migrations [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] applied"));
 
     let launch = Launch {
         data_dir: Some(data_dir.clone()),

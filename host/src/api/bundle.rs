@@ -281,6 +281,9 @@ async fn transaction(
     for (outcome, &i) in outcomes.into_iter().zip(&write_entries) {
         let p = &planned[i];
         let id = p.id.clone().unwrap_or_default();
+        if matches!(outcome, TxOutcome::Written(_)) {
+            state.records.written(who, &p.res_type, &id).await.map_err(|e| Failure::of(e, p.index))?;
+        }
         returned.add_written(&p.res_type, &id, p.resource.as_ref());
         responses[i] = match outcome {
             TxOutcome::Written(written) => {

@@ -6,6 +6,7 @@ use crate::fhir::compartment::patient_key_id;
 use crate::fhir::outcome::{FhirError, IssueType};
 use crate::fhir::search::access::{Grant, Reach, Visibility};
 use crate::fhir::search::query::{Filter, Parser};
+use crate::store::SubscriptionOwner;
 
 pub mod scopes;
 pub mod token;
@@ -109,6 +110,29 @@ impl Principal {
             })
             .collect();
         AccessPredicate { grants, key: key.clone(), base_url: base_url.to_owned() }
+    }
+
+    /// What a Subscription this principal writes acts as.
+    pub fn as_owner(&self) -> SubscriptionOwner {
+        SubscriptionOwner {
+            issuer: self.issuer.clone(),
+            subject: self.subject.clone(),
+            client_id: self.client_id.clone(),
+            patient: self.patient.clone(),
+            scopes: self.scopes.granted.join(" "),
+        }
+    }
+
+    /// The principal a Subscription acts as (no roles: it never breaks the glass).
+    pub fn of_owner(owner: &SubscriptionOwner) -> Principal {
+        Principal {
+            subject: owner.subject.clone(),
+            issuer: owner.issuer.clone(),
+            client_id: owner.client_id.clone(),
+            patient: owner.patient.clone(),
+            scopes: ScopeSet::parse(&owner.scopes),
+            roles: Vec::new(),
+        }
     }
 
     /// Checks an administrative area (`erasure`, `keys`, ...).

@@ -12,11 +12,12 @@ use tokio::sync::Notify;
 
 use super::bindings::types::{ChangeEvent, ChangeKind};
 use super::registry::PluginRegistry;
+use crate::auth::{Interaction, Principal};
 use crate::fhir::instant::{now_us, to_fhir_instant};
-use crate::fhir::search::access::Unrestricted;
+use crate::fhir::search::access::Visibility;
 use crate::fhir::search::query::Parser;
 use crate::policy::{PolicyEngine, PolicyInteraction};
-use crate::store::{OutboxEvent, SearchScope, Store, StoreError};
+use crate::store::{Lookup, OutboxEvent, SearchScope, Store, StoreError, VersionRecord};
 use crate::subscriptions::{self, Subscriptions};
 
 /// Events claimed per pass.
@@ -150,20 +151,34 @@ impl Delivery {
 
 impl Delivery {
     /// Replaces a change by one notification per Subscription whose criteria it matches (the
-    /// criteria run as a search, narrowed to the changed resource by `_id`).
+    /// criteria run as a search by the Subscription's owner, narrowed to the changed resource
+    /// by `_id`: a Subscription matches only what its owner could find).
     async fn fan_out(&self, event: &OutboxEvent) -> Result<(), StoreError> {
         let watching = self.subscriptions.for_type(&event.res_type);
         let mut consumers = Vec::new();
         if !watching.is_empty() && event.kind != "deleted" {
             let key = self.store.blind_index_key().await?;
-            let parser = Parser { key: &key, base_url: self.subscriptions.base_url(), strict: false };
+            let base_url = self.subscriptions.base_url();
+            let parser = Parser { key: &key, base_url, strict: false };
             for subscription in &watching {
+                let Some(owner) = self.store.subscription_owner(&subscription.id).await? else {
+                    tracing::warn!(
+                        subscription = subscription.id,
+                        "no owner recorded; it notifies nothing until updated"
+                    );
+                    continue;
+                };
+                let owner = Principal::of_owner(&owner);
+                if owner.check(Interaction::Search, &event.res_type).is_err() {
+                    continue;
+                }
+                let vis = owner.predicate(Interaction::Search, &key, base_url);
                 let mut pairs = subscription.criteria.clone();
                 pairs.push(("_id".to_owned(), event.res_id.clone()));
                 let matched = match parser.parse(vec![event.res_type.clone()], &pairs) {
                     Ok(query) => {
                         let scope = SearchScope::default();
-                        !self.store.search_rows(&query, &scope, &Unrestricted, None, 1).await?.matches.is_empty()
+                        !self.store.search_rows(&query, &scope, &vis, None, 1).await?.matches.is_empty()
                     }
                     Err(error) => {
                         tracing::warn!(subscription = subscription.id, error = error.message, "criteria do not parse");
@@ -188,14 +203,15 @@ impl Delivery {
             // Deleted, switched off or in error since: nothing to deliver.
             return self.store.outbox_delivered(event.id).await;
         };
+        // Re-checked at delivery: the version must still be within the owner's reach (the
+        // owner's scopes, or the resource, may have changed since the match).
+        let Some(record) = self.owner_may_read(subscription_id, event).await? else {
+            tracing::debug!(subscription = subscription_id, event = event.id, "outside the owner's reach; not sent");
+            return self.store.outbox_delivered(event.id).await;
+        };
         let request = match &subscription.payload {
             Some(media_type) => {
-                let body = match self.store.read_version(&event.res_type, &event.res_id, event.version).await {
-                    Ok(Some(record)) => record.body,
-                    Ok(None) | Err(StoreError::Erased) => None,
-                    Err(error) => return Err(error),
-                };
-                let Some(body) = body else { return self.store.outbox_delivered(event.id).await };
+                let Some(body) = record.body else { return self.store.outbox_delivered(event.id).await };
                 let url = format!("{}/{}/{}", subscription.endpoint, event.res_type, event.res_id);
                 self.http.put(url).header("content-type", media_type.as_str()).body(body)
             }
@@ -231,6 +247,27 @@ impl Delivery {
             }
         }
         Ok(())
+    }
+}
+
+impl Delivery {
+    /// The changed version, if the Subscription's owner may read it now.
+    async fn owner_may_read(
+        &self,
+        subscription_id: &str,
+        event: &OutboxEvent,
+    ) -> Result<Option<VersionRecord>, StoreError> {
+        let Some(owner) = self.store.subscription_owner(subscription_id).await? else { return Ok(None) };
+        let owner = Principal::of_owner(&owner);
+        if owner.check(Interaction::Read, &event.res_type).is_err() {
+            return Ok(None);
+        }
+        let key = self.store.blind_index_key().await?;
+        let vis = owner.predicate(Interaction::Read, &key, self.subscriptions.base_url());
+        match self.store.read_version_visible(&event.res_type, &event.res_id, event.version, &vis).await? {
+            Lookup::Live(record) if vis.reach(&event.res_type).admits_record(&record, &key) => Ok(Some(record)),
+            _ => Ok(None),
+        }
     }
 }
 

@@ -105,18 +105,16 @@ impl Records {
     }
 
     /// Whether `record` (a live version, read without SQL's view of its constraints: a past
-    /// version, or a resource about to be written) is within `reach`: its compartment and its
-    /// own content's index rows for the reach's constraints.
+    /// version) is within `reach`: its compartment, and its own content against the constraints.
     async fn admits_version(&self, reach: &Reach, record: &VersionRecord) -> Result<bool, FhirError> {
         if reach.is_all() {
             return Ok(true);
         }
-        let Some(body) = record.body.as_deref() else { return Ok(false) };
-        let content: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(body).map_err(|_| FhirError::internal())?;
-        self.admits_content(reach, &record.res_type, &record.id, record.key_id.as_deref(), &content).await
+        Ok(reach.admits_record(record, &self.store.blind_index_key().await?))
     }
 
+    /// Whether content about to be written as `res_type/id` (sealed under `key_id`) is within
+    /// `reach`.
     async fn admits_content(
         &self,
         reach: &Reach,
@@ -128,14 +126,7 @@ impl Records {
         if reach.is_all() {
             return Ok(true);
         }
-        let params = reach.params();
-        let entries = if params.is_empty() {
-            Vec::new()
-        } else {
-            let key = self.store.blind_index_key().await?;
-            crate::fhir::search::extract::index_entries_of_params(res_type, &params, content, &key)
-        };
-        Ok(reach.admits(id, key_id, &entries))
+        Ok(reach.admits_content(res_type, id, key_id, content, &self.store.blind_index_key().await?))
     }
 }
 

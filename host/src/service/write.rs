@@ -144,7 +144,7 @@ impl Records {
             created: self.policies.integrations_for(res_type, PolicyInteraction::Create),
             updated: Vec::new(),
         };
-        self.store_put(res_type, &id, resource, guarded.precondition, events).await
+        self.store_put(who, res_type, &id, resource, guarded.precondition, events).await
     }
 
     /// `PUT /{type}/{id}`: an update, or a create with the client's id.
@@ -157,7 +157,7 @@ impl Records {
             created: self.policies.integrations_for(res_type, PolicyInteraction::Create),
             updated: self.policies.integrations_for(res_type, PolicyInteraction::Update),
         };
-        self.store_put(res_type, id, resource, guarded.precondition, events).await
+        self.store_put(who, res_type, id, resource, guarded.precondition, events).await
     }
 
     /// `PATCH /{type}/{id}` with a JSON Patch: applied to the current version (which the caller
@@ -284,8 +284,19 @@ impl Records {
         }
     }
 
+    /// What follows any stored write of `res_type/id` by `who`, single or in a Bundle: a
+    /// Subscription acts for whoever wrote it last (its matches and notifications stay within
+    /// that principal's reach).
+    pub async fn written(&self, who: Requester<'_>, res_type: &str, id: &str) -> Result<(), FhirError> {
+        if res_type == "Subscription" {
+            self.store.set_subscription_owner(id, &who.principal.as_owner()).await?;
+        }
+        Ok(())
+    }
+
     async fn store_put(
         &self,
+        who: Requester<'_>,
         res_type: &str,
         id: &str,
         resource: &IncomingResource,
@@ -297,6 +308,7 @@ impl Records {
             .store
             .put(res_type, id, &key_id, precondition, &events, &|version, at| resource.stamped(id, version, at))
             .await?;
+        self.written(who, res_type, id).await?;
         self.wake_delivery(!events.is_empty());
         tracing::info!(res_type, id, version = result.version, created = result.created, "written");
         Ok(Written::Stored { res_type: res_type.to_owned(), id: id.to_owned(), key_id, result })

@@ -65,6 +65,12 @@ const MIGRATIONS: &[(i64, &str, &str, &str)] = &[
         include_str!("../../../migrations/sqlite/0009_plugin_signatures.sql"),
         include_str!("../../../migrations/postgres/0009_plugin_signatures.sql"),
     ),
+    (
+        10,
+        "subscription owners",
+        include_str!("../../../migrations/sqlite/0010_subscription_owner.sql"),
+        include_str!("../../../migrations/postgres/0010_subscription_owner.sql"),
+    ),
 ];
 
 pub fn migrator(backend: Backend) -> Migrator {

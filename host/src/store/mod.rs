@@ -37,6 +37,7 @@ mod keys;
 mod migrations;
 mod plugins;
 mod search;
+mod subscriptions;
 mod vault;
 
 pub use audit::{StoredAuditEntry, StoredCheckpoint, chain_hash};
@@ -46,6 +47,7 @@ pub use export::{ExportJob, SnapshotScope};
 pub use keys::{KeyStatus, RotationReport};
 pub use plugins::{NewPluginVersion, OutboxEvent, PluginRow, PluginVersionRow, StoredComponent};
 pub use search::{HistoryOf, Match, Position, SearchRows, SearchScope, search_sql_text};
+pub use subscriptions::SubscriptionOwner;
 pub use vault::KeyVault;
 
 /// How many times a write is retried after losing a race it did not ask to detect

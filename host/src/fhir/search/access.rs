@@ -10,6 +10,8 @@
 use super::extract::IndexEntry;
 use super::query::{Condition, Filter, TokenMatch};
 use super::registry::Param;
+use crate::crypto::blind_index::BlindIndexKey;
+use crate::store::VersionRecord;
 
 /// What one request may see of one resource type.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +70,36 @@ impl Reach {
                     && grant.filters.iter().all(|f| filter_holds(f, id, entries))
             }),
         }
+    }
+
+    /// [`Reach::admits`] of a resource's content (a version read back, or about to be
+    /// written): its index rows for the reach's constraints are extracted with `key`.
+    pub fn admits_content(
+        &self,
+        res_type: &str,
+        id: &str,
+        key_id: Option<&str>,
+        content: &serde_json::Map<String, serde_json::Value>,
+        key: &BlindIndexKey,
+    ) -> bool {
+        match self {
+            Reach::All => true,
+            Reach::Nothing => false,
+            Reach::Grants(_) => {
+                let entries = super::extract::index_entries_of_params(res_type, &self.params(), content, key);
+                self.admits(id, key_id, &entries)
+            }
+        }
+    }
+
+    /// [`Reach::admits_content`] of a stored version (a deletion has no content: only a reach
+    /// of everything admits it).
+    pub fn admits_record(&self, record: &VersionRecord, key: &BlindIndexKey) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        let Some(content) = record.body.as_deref().and_then(|b| serde_json::from_slice(b).ok()) else { return false };
+        self.admits_content(&record.res_type, &record.id, record.key_id.as_deref(), &content, key)
     }
 
     /// The indexed parameters [`Reach::admits`] looks at.
