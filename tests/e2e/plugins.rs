@@ -145,9 +145,63 @@ config = { patient_identifier_system = "urn:oid:1.2.36.146.595.217.0.1" }
 
 on_both_databases!(
     policy_plugins_change_real_responses,
+    policy_judged_searches_page_only_over_what_they_allow,
     integration_events_reach_a_real_receiver,
     hl7_messages_become_stored_resources
 );
+
+/// A search policy judges matches before a page is cut (issue 22): with most records closed
+/// by consent, every page is full, links and cursors come only from allowed records, paging
+/// ends where the allowed ones end, and no count is given.
+async fn policy_judged_searches_page_only_over_what_they_allow(db: Db) {
+    let folder = policies("[[binding]]\nplugin = \"consent\"\ninteractions = [\"read\", \"search\"]\n");
+    let server = Server::launch(db, with_policies(folder.path())).await;
+    load(&server, "consent", "consent", "policy", json!({})).await;
+    let mut allowed = Vec::new();
+    for n in 0..8 {
+        let id = format!("cp{n}");
+        server.put(&format!("Patient/{id}"), &json!({"resourceType": "Patient", "id": id})).await.expect(201);
+        for k in 0..2 {
+            let observation = json!({"resourceType": "Observation", "id": format!("{id}-{k}"), "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]},
+                "subject": {"reference": format!("Patient/{id}")}, "effectiveDateTime": "2026-11-01"});
+            server.put(&format!("Observation/{id}-{k}"), &observation).await.expect(201);
+            if n % 4 == 1 {
+                allowed.push(format!("{id}-{k}"));
+            }
+        }
+        if n % 4 != 1 {
+            let consent = json!({
+                "resourceType": "Consent", "status": "active",
+                "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope", "code": "patient-privacy"}]},
+                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                "patient": {"reference": format!("Patient/{id}")},
+                "provision": {"type": "deny"},
+            });
+            server.post("Consent", &consent).await.expect(201);
+        }
+    }
+    let mut seen = Vec::new();
+    let mut page = server.get("Observation?code=29463-7&_count=1&_total=accurate").await.expect(200);
+    assert!(page.get("total").is_none(), "no count under a search policy: {page}");
+    loop {
+        let matches: Vec<String> = page["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["search"]["mode"] == "match")
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(matches.len(), 1, "every page is full: {page}");
+        seen.extend(matches);
+        let next = page["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next");
+        let Some(next) = next.and_then(|l| l["url"].as_str()) else { break };
+        page = server.send(server.client.get(next)).await.expect(200);
+    }
+    assert_eq!(seen, allowed, "exactly the allowed records, in order, each once");
+    let count = server.get("Observation?code=29463-7&_summary=count").await.expect(200);
+    assert!(count.get("total").is_none(), "{count}");
+}
 
 async fn policy_plugins_change_real_responses(db: Db) {
     let folder = policies(CLINICAL_BINDINGS);
