@@ -6,9 +6,11 @@
 //! cut, so a page holds only versions the caller may see and its `next` cursor is the position
 //! of the last of them.
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::cursor::{CursorKey, bad_cursor, binding};
+use super::paging::fill;
 use super::{Records, Requester, erased, not_found};
 use crate::auth::Interaction;
 use crate::fhir::outcome::FhirError;
@@ -16,10 +18,6 @@ use crate::fhir::resource_types::R4_RESOURCE_TYPES;
 use crate::fhir::search::access::{Reach, Visibility};
 use crate::policy::PolicyInteraction;
 use crate::store::{HistoryOf, Lookup, VersionRecord};
-
-/// Rows looked at for one page at most, when filtering in memory hides many: past this the
-/// page ends early with a `next` link from where the scan stopped.
-const MAX_EXAMINED: usize = 5000;
 
 /// A history read.
 pub struct HistoryRequest<'a> {
@@ -41,7 +39,7 @@ pub struct HistoryFeed {
 }
 
 /// Where a page of history ends: (last updated, type, id, version) of its last version.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Position(i64, String, String, i64);
 
 impl Position {
@@ -87,7 +85,7 @@ impl Records {
         };
         let cursors = CursorKey::derive(&self.store.blind_index_key().await?);
         let bound = binding(who.principal, &kind, &request.params);
-        let mut before = match request.cursor {
+        let before = match request.cursor {
             Some(text) => {
                 let position: Position =
                     serde_json::from_slice(&cursors.open(&bound, text)?).map_err(|_| bad_cursor())?;
@@ -98,63 +96,44 @@ impl Records {
         let gated = self.gated(&types, PolicyInteraction::History);
         let everything = types.iter().all(|t| vis.reach(t).is_all());
         let count = request.count;
-        let mut kept: Vec<VersionRecord> = Vec::with_capacity(count + 1);
-        let mut examined = 0;
-        let mut exhausted = false;
-        let mut first_denial = None;
-        while kept.len() <= count {
-            // Ask for what the page still needs; when filtering hides rows, read ahead.
-            let wanted = count + 1 - kept.len();
-            let batch = if everything && !gated { wanted } else { wanted.max(50) };
-            let (rows, more) = self
-                .store
-                .history_all(
-                    request.of,
-                    &vis,
-                    request.since,
-                    before.as_ref().map(|p| (p.0, p.1.as_str(), p.2.as_str(), p.3)),
-                    batch,
-                )
-                .await?;
-            examined += rows.len();
-            if let Some(last) = rows.last() {
-                before = Some(Position::of(last));
-            }
-            let mut visible = Vec::with_capacity(rows.len());
-            for record in rows {
-                let reach = if everything { Reach::All } else { vis.reach(&record.res_type) };
-                if self.admits_version(&reach, &record).await? {
-                    visible.push(record);
+        let first_denial = std::sync::Mutex::new(None);
+        let read =
+            |before: Option<Position>, limit: usize| -> BoxFuture<'_, Result<(Vec<VersionRecord>, bool), FhirError>> {
+                let vis = &vis;
+                Box::pin(async move {
+                    let before = before.as_ref().map(|p| (p.0, p.1.as_str(), p.2.as_str(), p.3));
+                    Ok(self.store.history_all(request.of, vis, request.since, before, limit).await?)
+                })
+            };
+        let keep = |rows: Vec<VersionRecord>| -> BoxFuture<'_, Result<Vec<VersionRecord>, FhirError>> {
+            Box::pin(async {
+                let mut visible = Vec::with_capacity(rows.len());
+                for record in rows {
+                    let reach = if everything { Reach::All } else { vis.reach(&record.res_type) };
+                    if self.admits_version(&reach, &record).await? {
+                        visible.push(((), record));
+                    }
                 }
-            }
-            let keyed = visible.into_iter().map(|r| ((), r)).collect();
-            let (admitted, denial) = self.admit_keyed(who, PolicyInteraction::History, keyed).await?;
-            kept.extend(admitted.into_iter().map(|(_, r)| r));
-            first_denial = first_denial.or(denial);
-            if !more {
-                exhausted = true;
-                break;
-            }
-            if examined >= MAX_EXAMINED {
-                break;
-            }
-        }
+                let (admitted, denial) = self.admit_keyed(who, PolicyInteraction::History, visible).await?;
+                if let Some(denial) = denial {
+                    first_denial.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(denial);
+                }
+                Ok(admitted.into_iter().map(|(_, r)| r).collect())
+            })
+        };
+        let read_ahead = if everything && !gated { 1 } else { 50 };
+        let mut scan = fill(count, before, read_ahead, Position::of, read, keep).await?;
         // A resource whose every version a policy denies answers that denial, as its read does.
+        let first_denial = first_denial.into_inner().unwrap_or_else(|e| e.into_inner());
         if let (HistoryOf::Instance(..), None, true, Some(denial)) =
-            (request.of, request.cursor, kept.is_empty(), first_denial)
+            (request.of, request.cursor, scan.kept.is_empty(), first_denial)
         {
             return Err(denial);
         }
-        let next = if kept.len() > count {
-            kept.truncate(count);
-            kept.last().map(Position::of)
-        } else if exhausted {
-            None
-        } else {
-            // The scan stopped early: the next page goes on from where it stopped. The cursor
-            // is sealed, so the position of a hidden version is not disclosed.
-            before
-        };
+        // Past the last kept version, or where the scan stopped early (the cursor is sealed, so
+        // the position of a hidden version is not disclosed).
+        let next = scan.cut(count, Position::of);
+        let kept = scan.kept;
         let next = next.map(|p| cursors.seal(&bound, &serde_json::to_vec(&p).unwrap_or_default()));
         let total = match request.of {
             HistoryOf::Instance(res_type, id) if everything && !gated => {
@@ -191,49 +170,29 @@ impl Records {
         let vis = self.predicate(who, Interaction::Read).await?;
         let cursors = CursorKey::derive(&self.store.blind_index_key().await?);
         let bound = binding(who.principal, &format!("everything/{}", request.patient), &request.params);
-        let mut after: Option<(String, String)> = match request.cursor {
+        let after: Option<(String, String)> = match request.cursor {
             Some(text) => Some(serde_json::from_slice(&cursors.open(&bound, text)?).map_err(|_| bad_cursor())?),
             None => None,
         };
         let key_id = crate::fhir::compartment::patient_key_id(request.patient);
         let count = request.count;
-        let mut kept: Vec<VersionRecord> = Vec::with_capacity(count + 1);
-        let mut examined = 0;
-        let mut exhausted = false;
-        while kept.len() <= count {
-            let wanted = (count + 1 - kept.len()).max(50);
-            let (rows, more) = self
-                .store
-                .compartment_page(
-                    &key_id,
-                    request.types,
-                    &vis,
-                    request.since,
-                    after.as_ref().map(|(t, i)| (t.as_str(), i.as_str())),
-                    wanted,
-                )
-                .await?;
-            examined += rows.len();
-            if let Some(last) = rows.last() {
-                after = Some((last.res_type.clone(), last.id.clone()));
-            }
-            kept.extend(self.admit(who, PolicyInteraction::Read, rows).await?);
-            if !more {
-                exhausted = true;
-                break;
-            }
-            if examined >= MAX_EXAMINED {
-                break;
-            }
-        }
-        let next = if kept.len() > count {
-            kept.truncate(count);
-            kept.last().map(|r| (r.res_type.clone(), r.id.clone()))
-        } else if exhausted {
-            None
-        } else {
-            after
+        let position = |r: &VersionRecord| (r.res_type.clone(), r.id.clone());
+        let read = |after: Option<(String, String)>,
+                    limit: usize|
+         -> BoxFuture<'_, Result<(Vec<VersionRecord>, bool), FhirError>> {
+            let key_id = &key_id;
+            let vis = &vis;
+            Box::pin(async move {
+                let after = after.as_ref().map(|(t, i)| (t.as_str(), i.as_str()));
+                Ok(self.store.compartment_page(key_id, request.types, vis, request.since, after, limit).await?)
+            })
         };
+        let keep = |rows: Vec<VersionRecord>| -> BoxFuture<'_, Result<Vec<VersionRecord>, FhirError>> {
+            Box::pin(self.admit(who, PolicyInteraction::Read, rows))
+        };
+        let mut scan = fill(count, after, 50, position, read, keep).await?;
+        let next = scan.cut(count, position);
+        let kept = scan.kept;
         let next = next.map(|p| cursors.seal(&bound, &serde_json::to_vec(&p).unwrap_or_default()));
         Ok((kept, next))
     }

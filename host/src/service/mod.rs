@@ -18,6 +18,7 @@ pub mod cursor;
 mod disclosed;
 mod gate;
 mod history;
+mod paging;
 mod read;
 mod search;
 mod write;

@@ -11,9 +11,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use futures_util::future::BoxFuture;
 use serde_json::{Map, Value, json};
 
 use super::cursor::{CursorKey, bad_cursor, binding};
+use super::paging::fill;
 use super::{Disclosed, Records, Requester};
 use crate::auth::{AccessPredicate, Interaction};
 use crate::fhir::instant::{now_us, to_fhir_instant};
@@ -28,9 +30,6 @@ use crate::store::{Match, Position, SearchScope, Store, VersionRecord};
 /// Included resources (`_include`, `_revinclude`) per page at most; beyond, the search is
 /// refused with advice rather than left to time out.
 pub const MAX_INCLUDED: usize = 1000;
-/// Matches looked at for one page at most when policy plugins hide many: past this the page
-/// ends early, with a `next` link from where the scan stopped.
-const MAX_EXAMINED: usize = 5000;
 
 /// A search request.
 pub struct SearchRequest {
@@ -177,44 +176,29 @@ impl Records {
     ) -> Result<Page, FhirError> {
         let count = query.count;
         let backwards = from.is_some_and(|p| p.backwards);
-        let mut at = from.cloned();
-        let mut kept: Vec<Match> = Vec::with_capacity(count + 1);
-        let mut examined = 0;
-        let mut exhausted = false;
-        while kept.len() <= count {
-            let wanted = count + 1 - kept.len();
-            let batch = if gated { wanted.max(50) } else { wanted };
-            let rows = self.store.search_rows(query, scope, vis, at.as_ref(), batch).await?;
-            examined += rows.matches.len();
-            if let Some(last) = rows.matches.last() {
-                at = Some(Position { backwards, values: last.position.values.clone() });
-            }
-            if gated {
-                let keyed = rows.matches.into_iter().map(|m| (m.position, m.record)).collect();
-                let (admitted, _) = self.admit_keyed(who, PolicyInteraction::Search, keyed).await?;
-                kept.extend(admitted.into_iter().map(|(position, record)| Match { record, position }));
-            } else {
-                kept.extend(rows.matches);
-            }
-            if !rows.more {
-                exhausted = true;
-                break;
-            }
-            if examined >= MAX_EXAMINED {
-                break;
-            }
-        }
-        // Where the page's far end is: the last kept match when there are more, or where the
-        // scan stopped (a sealed cursor: the position is not disclosed).
-        let beyond = if kept.len() > count {
-            kept.truncate(count);
-            kept.last().map(|m| m.position.values.clone())
-        } else if exhausted {
-            None
-        } else {
-            at.map(|p| p.values)
+        let position = |m: &Match| Position { backwards, values: m.position.values.clone() };
+        let read = |at: Option<Position>, limit: usize| -> BoxFuture<'_, Result<(Vec<Match>, bool), FhirError>> {
+            Box::pin(async move {
+                let rows = self.store.search_rows(query, scope, vis, at.as_ref(), limit).await?;
+                Ok((rows.matches, rows.more))
+            })
         };
-        let near = from.map(|_| kept.first().map(|m| m.position.values.clone())).flatten();
+        let keep = |matches: Vec<Match>| -> BoxFuture<'_, Result<Vec<Match>, FhirError>> {
+            Box::pin(async move {
+                if !gated {
+                    return Ok(matches);
+                }
+                let keyed = matches.into_iter().map(|m| (m.position, m.record)).collect();
+                let (admitted, _) = self.admit_keyed(who, PolicyInteraction::Search, keyed).await?;
+                Ok(admitted.into_iter().map(|(position, record)| Match { record, position }).collect())
+            })
+        };
+        let mut scan = fill(count, from.cloned(), if gated { 50 } else { 1 }, position, read, keep).await?;
+        // The far end's position: the last kept match when there are more, or where the scan
+        // stopped (a sealed cursor: the position is not disclosed).
+        let beyond = scan.cut(count, position).map(|p| p.values);
+        let mut kept = scan.kept;
+        let near = from.and(kept.first().map(|m| m.position.values.clone()));
         if backwards {
             kept.reverse();
         }
