@@ -140,10 +140,33 @@ fn client_for(scratch: &Scratch, name: &str, concurrency: usize) -> reqwest::Cli
 
 /// A `user/*.cruds` token from the dev-mode server `name`'s development issuer.
 fn token_for(scratch: &Scratch, name: &str) -> String {
+    scoped_token(scratch, name, "user/*.cruds", None)
+}
+
+/// A token with `scope` (and `patient` in context) from server `name`'s development issuer.
+fn scoped_token(scratch: &Scratch, name: &str, scope: &str, patient: Option<&str>) -> String {
     let data = scratch.path(name);
     let key = hearth::auth::token::DevSigningKey::load_or_create(&hearth::serve::dev_token_key_path(&data))
         .expect("dev signing key");
-    key.issue("hearth-bench", "user/*.cruds", Duration::from_secs(3600), None, &[])
+    key.issue("hearth-bench", scope, Duration::from_secs(3600), patient, &[])
+}
+
+/// The confined clients of case 5 for server `name`, once its data is loaded.
+fn confined_clients(
+    scratch: &Scratch,
+    name: &str,
+    concurrency: usize,
+    loaded: &search_case::Loaded,
+) -> Option<search_case::Confined> {
+    let patient = search_case::confined_patient(loaded)?.to_owned();
+    let ca = scratch.path(name).join("tls/ca.pem");
+    let patient_token = scoped_token(scratch, name, "patient/*.rs", Some(&patient));
+    let constrained_token = scoped_token(scratch, name, "user/Observation.rs?category=vital-signs", None);
+    Some(search_case::Confined {
+        patient_client: load::client(&ca, concurrency, Some(&patient_token)),
+        constrained_client: load::client(&ca, concurrency, Some(&constrained_token)),
+        patient,
+    })
 }
 
 /// Case 6 on one database: a fresh server, `hearth import`, then a Bulk Data export.
@@ -337,7 +360,10 @@ async fn all(
         let search_client = client_for(&scratch, "search-sqlite", concurrency);
         let sqlite_loaded = search_case::ingest(&search_client, &server, patients, per_patient, concurrency).await;
         if wanted(5) {
-            comparisons.extend(search_case::measure(spec, &search_client, &server, &sqlite_loaded, "SQLite").await);
+            let confined = confined_clients(&scratch, "search-sqlite", concurrency, &sqlite_loaded);
+            comparisons.extend(
+                search_case::measure(spec, &search_client, &server, &sqlite_loaded, "SQLite", confined.as_ref()).await,
+            );
         }
         if let Some(rss) = server.rss_mib() {
             memory.push((format!("hearth (SQLite) after ingesting {patients} patients and the search load"), rss));
@@ -352,7 +378,11 @@ async fn all(
                 // (the load just happened; measuring before they exist measures a cold planner).
                 pg.analyze().await;
                 if wanted(5) {
-                    comparisons.extend(search_case::measure(spec, &pg_client, &server, &pg_loaded, "PostgreSQL").await);
+                    let confined = confined_clients(&scratch, "search-postgres", concurrency, &pg_loaded);
+                    comparisons.extend(
+                        search_case::measure(spec, &pg_client, &server, &pg_loaded, "PostgreSQL", confined.as_ref())
+                            .await,
+                    );
                 }
                 if let Some(rss) = server.rss_mib() {
                     memory.push((

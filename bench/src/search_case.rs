@@ -142,13 +142,29 @@ fn urlencode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
-/// Each search against a read by id on the same server, alternating.
+/// Clients whose tokens are confined, for measuring what the compiled access predicate costs:
+/// one `patient/*.rs` token for `patient` (a loaded patient's id), one
+/// `user/Observation.rs?category=vital-signs` token.
+pub struct Confined {
+    pub patient: String,
+    pub patient_client: reqwest::Client,
+    pub constrained_client: reqwest::Client,
+}
+
+/// The patient a [`Confined`] patient token should be for.
+pub fn confined_patient(loaded: &Loaded) -> Option<&str> {
+    loaded.patients.first().map(|p| p.0.as_str())
+}
+
+/// Each search against a read by id on the same server, alternating; then the same searches
+/// by confined tokens against the unconfined token (the access predicate's cost).
 pub async fn measure(
     spec: LoadSpec,
     client: &reqwest::Client,
     server: &ServerProcess,
     loaded: &Loaded,
     database: &str,
+    confined: Option<&Confined>,
 ) -> Vec<Comparison> {
     let reads: Arc<Vec<String>> =
         Arc::new(loaded.patients.iter().take(500).map(|p| format!("Patient/{}", p.0)).collect());
@@ -169,5 +185,43 @@ pub async fn measure(
             None,
         ));
     }
+    let Some(confined) = confined else { return out };
+    let codes = ["8867-4", "8480-6", "29463-7", "2339-0"];
+    let by_param: Arc<Vec<String>> = Arc::new(
+        codes
+            .iter()
+            .map(|c| format!("Observation?patient={}&code=http://loinc.org|{c}&date=ge2026-06-01", confined.patient))
+            .collect(),
+    );
+    let by_compartment: Arc<Vec<String>> =
+        Arc::new(codes.iter().map(|c| format!("Observation?code=http://loinc.org|{c}&date=ge2026-06-01")).collect());
+    let (patient, user) = alternating(
+        spec,
+        ROUNDS,
+        |s| get_loop(s, &confined.patient_client, server, by_compartment.clone()),
+        |s| get_loop(s, client, server, by_param.clone()),
+    )
+    .await;
+    out.push(Comparison::new(
+        &format!("5 access predicate ({database})"),
+        ("patient/*.rs token: Observation?code=&date=ge (compartment compiled)", &patient),
+        ("user/*.cruds token: Observation?patient=&code=&date=ge", &user),
+        "p95 <= 1.10 x",
+        None,
+    ));
+    let (constrained, user) = alternating(
+        spec,
+        ROUNDS,
+        |s| get_loop(s, &confined.constrained_client, server, by_param.clone()),
+        |s| get_loop(s, client, server, by_param.clone()),
+    )
+    .await;
+    out.push(Comparison::new(
+        &format!("5 access predicate ({database})"),
+        ("user/Observation.rs?category=vital-signs token: Observation?patient=&code=&date=ge", &constrained),
+        ("user/*.cruds token: the same search", &user),
+        "p95 <= 1.10 x",
+        None,
+    ));
     out
 }
