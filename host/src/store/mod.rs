@@ -605,7 +605,7 @@ impl Store {
         if reach.is_nothing() {
             return Ok(Lookup::NotFound);
         }
-        let mut sql = search::Sql::default();
+        let mut sql = search::Sql::on(self.backend);
         let (t, i) = (sql.text(res_type), sql.text(id));
         let within =
             search::reach_condition(&mut sql, vis, &reach, res_type, "h").unwrap_or_else(|| "1 = 1".to_owned());
@@ -646,7 +646,7 @@ impl Store {
         if reach.is_nothing() {
             return Ok(Lookup::NotFound);
         }
-        let mut sql = search::Sql::default();
+        let mut sql = search::Sql::on(self.backend);
         let (t, i, n) = (sql.text(res_type), sql.text(id), sql.int(version));
         let within = search::version_reach_sql(&mut sql, &reach, "v").map_or_else(String::new, |c| format!(" AND {c}"));
         let text = format!(

@@ -105,6 +105,10 @@ pub enum Filter {
     Has { source: String, ref_param: &'static Param, inner: Box<Filter> },
     /// Matches nothing (e.g. a compartment no resource of the type can be in).
     Nothing,
+    /// Only resources sealed under this data key (a patient compartment): the access
+    /// predicate's compartment, placed among the filters so that, when it is the most selective,
+    /// it drives the query.
+    Compartment(String),
 }
 
 impl Filter {
@@ -120,7 +124,7 @@ impl Filter {
                 out.push(source.clone());
                 inner.searched_types(out);
             }
-            Filter::Param { .. } | Filter::Nothing => {}
+            Filter::Param { .. } | Filter::Nothing | Filter::Compartment(_) => {}
         }
     }
 }
