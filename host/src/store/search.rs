@@ -96,8 +96,8 @@ pub(super) struct Sql {
     /// the by-resource index (SQLite would otherwise pick the value index and scan every row
     /// with that value for each candidate; PostgreSQL's planner chooses well on its own).
     by_resource: &'static str,
-    /// The same for heads found by their compartment (`resource_head_key`): without statistics
-    /// SQLite prefers walking the whole type in primary-key order.
+    /// The same for heads read by their compartment (`resource_head_key`, `$everything`):
+    /// without statistics SQLite prefers walking every head in primary-key order.
     by_compartment: &'static str,
 }
 
@@ -222,7 +222,7 @@ impl Store {
         let mut sql = Sql::on(self.backend);
         let text =
             format!("SELECT COUNT(*) FROM resource_head h WHERE {}", where_clause(&mut sql, vis, &types, &order));
-        Ok(self.planned_per_call(sql.query(text)).fetch_one(&self.reader).await?.try_get::<i64, _>(0)?)
+        Ok(sql.query(text).fetch_one(&self.reader).await?.try_get::<i64, _>(0)?)
     }
 
     /// Up to `limit` resources matching `query` (plus `scope`) within `vis`'s reach, from
@@ -239,7 +239,7 @@ impl Store {
         let order = self.filter_order(&types, query, scope, vis).await?;
         let PageSql { sql, text, keys } = page_sql(self.backend, vis, &types, query, &order, from, limit)?;
         let backwards = from.is_some_and(|p| p.backwards);
-        let rows = self.planned_per_call(sql.query(text)).fetch_all(&self.reader).await?;
+        let rows = sql.query(text).fetch_all(&self.reader).await?;
         let more = rows.len() > limit;
         let mut found: Vec<(String, String, Vec<Value>)> = Vec::with_capacity(rows.len().min(limit));
         for row in rows.iter().take(limit) {
@@ -269,17 +269,6 @@ impl Store {
             }
         }
         Ok(SearchRows { matches, more })
-    }
-
-    /// A search statement, planned with its values on PostgreSQL: a prepared statement's
-    /// generic plan guesses every equality matches a few rows, and so drove a patient
-    /// token's search from a common code (2,500 candidates) instead of the patient's
-    /// compartment (10): 105 ms instead of 1. SQLite plans without looking at values anyway.
-    fn planned_per_call<'q>(
-        &self,
-        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-        query.persistent(self.backend == super::Backend::Sqlite)
     }
 
     /// How many values a [`Position`] of `query` holds (its sort keys, plus type and id).
@@ -920,16 +909,12 @@ fn optional_text(sql: &mut Sql, value: Option<&str>) -> String {
 fn head_filter(sql: &mut Sql, vis: &dyn Visibility, types: &Types<'_>, filter: &Filter, alias: &str) -> String {
     match filter {
         Filter::Nothing => "1 = 0".to_owned(),
-        // Driving: the compartment's heads of the type (a patient's records, by index).
+        // Driving: the compartment's resources of the type, from their `_compartment` index
+        // rows: the same shape as a `patient=` search, so both databases plan it as well (a
+        // prepared statement's generic plan on PostgreSQL included).
         Filter::Compartment(key_id) => {
-            let k = sql.text(key_id.clone());
-            let t = types.condition(sql, "k.res_type");
-            let hint = sql.by_compartment;
-            format!(
-                "{} IN (SELECT {} FROM resource_head k{hint} WHERE {t} AND k.key_id = {k} AND k.deleted = 0)",
-                types.head_key(alias),
-                types.head_key("k")
-            )
+            let rows = compartment_rows(sql, types, key_id);
+            format!("{} IN ({rows})", types.head_key(alias))
         }
         Filter::Param { param, condition, negated } if param.is_special() => {
             let clause = special_condition(sql, param, condition, alias);
@@ -984,12 +969,7 @@ impl Store {
         for &i in &probed {
             let mut sql = Sql::on(self.backend);
             let rows = match &filters[i] {
-                Filter::Compartment(key_id) => {
-                    let k = sql.text(key_id.clone());
-                    let t = types.condition(&mut sql, "k.res_type");
-                    let hint = sql.by_compartment;
-                    format!("SELECT 1 FROM resource_head k{hint} WHERE {t} AND k.key_id = {k}")
-                }
+                Filter::Compartment(key_id) => compartment_rows(&mut sql, types, key_id),
                 Filter::Param { param, condition, negated: false }
                     if !param.is_special() && !matches!(condition, Condition::Chain { .. }) =>
                 {
@@ -1051,6 +1031,17 @@ fn index_rows(sql: &mut Sql, types: &Types<'_>, param: &Param, row: Option<Strin
         text.push_str(&format!(" AND ({row})"));
     }
     text
+}
+
+/// The index rows of the resources of `types` in compartment `key_id`.
+fn compartment_rows(sql: &mut Sql, types: &Types<'_>, key_id: &str) -> String {
+    let type_condition = types.condition(sql, "s.res_type");
+    let p = sql.text(crate::fhir::search::extract::COMPARTMENT);
+    let k = sql.text(key_id);
+    format!(
+        "SELECT {} FROM search_index s WHERE {type_condition} AND s.param = {p} AND s.val IS NOT NULL AND s.val = {k}",
+        types.index_key()
+    )
 }
 
 /// The ids of live `res_type` resources within `vis`'s reach matching `filter` (for chains

@@ -70,8 +70,18 @@ pub fn index_entries(res_type: &str, resource: &Map<String, Value>, key: &BlindI
     let params: Vec<&'static Param> = registry::of_type(res_type).collect();
     let mut entries = index_entries_of_params(res_type, &params, resource, key);
     entries.dedup();
+    let id = resource.get("id").and_then(Value::as_str).unwrap_or("");
+    let compartment = crate::fhir::compartment::data_key_id(res_type, id, resource);
+    if compartment.starts_with("patient/") {
+        entries.push(IndexEntry { val: Some(compartment), ..IndexEntry::new(COMPARTMENT) });
+    }
     entries
 }
+
+/// The index row naming the patient compartment a resource is in (`val`: `patient/<id>`, the
+/// data key it is sealed under), so a `patient/` token's searches can start from it the way a
+/// `patient=` search starts from its reference (see `store::search`). Not a search parameter.
+pub const COMPARTMENT: &str = "_compartment";
 
 /// The index rows of `params` only (all of `res_type`'s), for checking an access predicate
 /// without indexing the whole resource.
@@ -458,7 +468,7 @@ mod tests {
         for secret in ["Zebedee", "zebedee", "Quillon", "quillon", "MRN-77"] {
             assert!(!text.contains(secret), "{secret} leaked into {text}");
         }
-        for row in rows.iter().filter(|r| r.param != "gender") {
+        for row in rows.iter().filter(|r| r.param != "gender" && r.param != COMPARTMENT) {
             let val = row.val.as_deref().unwrap_or_default();
             assert!(val.len() == 64 && val.bytes().all(|b| b.is_ascii_hexdigit()), "{row:?} is not a blind token");
             assert!(row.sys.is_none() && row.date.is_none() && row.num.is_none(), "{row:?}");

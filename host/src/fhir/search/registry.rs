@@ -429,7 +429,8 @@ pub fn fingerprint() -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     // v2: token parameters no longer index a choice element's string (free text in plain).
-    hash.update(b"hearth-search-index-v2\n");
+    // v3: every resource in a patient compartment has a `_compartment` row.
+    hash.update(b"hearth-search-index-v3\n");
     for p in all() {
         hash.update(format!("{}|{}|{:?}|{:?}|{:?}|{:?}\n", p.resource, p.code, p.kind, p.paths, p.targets, p.storage));
     }
