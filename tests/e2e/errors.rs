@@ -171,7 +171,7 @@ async fn an_oversized_body_gets_its_413_over_http_1_and_2() {
         body = body.display().to_string(),
         ca = server.ca.display().to_string(),
     );
-    let output = std::process::Command::new("python3").args(["-c", &script]).output().expect("python3 runs");
+    let output = crate::harness::python3().args(["-c", &script]).output().expect("python3 runs");
     let text = String::from_utf8_lossy(&output.stdout);
     assert_eq!(text.trim(), "413 too-long", "python requests: {}", String::from_utf8_lossy(&output.stderr));
 }

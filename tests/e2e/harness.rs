@@ -418,6 +418,18 @@ pub fn hearth_command(args: &[&str]) -> std::process::Output {
     panic!("hearth {args:?} did not finish within 5 minutes");
 }
 
+/// A `python3` command for the Python tools the tests drive (schemathesis, componentize-py,
+/// requests): `HEARTH_TEST_PYTHON` if set, else the project's venv (`.venv`, which `tests/run`
+/// creates and fills from the requirements files), else `python3` from the PATH.
+pub fn python3() -> Command {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").join(".venv/bin/python3");
+    match std::env::var_os("HEARTH_TEST_PYTHON") {
+        Some(python) => Command::new(python),
+        None if venv.exists() => Command::new(venv),
+        None => Command::new("python3"),
+    }
+}
+
 /// Whether `needle` occurs in `haystack`.
 pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)

@@ -4,7 +4,7 @@
 //! and labels from the consent policy, the same notices from the notify integration.
 //!
 //! Toolchains: `npm ci --prefix plugins/js` and `pip install -r plugins/python/requirements.txt`
-//! (`.ci/run` does both).
+//! (`tests/run` does both, into the project venv `.venv`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -69,7 +69,7 @@ pub fn built(lang: Lang, name: &str, world: &str) -> Vec<u8> {
                     .output()
                     .expect("run node (Node.js 20+ is needed for the JavaScript plugins)")
             }
-            Lang::Python => Command::new("python3")
+            Lang::Python => crate::harness::python3()
                 .current_dir(root().join("plugins").join("python").join(name))
                 .args([
                     "-c",
@@ -90,7 +90,7 @@ pub fn built(lang: Lang, name: &str, world: &str) -> Vec<u8> {
         assert!(
             output.status.success(),
             "building the {} plugin {name} failed (toolchain: `npm ci --prefix plugins/js`, \
-             `pip install -r plugins/python/requirements.txt`):\n{}{}",
+             `bash tests/run` sets up `.venv` with plugins/python/requirements.txt):\n{}{}",
             lang.name(),
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)

@@ -2,7 +2,7 @@
 //! `docs/openapi.yaml` (valid and invalid: bodies, parameters, missing or bad auth, stateful
 //! sequences) against a running server, bounded for CI, and checks that nothing answers 5xx and
 //! that every status code, content type, header and body is one the description documents.
-//! Toolchain: `pip install -r tests/requirements.txt` (`.ci/run` does it).
+//! Toolchain: `pip install -r tests/requirements.txt` (`tests/run` does it, into the project venv `.venv`).
 
 use std::path::Path;
 use std::process::Command;
@@ -15,7 +15,7 @@ async fn the_rest_surface_survives_schema_driven_fuzzing() {
     let token = server.token("user/*.cruds admin/plugins admin/audit admin/keys", None);
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("docs").join("openapi.yaml");
     let reports = tempfile::tempdir().unwrap();
-    let output = Command::new("python3")
+    let output = crate::harness::python3()
         .current_dir(reports.path())
         .args(["-c", "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; sys.exit(schemathesis())"])
         .args(["run", spec.to_str().unwrap(), "--url", &server.base])
@@ -33,7 +33,7 @@ async fn the_rest_surface_survives_schema_driven_fuzzing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !stderr.contains("No module named 'schemathesis'"),
-        "schemathesis is missing: pip install -r tests/requirements.txt"
+        "schemathesis is missing: `bash tests/run` installs it into .venv (or pip install -r tests/requirements.txt)"
     );
     assert!(output.status.success(), "schemathesis found problems:\n{stdout}\n{stderr}");
     // A run that generated nothing proves nothing.

@@ -1,5 +1,5 @@
 //! A small W3C WebDriver client over reqwest, driving Debian's `chromium` through
-//! `chromedriver` (both installed by `.ci/run`): enough to sign in, fill forms, click, read
+//! `chromedriver` (both installed by `tests/run`): enough to sign in, fill forms, click, read
 //! pages and take screenshots the way a person at a browser would.
 
 use std::net::TcpListener;
@@ -20,7 +20,22 @@ pub struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the WebDriver session first (that is what closes Chromium: killing chromedriver
+    /// alone leaves its headless browser running after the suite), then stops chromedriver.
+    /// Drop cannot await, so the DELETE goes over a plain blocking socket.
     fn drop(&mut self) {
+        if let Some((address, path)) =
+            self.session.strip_prefix("http://").and_then(|rest| rest.split_once('/'))
+            && let Ok(mut stream) = std::net::TcpStream::connect(address)
+        {
+            use std::io::{Read as _, Write as _};
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+            let request =
+                format!("DELETE /{path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -38,7 +53,7 @@ impl Browser {
         let chromedriver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
-            .expect("chromedriver is not installed: `apt-get install chromium chromium-driver` (.ci/run does it)");
+            .expect("chromedriver is not installed: `apt-get install chromium chromium-driver` (tests/run does it)");
         let port = free_port();
         let driver = Command::new(chromedriver)
             .arg(format!("--port={port}"))
