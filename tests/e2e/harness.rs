@@ -422,12 +422,25 @@ pub fn hearth_command(args: &[&str]) -> std::process::Output {
 /// requests): `HEARTH_TEST_PYTHON` if set, else the project's venv (`.venv`, which `tests/run`
 /// creates and fills from the requirements files), else `python3` from the PATH.
 pub fn python3() -> Command {
+    Command::new(python3_program())
+}
+
+fn python3_program() -> std::ffi::OsString {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").join(".venv/bin/python3");
     match std::env::var_os("HEARTH_TEST_PYTHON") {
-        Some(python) => Command::new(python),
-        None if venv.exists() => Command::new(venv),
-        None => Command::new("python3"),
+        Some(python) => python,
+        None if venv.exists() => venv.into_os_string(),
+        None => "python3".into(),
     }
+}
+
+/// `PATH` with the folder of [`python3`]'s interpreter first, for scripts that run `python3`
+/// themselves (the Python plugin skeleton's build script).
+pub fn path_with_python() -> std::ffi::OsString {
+    let program = PathBuf::from(python3_program());
+    let mut folders: Vec<PathBuf> = program.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).into_iter().collect();
+    folders.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
+    std::env::join_paths(folders).expect("PATH folders")
 }
 
 /// Whether `needle` occurs in `haystack`.

@@ -310,6 +310,7 @@ async fn new_plugin_skeletons_build_and_pass_their_own_test() {
         }
         let output = Command::new(folder.join("test.sh"))
             .env("HEARTH", env!("CARGO_BIN_EXE_hearth"))
+            .env("PATH", crate::harness::path_with_python())
             .env("CARGO_TARGET_DIR", root().join("target").join("plugins").join("skeletons"))
             .output()
             .unwrap();

@@ -5,7 +5,6 @@
 //! Toolchain: `pip install -r tests/requirements.txt` (`tests/run` does it, into the project venv `.venv`).
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::harness::{Db, Server};
 
