@@ -63,7 +63,7 @@ enum Command {
     },
     /// Hearth's server, built with the benchmark-only plaintext switch
     /// (HEARTH_BENCH_PLAINTEXT=1 stores bodies unsealed).
-    Serve(Box<hearth::config::ServeArgs>),
+    Serve(Box<hearth_server::config::ServeArgs>),
 }
 
 fn main() {
@@ -73,7 +73,7 @@ fn main() {
         Command::Floor { cert, key } => runtime.block_on(floor(&cert, &key)),
         Command::Serve(args) => {
             let settings = (*args).resolve().unwrap_or_else(|e| panic!("{e}"));
-            runtime.block_on(hearth::serve::run(settings)).unwrap_or_else(|e| panic!("{e}"));
+            runtime.block_on(hearth_server::serve::run(settings)).unwrap_or_else(|e| panic!("{e}"));
         }
         Command::All { quick, concurrency, postgres_url, cases, output, search_patients } => {
             runtime.block_on(all(quick, concurrency, &postgres_url, &cases, &output, search_patients));
@@ -87,14 +87,14 @@ const ROUNDS: u32 = 4;
 const FLOOR_BODY: &str = r#"{"resourceType":"Patient","id":"floor","meta":{"versionId":"1","lastUpdated":"2026-01-01T00:00:00.000000Z"},"active":true,"gender":"female","birthDate":"1970-01-01","name":[{"family":"Floor","given":["Baseline"]}]}"#;
 
 async fn floor(cert: &Path, key: &Path) {
-    let tls = hearth::tls::server_config(cert, key, None).expect("TLS files");
+    let tls = hearth_server::tls::server_config(cert, key, None).expect("TLS files");
     let app = axum::Router::new().route(
         "/fixed",
         axum::routing::get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/fhir+json")], FLOOR_BODY) }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     println!("floor listening on https://{}", listener.local_addr().expect("addr"));
-    hearth::server::serve(listener, tls, app, hearth::server::shutdown_signal()).await;
+    hearth_server::server::serve(listener, tls, app, hearth_server::server::shutdown_signal()).await;
 }
 
 struct Scratch {
@@ -146,8 +146,9 @@ fn token_for(scratch: &Scratch, name: &str) -> String {
 /// A token with `scope` (and `patient` in context) from server `name`'s development issuer.
 fn scoped_token(scratch: &Scratch, name: &str, scope: &str, patient: Option<&str>) -> String {
     let data = scratch.path(name);
-    let key = hearth::auth::token::DevSigningKey::load_or_create(&hearth::serve::dev_token_key_path(&data))
-        .expect("dev signing key");
+    let key =
+        hearth_server::auth::token::DevSigningKey::load_or_create(&hearth_server::serve::dev_token_key_path(&data))
+            .expect("dev signing key");
     key.issue("hearth-bench", scope, Duration::from_secs(3600), patient, &[])
 }
 

@@ -9,8 +9,11 @@ use base64::Engine as _;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use hearth::plugins::bindings::types::{Decision, Interaction, Obligations, Principal, Request, SubjectResource};
-use hearth::plugins::{HostServices, Manifest, PluginRuntime};
+use hearth_server::plugins::bindings::types::{
+    Decision, Interaction, Obligations, Principal, Request, SubjectResource,
+};
+use hearth_server::plugins::host_data::Fixtures;
+use hearth_server::plugins::{HostServices, Manifest, PluginRuntime};
 
 /// Where `bench/run` put the reference plugin components.
 pub fn component_path(name: &str) -> PathBuf {
@@ -82,7 +85,7 @@ pub fn native_redact(json: &str) -> Decision {
 pub fn raw_calls(iterations: usize) -> Result<Vec<CallComparison>, String> {
     let http = reqwest::Client::new();
     let services =
-        HostServices { store: None, tokio: tokio::runtime::Handle::current(), http, consents: Default::default() };
+        HostServices { data: std::sync::Arc::new(Fixtures::default()), tokio: tokio::runtime::Handle::current(), http };
     let runtime = PluginRuntime::new(services, None)?;
     Ok(vec![
         raw_call(&runtime, iterations, "", "redact authorize, wasm (reused instance)")?,
@@ -180,13 +183,15 @@ fn language_component(lang: &str) -> PathBuf {
 pub fn language_calls(iterations: usize) -> (Vec<CallComparison>, Vec<String>) {
     let consent = json!({"resourceType": "Consent", "id": "c1", "status": "active",
         "patient": {"reference": "Patient/p1"}, "provision": {"type": "deny"}});
-    let services = HostServices {
-        store: None,
-        tokio: tokio::runtime::Handle::current(),
-        http: reqwest::Client::new(),
+    let fixtures = Fixtures {
         consents: std::sync::Arc::new(std::sync::Mutex::new(
             [("p1".to_owned(), vec![consent.to_string()])].into_iter().collect(),
         )),
+    };
+    let services = HostServices {
+        data: std::sync::Arc::new(fixtures),
+        tokio: tokio::runtime::Handle::current(),
+        http: reqwest::Client::new(),
     };
     let mut skipped = Vec::new();
     let runtime = match PluginRuntime::new(services, None) {
@@ -310,8 +315,9 @@ pub async fn load_language_consent(data: &Path, base_url: &str, name: &str, lang
 }
 
 async fn upload(data: &Path, base_url: &str, name: &str, lang: &str, bytes: &[u8], extra: Value) -> Result<(), String> {
-    let key = hearth::auth::token::DevSigningKey::load_or_create(&hearth::serve::dev_token_key_path(data))
-        .map_err(|e| e.to_string())?;
+    let key =
+        hearth_server::auth::token::DevSigningKey::load_or_create(&hearth_server::serve::dev_token_key_path(data))
+            .map_err(|e| e.to_string())?;
     let token = key.issue("hearth-bench", "admin/plugins", std::time::Duration::from_secs(600), None, &[]);
     let client = crate::load::client(&data.join("tls/ca.pem"), 1, Some(&token));
     let mut manifest = json!({"name": name, "version": "1.0.0", "world": "policy", "language": lang});

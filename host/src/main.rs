@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hearth::config::{LogFormat, ServeArgs, StorageArgs};
+use hearth_server::config::{LogFormat, ServeArgs, StorageArgs};
+// The server's modules under the names the subcommands use (`crate::store`, `crate::audit`...).
+use hearth_server::{audit, auth, config, crypto, fhir, plugins, serve, store, tls};
 use tracing_subscriber::EnvFilter;
+
+mod commands;
 
 /// mimalloc instead of glibc's malloc: a write allocates and frees many small JSON values and
 /// strings on several threads at once, and glibc's arenas spent a quarter of an import's CPU
@@ -121,7 +125,7 @@ enum PluginCommand {
     New {
         /// The language to write the plugin in.
         #[arg(long, value_enum)]
-        lang: hearth::plugin_new::Lang,
+        lang: commands::plugin_new::Lang,
         /// `policy` (decide and validate) or `integration` (react to changes, convert messages).
         #[arg(long, default_value = "policy")]
         world: String,
@@ -202,8 +206,8 @@ struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn admin(&self) -> hearth::plugin_commands::Server<'_> {
-        hearth::plugin_commands::Server { url: &self.server, token: &self.token, ca: self.cacert.as_deref() }
+    fn admin(&self) -> commands::plugin::Server<'_> {
+        commands::plugin::Server { url: &self.server, token: &self.token, ca: self.cacert.as_deref() }
     }
 }
 
@@ -225,7 +229,7 @@ enum AuditCommand {
 enum TokenCommand {
     /// Mint a token from the dev issuer key in the data directory (dev mode servers only).
     Issue {
-        #[arg(long, env = "HEARTH_DATA_DIR", default_value = hearth::config::DEFAULT_DATA_DIR)]
+        #[arg(long, env = "HEARTH_DATA_DIR", default_value = hearth_server::config::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         /// The subject (user or client) the token names.
         #[arg(long)]
@@ -274,28 +278,28 @@ fn main() -> ExitCode {
                 Err(error) => return usage_error(&error),
             };
             init_logging(settings.log_format);
-            runtime.block_on(hearth::serve::run(settings)).map_err(|error| {
+            runtime.block_on(hearth_server::serve::run(settings)).map_err(|error| {
                 tracing::error!(%error, "cannot start");
                 error.to_string()
             })
         }
         Command::Token(TokenCommand::Issue { data_dir, sub, scope, ttl, patient, role }) => {
-            hearth::commands::token_issue(&data_dir, &sub, &scope, &ttl, patient.as_deref(), &role)
+            commands::token::issue(&data_dir, &sub, &scope, &ttl, patient.as_deref(), &role)
                 .map(|token| println!("{token}"))
                 .map_err(|e| e.to_string())
         }
         Command::Plugin(PluginCommand::Sign { key, manifest, component }) => {
-            hearth::plugin_commands::plugin_sign(&key, &manifest, &component)
+            commands::plugin::plugin_sign(&key, &manifest, &component)
                 .map(|signature| println!("{signature}"))
                 .map_err(|e| e.to_string())
         }
         Command::Plugin(PluginCommand::New { lang, world, name, dir }) => {
-            hearth::plugin_new::plugin_new(&dir, lang, &world, &name)
+            commands::plugin_new::plugin_new(&dir, lang, &world, &name)
                 .map(|(_, next)| println!("{next}"))
                 .map_err(|e| e.to_string())
         }
         Command::Plugin(PluginCommand::Verify { keys, manifest, signature, component }) => {
-            hearth::plugin_commands::plugin_verify(&keys, &manifest, &component, &signature)
+            commands::plugin::plugin_verify(&keys, &manifest, &component, &signature)
                 .map(|key| println!("signed by {key}"))
                 .map_err(|e| e.to_string())
         }
@@ -308,64 +312,64 @@ fn main() -> ExitCode {
             .map(|answer| println!("{answer}"))
             .map_err(|e| e.to_string()),
         Command::Plugin(PluginCommand::Test { manifest, fixtures, component }) => runtime
-            .block_on(hearth::plugin_test::plugin_test(&component, &manifest, &fixtures))
+            .block_on(commands::plugin_test::plugin_test(&component, &manifest, &fixtures))
             .map(|report| print!("{report}"))
             .map_err(|e| e.to_string()),
         Command::Plugin(PluginCommand::Load { server, manifest, signature, component }) => {
-            let request = hearth::plugin_commands::LoadRequest {
+            let request = commands::plugin::LoadRequest {
                 server: server.admin(),
                 manifest: &manifest,
                 component: &component,
                 signature: signature.as_deref(),
             };
             runtime
-                .block_on(hearth::plugin_commands::plugin_load(&request))
+                .block_on(commands::plugin::plugin_load(&request))
                 .map(|loaded| println!("{loaded}"))
                 .map_err(|e| e.to_string())
         }
         Command::Keys(KeysCommand::Init { keyring }) => {
             init_logging(LogFormat::Text);
-            hearth::commands::keys_init(&keyring).map_err(|e| e.to_string())
+            commands::keys::init(&keyring).map_err(|e| e.to_string())
         }
         Command::Keys(KeysCommand::Rotate(storage)) => {
-            with_storage(&runtime, &storage, |settings| async move { hearth::commands::keys_rotate(&settings).await })
+            with_storage(&runtime, &storage, |settings| async move { commands::keys::rotate(&settings).await })
         }
         Command::Keys(KeysCommand::Status(storage)) => {
-            with_storage(&runtime, &storage, |settings| async move { hearth::commands::keys_status(&settings).await })
+            with_storage(&runtime, &storage, |settings| async move { commands::keys::status(&settings).await })
         }
-        Command::Config(ConfigCommand::Check(args)) => hearth::commands::config_check(args).map_err(|e| e.to_string()),
+        Command::Config(ConfigCommand::Check(args)) => commands::config::check(args).map_err(|e| e.to_string()),
         Command::Backup { storage, dest } => {
-            with_storage(&runtime, &storage, |settings| async move { hearth::backup::backup(&settings, &dest).await })
+            with_storage(&runtime, &storage, |settings| async move { commands::backup::backup(&settings, &dest).await })
         }
         Command::Restore { storage, src } => {
-            with_storage(&runtime, &storage, |settings| async move { hearth::backup::restore(&settings, &src).await })
+            with_storage(&runtime, &storage, |settings| async move { commands::backup::restore(&settings, &src).await })
         }
         Command::Verify { storage, manifest } => with_storage(&runtime, &storage, |settings| async move {
-            hearth::backup::verify(&settings, manifest.as_deref()).await
+            commands::backup::verify(&settings, manifest.as_deref()).await
         }),
         Command::Migrate(storage) => {
-            with_storage(&runtime, &storage, |settings| async move { hearth::commands::migrate(&settings).await })
+            with_storage(&runtime, &storage, |settings| async move { commands::migrate::run(&settings).await })
         }
         Command::Audit(AuditCommand::Verify(storage)) => {
-            with_storage(&runtime, &storage, |settings| async move { hearth::commands::audit_verify(&settings).await })
+            with_storage(&runtime, &storage, |settings| async move { commands::audit::verify(&settings).await })
         }
         Command::Audit(AuditCommand::Export(storage)) => {
-            with_storage(&runtime, &storage, |settings| async move { hearth::commands::audit_export(&settings).await })
+            with_storage(&runtime, &storage, |settings| async move { commands::audit::export(&settings).await })
         }
         Command::Import { input, server, batch, parallel, limit, state, report } => {
-            let target = hearth::import::ImportTarget {
+            let target = commands::import::ImportTarget {
                 url: &server.server,
                 token: &server.token,
                 ca: server.cacert.as_deref(),
             };
-            let options = hearth::import::ImportOptions {
+            let options = commands::import::ImportOptions {
                 batch: batch.clamp(1, 10_000),
                 parallel: parallel.clamp(1, 64),
                 limit,
                 state,
                 report,
             };
-            match runtime.block_on(hearth::import::import(&input, &target, &options)) {
+            match runtime.block_on(commands::import::import(&input, &target, &options)) {
                 Ok(summary) => {
                     let rate = (summary.loaded + summary.failed) as f64 / summary.seconds.max(0.001);
                     println!(
@@ -392,7 +396,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Erase { storage, patient, reason } => with_storage(&runtime, &storage, |settings| async move {
-            hearth::commands::erase_patient(&settings, &patient, &reason).await
+            commands::erase::patient(&settings, &patient, &reason).await
         }),
     };
     match result {
@@ -412,8 +416,8 @@ fn usage_error(error: &dyn std::fmt::Display) -> ExitCode {
 /// Resolves storage settings and runs a maintenance command on them.
 fn with_storage<F, Fut>(runtime: &tokio::runtime::Runtime, storage: &StorageArgs, command: F) -> Result<(), String>
 where
-    F: FnOnce(hearth::config::StorageSettings) -> Fut,
-    Fut: std::future::Future<Output = Result<(), hearth::commands::CommandError>>,
+    F: FnOnce(hearth_server::config::StorageSettings) -> Fut,
+    Fut: std::future::Future<Output = Result<(), commands::CommandError>>,
 {
     let settings = storage.resolve().map_err(|e| e.to_string())?;
     init_logging(LogFormat::Text);

@@ -152,7 +152,7 @@ async fn verify_catches_each_kind_of_tampering(db: Db) {
     let mut prev = saved[0].3.clone();
     for (seq, entry, _, _) in saved.iter().skip(1) {
         let entry = if *seq == 2 { entry.replace("e2e-tester", "someone-else") } else { entry.clone() };
-        let hash = hearth::store::chain_hash(&prev, entry.as_bytes()).to_vec();
+        let hash = hearth_server::store::chain_hash(&prev, entry.as_bytes()).to_vec();
         sqlx::query("UPDATE audit_entry SET entry = $1, prev_hash = $2, hash = $3 WHERE seq = $4")
             .bind(entry)
             .bind(&prev)

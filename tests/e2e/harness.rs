@@ -438,7 +438,8 @@ fn python3_program() -> std::ffi::OsString {
 /// themselves (the Python plugin skeleton's build script).
 pub fn path_with_python() -> std::ffi::OsString {
     let program = PathBuf::from(python3_program());
-    let mut folders: Vec<PathBuf> = program.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).into_iter().collect();
+    let mut folders: Vec<PathBuf> =
+        program.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).into_iter().collect();
     folders.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
     std::env::join_paths(folders).expect("PATH folders")
 }

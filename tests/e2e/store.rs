@@ -1,9 +1,9 @@
 //! Storage-level behaviour that has no HTTP surface yet, on both databases, through the
 //! library's own `open_store` (the same code `hearth serve` runs).
 
-use hearth::config::{KeySource, StorageSettings};
-use hearth::crypto::blind_index::Normalization;
-use hearth::store::Store;
+use hearth_server::config::{KeySource, StorageSettings};
+use hearth_server::crypto::blind_index::Normalization;
+use hearth_server::store::Store;
 
 use crate::harness::{Db, PgDatabase};
 use crate::on_both_databases;
@@ -38,14 +38,15 @@ fn settings(db: Db) -> Opened {
 }
 
 async fn open(opened: &Opened) -> Store {
-    hearth::serve::open_store(&opened.settings).await.expect("open store")
+    hearth_server::serve::open_store(&opened.settings).await.expect("open store")
 }
 
 async fn blind_index_key_is_stable_across_restart_rotation_and_erasure(db: Db) {
     let opened = settings(db);
     let store = open(&opened).await;
-    let token =
-        |key: &hearth::crypto::blind_index::BlindIndexKey| key.token("Patient.family", Normalization::Text, "Müller");
+    let token = |key: &hearth_server::crypto::blind_index::BlindIndexKey| {
+        key.token("Patient.family", Normalization::Text, "Müller")
+    };
     let first = token(&store.blind_index_key().await.unwrap());
     assert_eq!(token(&store.blind_index_key().await.unwrap()), first, "cached");
     store.close().await;
@@ -186,7 +187,7 @@ async fn insert_observations(conn: &mut sqlx::AnyConnection, count: u32) {
 /// row per distinct parameter value), and the start-up backlog pass rebuilds exactly those rows
 /// for entries written before lookups existed.
 async fn audit_lookups_are_written_with_their_entries_and_rebuilt_from_them(db: Db) {
-    use hearth::audit::{AuditEvent, Outcome};
+    use hearth_server::audit::{AuditEvent, Outcome};
     use sqlx::Connection;
     let opened = settings(db);
     let store = open(&opened).await;

@@ -24,8 +24,7 @@ impl Drop for Browser {
     /// alone leaves its headless browser running after the suite), then stops chromedriver.
     /// Drop cannot await, so the DELETE goes over a plain blocking socket.
     fn drop(&mut self) {
-        if let Some((address, path)) =
-            self.session.strip_prefix("http://").and_then(|rest| rest.split_once('/'))
+        if let Some((address, path)) = self.session.strip_prefix("http://").and_then(|rest| rest.split_once('/'))
             && let Ok(mut stream) = std::net::TcpStream::connect(address)
         {
             use std::io::{Read as _, Write as _};

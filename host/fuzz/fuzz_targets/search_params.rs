@@ -1,3 +1,3 @@
 #![no_main]
-// See hearth::fuzzing::search_params for the input format and the invariants checked.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| hearth::fuzzing::search_params(data));
+// See hearth_server::fuzzing::search_params for the input format and the invariants checked.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hearth_server::fuzzing::search_params(data));
