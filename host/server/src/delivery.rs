@@ -46,12 +46,11 @@ impl Delivery {
         registry: Arc<PluginRegistry>,
         policies: Arc<PolicyEngine>,
         subscriptions: Arc<Subscriptions>,
-    ) -> Result<Self, crate::serve::StartError> {
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| crate::serve::StartError::Plugins(format!("cannot build the HTTP client: {e}")))?;
+            .build()?;
         Ok(Delivery { store, registry, policies, subscriptions, http, wake: Arc::new(Notify::new()) })
     }
 

@@ -259,7 +259,10 @@ pub async fn start_plugins(
         audit.clone(),
     ));
     spawn_subscription_refresher(subscriptions.clone(), policies.clone(), store.clone());
-    let delivery = Arc::new(Delivery::new(store.clone(), registry.clone(), policies.clone(), subscriptions)?);
+    let delivery = Arc::new(
+        Delivery::new(store.clone(), registry.clone(), policies.clone(), subscriptions)
+            .map_err(|e| StartError::Plugins(format!("cannot build the delivery HTTP client: {e}")))?,
+    );
     let delivery_wake = delivery.wake.clone();
     delivery.spawn();
     #[cfg(unix)]

@@ -13,7 +13,7 @@ use axum::{Extension, Router};
 use serde_json::{Value, json};
 
 use super::SharedState;
-use super::fhir::fhir_json;
+use super::reply::fhir_json;
 use super::search::{form_pairs, pairs_of, respond, strict_handling};
 use crate::audit::AuditEvent;
 use crate::audit::lookup::{AuditQuery, parse_query, to_resource};

@@ -16,8 +16,9 @@ use serde_json::{Map, Value, json};
 
 use super::SharedState;
 use super::extract::{FhirBody, ReturnPreference, return_preference};
-use super::fhir::{fhir_json, requester};
 use super::gate::caller;
+use super::gate::requester;
+use super::reply::fhir_json;
 use super::search::{pairs_of, respond, search_bundle};
 use crate::auth::{Interaction, Principal};
 use crate::fhir::etag;

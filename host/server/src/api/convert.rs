@@ -12,8 +12,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::SharedState;
-use super::fhir::requester;
 use super::gate::caller;
+use super::gate::requester;
 use crate::auth::{Interaction, Principal, forbidden};
 use crate::fhir::etag;
 use crate::fhir::instant::to_fhir_instant;
@@ -308,7 +308,7 @@ async fn convert_fhir(
         })
         .collect();
     let bundle = json!({"resourceType": "Bundle", "type": "transaction-response", "entry": entries});
-    Ok(super::fhir::fhir_json(StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default()))
+    Ok(super::reply::fhir_json(StatusCode::OK, serde_json::to_vec(&bundle).unwrap_or_default()))
 }
 
 /// Rewrites `{"identifier": X}` references (anywhere in `object`) whose identifier matches a

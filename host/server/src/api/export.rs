@@ -150,7 +150,7 @@ pub async fn kickoff(
             .check(Interaction::Read, "Group")
             .map_err(|_| forbidden("a group export needs read access to Group (its member list)"))?;
         let caller = caller(principal, headers)?;
-        let group = state.records.read(super::fhir::requester(principal, &caller), "Group", group_id).await?;
+        let group = state.records.read(super::gate::requester(principal, &caller), "Group", group_id).await?;
         let group = group.body.ok_or_else(FhirError::internal)?;
         let group: Value = serde_json::from_slice(&group).map_err(|_| FhirError::internal())?;
         let mut ids = BTreeSet::new();
@@ -224,7 +224,7 @@ pub async fn kickoff(
 /// An informational OperationOutcome, as FHIR JSON.
 fn outcome_response(status: StatusCode, message: &str) -> Response {
     let outcome = operation_outcome("information", IssueType::Informational, message, None);
-    super::fhir::fhir_json(status, serde_json::to_vec(&outcome).unwrap_or_default())
+    super::reply::fhir_json(status, serde_json::to_vec(&outcome).unwrap_or_default())
 }
 
 /// Search parameters that shape a result page rather than select resources.
@@ -409,7 +409,7 @@ async fn next_chunk(cursor: &mut Cursor) -> Result<Option<Bytes>, FhirError> {
         }
         // The exporter reaches every resource of the type (`may_export`); the search policies
         // judge each one, as they would in a search.
-        let who = super::fhir::requester(&cursor.principal, &cursor.caller);
+        let who = super::gate::requester(&cursor.principal, &cursor.caller);
         let admitted = cursor.state.records.admit(who, PolicyInteraction::Search, records).await?;
         let mut lines = Vec::with_capacity(admitted.len() * 512);
         for record in admitted {

@@ -12,15 +12,15 @@ use serde_json::Value;
 use super::SharedState;
 use super::extract::{FhirBody, LimitedBody, ReturnPreference, if_match, if_none_match_matches, return_preference};
 use super::gate::caller;
+use super::gate::requester;
+use super::reply::fhir_json;
 use crate::auth::{Interaction, Principal};
-use crate::fhir::bundle::{Link, history_bundle};
-use crate::fhir::instant::{parse_instant, to_http_date};
+use crate::fhir::etag;
+use crate::fhir::instant::to_http_date;
 use crate::fhir::outcome::{FhirError, IssueType, operation_outcome};
 use crate::fhir::resource::{IncomingResource, check_id, check_type_name};
-use crate::fhir::{FHIR_JSON, etag};
-use crate::policy::Caller;
-use crate::service::{Disclosed, HistoryRequest, PatchRequest, Requester, WriteRequest, Written};
-use crate::store::{HistoryOf, VersionRecord};
+use crate::service::{Disclosed, PatchRequest, WriteRequest, Written};
+use crate::store::VersionRecord;
 
 /// Type- and instance-level interactions served for every resource type. The
 /// CapabilityStatement is generated from this list; keep it in step with [`routes`].
@@ -29,10 +29,6 @@ pub const TYPE_INTERACTIONS: &[&str] =
 
 /// System-level interactions served.
 pub const SYSTEM_INTERACTIONS: &[&str] = &["transaction", "batch", "search-system", "history-system"];
-
-/// Default and largest page size of a history Bundle.
-const DEFAULT_PAGE_SIZE: usize = 50;
-const MAX_PAGE_SIZE: usize = 1000;
 
 pub fn routes() -> Router<SharedState> {
     Router::new()
@@ -46,14 +42,9 @@ pub fn routes() -> Router<SharedState> {
         .route("/_history", get(super::feeds::system_history))
         .route("/{type}/_history", get(super::feeds::type_history))
         .route("/{type}/{id}", get(read).put(update).delete(delete).patch(patch))
-        .route("/{type}/{id}/_history", get(history))
+        .route("/{type}/{id}/_history", get(super::feeds::instance_history))
         .route("/{type}/{id}/{compartment}", get(super::search::search_compartment))
         .route("/{type}/{id}/_history/{vid}", get(vread))
-}
-
-/// Who is asking, for the service layer.
-pub(super) fn requester<'a>(principal: &'a Principal, caller: &'a Caller) -> Requester<'a> {
-    Requester { principal, caller }
 }
 
 async fn create(
@@ -262,139 +253,6 @@ fn deleted_response(res_type: &str, id: &str, version: Option<i64>) -> Response 
     if let Some(version) = version {
         insert_header(&mut response, header::ETAG, &etag(version));
     }
-    response
-}
-
-/// Parameters of a history interaction: `_count`, `_since` and the paging `_cursor`. Unknown
-/// parameters are ignored, as FHIR's default lenient handling asks.
-pub(super) struct HistoryParams {
-    pub count: usize,
-    pub since: Option<(String, i64)>,
-    pub cursor: Option<String>,
-    /// `_type` (system history only).
-    pub types: Vec<String>,
-}
-
-impl HistoryParams {
-    pub fn parse(query: Option<&str>, default_count: usize) -> Result<Self, FhirError> {
-        let mut params = HistoryParams { count: default_count, since: None, cursor: None, types: Vec::new() };
-        let mut seen = std::collections::BTreeSet::new();
-        for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-            if matches!(key.as_ref(), "_count" | "_since" | "_cursor") && !seen.insert(key.to_string()) {
-                return Err(FhirError::bad_request(IssueType::Value, format!("{key} may be given only once")));
-            }
-            match key.as_ref() {
-                "_count" => {
-                    params.count = value.parse().ok().filter(|c| (1..=MAX_PAGE_SIZE).contains(c)).ok_or_else(|| {
-                        FhirError::bad_request(
-                            IssueType::Value,
-                            format!("_count must be a whole number from 1 to {MAX_PAGE_SIZE}"),
-                        )
-                    })?;
-                }
-                "_since" => {
-                    let at = parse_instant(&value).ok_or_else(|| {
-                        FhirError::bad_request(
-                            IssueType::Value,
-                            "_since must be an instant with a time zone, e.g. 2026-01-31T12:00:00Z",
-                        )
-                    })?;
-                    params.since = Some((value.into_owned(), at));
-                }
-                "_cursor" => params.cursor = Some(value.into_owned()),
-                "_type" => {
-                    for t in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                        check_type_name(t)?;
-                        params.types.push(t.to_owned());
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(params)
-    }
-
-    /// The parameters that shape the result, as links repeat them (and cursors are bound to).
-    pub fn shaping(&self) -> Vec<(String, String)> {
-        let mut out = vec![("_count".to_owned(), self.count.to_string())];
-        if let Some((since, _)) = &self.since {
-            out.push(("_since".to_owned(), since.clone()));
-        }
-        if !self.types.is_empty() {
-            out.push(("_type".to_owned(), self.types.join(",")));
-        }
-        out
-    }
-
-    /// The URL of page `cursor` of the feed at `path`.
-    pub fn page_url(&self, base: &str, path: &str, cursor: Option<&str>) -> String {
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        for (k, v) in self.shaping() {
-            query.append_pair(&k, &v);
-        }
-        if let Some(cursor) = cursor {
-            query.append_pair("_cursor", cursor);
-        }
-        format!("{base}/{path}?{}", query.finish())
-    }
-}
-
-/// `GET /{type}/{id}/_history`, `/{type}/_history` and `/_history`: a history Bundle.
-pub(super) async fn history_feed(
-    state: &SharedState,
-    principal: &Principal,
-    headers: &HeaderMap,
-    of: HistoryOf<'_>,
-    query: Option<&str>,
-) -> Result<Response, FhirError> {
-    // A resource's own history is short; feeds over many resources page by 100.
-    let default_count = if matches!(of, HistoryOf::Instance(..)) { DEFAULT_PAGE_SIZE } else { 100 };
-    let params = HistoryParams::parse(query, default_count)?;
-    let caller = caller(principal, headers)?;
-    let request = HistoryRequest {
-        of,
-        count: params.count,
-        since: params.since.as_ref().map(|(_, at)| *at),
-        cursor: params.cursor.as_deref(),
-        params: params.shaping(),
-    };
-    let feed = state.records.history(requester(principal, &caller), request).await?;
-    let base = &state.settings.base_url;
-    let path = match of {
-        HistoryOf::System => "_history".to_owned(),
-        HistoryOf::Type(t) => format!("{t}/_history"),
-        HistoryOf::Instance(t, id) => format!("{t}/{id}/_history"),
-    };
-    let mut links = vec![Link { relation: "self", url: params.page_url(base, &path, params.cursor.as_deref()) }];
-    if let Some(next) = &feed.next {
-        links.push(Link { relation: "next", url: params.page_url(base, &path, Some(next)) });
-    }
-    let bundle = history_bundle(base, &feed.versions, feed.total, links).map_err(|error| {
-        tracing::error!(%error, "a stored version is not valid JSON");
-        FhirError::internal()
-    })?;
-    let mut disclosed = Disclosed::default();
-    feed.versions.iter().for_each(|v| disclosed.add(v));
-    let mut response = fhir_json(StatusCode::OK, bundle);
-    response.extensions_mut().insert(disclosed);
-    Ok(response)
-}
-
-async fn history(
-    State(state): State<SharedState>,
-    Extension(principal): Extension<Principal>,
-    Path((res_type, id)): Path<(String, String)>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> Result<Response, FhirError> {
-    check_type_name(&res_type)?;
-    check_id(&id)?;
-    history_feed(&state, &principal, &headers, HistoryOf::Instance(&res_type, &id), query.as_deref()).await
-}
-
-pub(super) fn fhir_json(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut response = (status, body).into_response();
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     response
 }
 

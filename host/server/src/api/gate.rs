@@ -7,6 +7,7 @@ use axum::http::HeaderMap;
 use crate::auth::{BREAK_GLASS_ROLE, Principal, forbidden};
 use crate::fhir::outcome::{FhirError, IssueType};
 use crate::policy::Caller;
+use crate::service::Requester;
 
 /// Stated reason for an emergency access; needs the break-glass role.
 pub const BREAK_GLASS_HEADER: &str = "x-break-glass-reason";
@@ -47,4 +48,9 @@ pub fn caller(principal: &Principal, headers: &HeaderMap) -> Result<Caller, Fhir
         break_glass_reason,
         patient: principal.patient.clone(),
     })
+}
+
+/// Who is asking, for the service layer.
+pub(super) fn requester<'a>(principal: &'a Principal, caller: &'a Caller) -> Requester<'a> {
+    Requester { principal, caller }
 }

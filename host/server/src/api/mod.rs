@@ -32,6 +32,7 @@ mod health;
 mod metrics;
 mod operations;
 mod plugins;
+mod reply;
 mod search;
 
 /// Settings of the HTTP layer.

@@ -10,8 +10,9 @@ use axum::response::Response;
 use serde_json::Value;
 
 use super::SharedState;
-use super::fhir::{fhir_json, requester};
 use super::gate::caller;
+use super::gate::requester;
+use super::reply::fhir_json;
 use crate::auth::Principal;
 use crate::fhir::outcome::{FhirError, IssueType};
 use crate::fhir::resource::{check_id, check_type_name};

@@ -67,7 +67,6 @@ impl Parser<'_> {
                 _ => Err(SearchError::invalid(format!("{name} takes true or false"))),
             };
         }
-        let unsupported_modifier = || unsupported_modifier(param, modifier);
         let (condition, negated) = match param.kind {
             Kind::Token | Kind::Uri => self.token_condition(res_type, param, modifier, &values)?,
             Kind::String => (self.string_condition(res_type, param, modifier, &values)?, false),
@@ -79,7 +78,9 @@ impl Parser<'_> {
                 (Condition::Quantity(values.iter().map(|v| quantity_value(code, v)).collect::<Result<_, _>>()?), false)
             }
             Kind::CompositeQuantity if modifier.is_none() => (composite_condition(code, &values)?, false),
-            Kind::Number | Kind::Quantity | Kind::CompositeQuantity => return Err(unsupported_modifier()),
+            Kind::Number | Kind::Quantity | Kind::CompositeQuantity => {
+                return Err(unsupported_modifier(param, modifier));
+            }
             Kind::Reference => (self.reference_condition(param, modifier, &values)?, false),
         };
         Ok(Filter::Param { param, condition, negated })
