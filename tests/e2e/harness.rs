@@ -247,12 +247,15 @@ impl Server {
         self.data_dir.join("keys")
     }
 
-    /// Runs a `hearth` maintenance command against this server's database and keyring.
+    /// Runs a `hearth` maintenance command against this server's database, keyring and data directory.
     pub fn hearth(&self, args: &[&str]) -> std::process::Output {
         let keyring = self.keyring();
         let mut full: Vec<&str> = args.to_vec();
         let url = self.database_url();
-        full.extend(["--database-url", &url, "--keyring", keyring.to_str().unwrap()]);
+        // The server's own data directory, as an operator would pass it (otherwise the command
+        // would create ./hearth-data in the test's working directory).
+        let data_dir = self.data_dir.to_str().unwrap();
+        full.extend(["--database-url", &url, "--keyring", keyring.to_str().unwrap(), "--data-dir", data_dir]);
         hearth_command(&full)
     }
 
