@@ -262,11 +262,7 @@ async fn read_heads<'a>(
             let t = sql.text(res_type);
             let list: Vec<String> = chunk.iter().map(|id| sql.text(*id)).collect();
             // Locked in id order on PostgreSQL, so two transactions cannot deadlock on them.
-            let lock = if backend.lock_rows().is_empty() {
-                String::new()
-            } else {
-                format!(" ORDER BY res_id{}", backend.lock_rows())
-            };
+            let lock = backend.lock_rows_in_order("res_id");
             let text = format!(
                 "SELECT res_id, version, deleted, last_updated_us FROM resource_head \
                  WHERE res_type = {t} AND res_id IN ({}){lock}",

@@ -30,6 +30,15 @@ impl Backend {
         }
     }
 
+    /// [`Backend::lock_rows`] for rows locked in `column` order, so that two transactions
+    /// locking overlapping sets cannot deadlock (nothing on SQLite).
+    pub(crate) fn lock_rows_in_order(self, column: &str) -> String {
+        match self {
+            Backend::Sqlite => String::new(),
+            Backend::Postgres => format!(" ORDER BY {column}{}", self.lock_rows()),
+        }
+    }
+
     /// Appended to a SELECT that claims work rows (the outbox): lock them, skipping rows another
     /// worker holds (PostgreSQL; SQLite has one writer, so nothing to skip).
     pub(crate) fn claim_rows(self) -> &'static str {

@@ -19,9 +19,11 @@ use crate::fhir::resource::{check_id, check_type_name};
 use crate::service::{Disclosed, EverythingRequest, HistoryRequest};
 use crate::store::HistoryOf;
 
+/// Default page size of a feed over many resources (`$everything`, type and system history).
 const DEFAULT_COUNT: usize = 100;
-/// Default (of one resource's history) and largest page size of a history Bundle.
-const DEFAULT_PAGE_SIZE: usize = 50;
+/// Default page size of one resource's history.
+const DEFAULT_INSTANCE_COUNT: usize = 50;
+/// Largest page size of a history Bundle.
 const MAX_PAGE_SIZE: usize = 1000;
 
 /// `GET /Patient/{id}/$everything`: the patient and every current record in their
@@ -171,8 +173,8 @@ pub(super) async fn history_feed(
     of: HistoryOf<'_>,
     query: Option<&str>,
 ) -> Result<Response, FhirError> {
-    // A resource's own history is short; feeds over many resources page by 100.
-    let default_count = if matches!(of, HistoryOf::Instance(..)) { DEFAULT_PAGE_SIZE } else { 100 };
+    // A resource's own history is short; feeds over many resources page by more.
+    let default_count = if matches!(of, HistoryOf::Instance(..)) { DEFAULT_INSTANCE_COUNT } else { DEFAULT_COUNT };
     let params = HistoryParams::parse(query, default_count)?;
     let caller = caller(principal, headers)?;
     let request = HistoryRequest {
