@@ -22,7 +22,7 @@ async fn capability_statement_lists_what_is_implemented(db: Db) {
     );
     let common: Vec<&str> =
         rest["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(common, ["_id", "_lastUpdated", "_tag", "_security", "_profile", "_source"]);
+    assert_eq!(common, ["_id", "_lastUpdated", "_profile", "_security", "_source", "_tag"]);
     assert!(rest["documentation"].as_str().unwrap().contains("_contained"), "unsupported search features are declared");
     assert_eq!(rest["operation"][0]["name"], "convert", "the plugin converter operation is declared");
     let resources = rest["resource"].as_array().unwrap();
@@ -61,9 +61,32 @@ async fn capability_statement_lists_what_is_implemented(db: Db) {
     let observation = resources.iter().find(|r| r["type"] == "Observation").unwrap();
     let names: Vec<&str> =
         observation["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    for expected in ["code", "date", "patient", "subject", "value-quantity", "code-value-quantity", "category"] {
+    for expected in [
+        "code",
+        "date",
+        "patient",
+        "subject",
+        "value-quantity",
+        "code-value-quantity",
+        "category",
+        "code-value-concept",
+    ] {
         assert!(names.contains(&expected), "Observation lacks {expected}");
     }
+    // Every R4 parameter of the types the registry once lacked, each naming its definition.
+    for (res_type, code) in
+        [("CarePlan", "patient"), ("Location", "address-city"), ("ServiceRequest", "patient"), ("Patient", "phonetic")]
+    {
+        let resource = resources.iter().find(|r| r["type"] == res_type).unwrap();
+        let param = resource["searchParam"].as_array().unwrap().iter().find(|p| p["name"] == code);
+        let param = param.unwrap_or_else(|| panic!("{res_type} lacks {code}"));
+        assert!(param["definition"].as_str().unwrap().starts_with("http://hl7.org/fhir/SearchParameter/"), "{param}");
+    }
+    let total: usize = resources.iter().map(|r| r["searchParam"].as_array().unwrap().len()).sum();
+    assert!(total > 1600 + 6 * 140, "{total} parameters");
+    let audit = resources.iter().find(|r| r["type"] == "AuditEvent").unwrap();
+    let agent = audit["searchParam"].as_array().unwrap().iter().find(|p| p["name"] == "agent").unwrap();
+    assert_eq!(agent["type"], "reference", "R4 declares AuditEvent.agent a reference");
     assert!(observation["searchInclude"].as_array().unwrap().iter().any(|i| i == "Observation:subject"));
     assert!(patient["searchRevInclude"].as_array().unwrap().iter().any(|i| i == "Observation:subject"));
     // Each advertised type really works.

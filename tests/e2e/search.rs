@@ -233,15 +233,23 @@ async fn search_table(db: Db) {
     let patients = &clinic.patients;
     let obs = &clinic.observations;
 
-    // Identifying strings: exact match through the blind index, ignoring case and accents.
+    // Identifying strings: from the start, ignoring case and accents, through blind prefix tokens.
     let family = &patients[7].family;
     let expected = set(patients.iter().filter(|p| &p.family == family).map(|p| &p.id));
     assert!(expected.len() > 1, "the data set has namesakes");
     assert_eq!(ids_of(&server, &format!("Patient?family={}", family.to_uppercase())).await, expected);
     assert_eq!(ids_of(&server, &format!("Patient?name={family}")).await, expected, "name matches any part");
+    let prefix = family[..3].to_lowercase();
+    let expected = set(patients.iter().filter(|p| p.family.to_lowercase().starts_with(&prefix)).map(|p| &p.id));
+    assert!(expected.len() > 1);
+    assert_eq!(ids_of(&server, &format!("Patient?family={prefix}")).await, expected, "a prefix of the family name");
+    assert_eq!(
+        ids_of(&server, &format!("Patient?family:exact={family}")).await,
+        set(patients.iter().filter(|p| &p.family == family).map(|p| &p.id))
+    );
     assert!(
-        ids_of(&server, &format!("Patient?family={}", &family[..3])).await.is_empty(),
-        "no prefix on blind indexes"
+        ids_of(&server, &format!("Patient?family:exact={}", family.to_uppercase())).await.is_empty(),
+        ":exact keeps case"
     );
 
     // Identifiers with and without system; birth dates at day and year precision.
@@ -254,6 +262,21 @@ async fn search_table(db: Db) {
     let year = &p.birth[..4];
     let expected = set(patients.iter().filter(|q| q.birth.starts_with(year)).map(|q| &q.id));
     assert_eq!(ids_of(&server, &format!("Patient?birthdate={year}")).await, expected);
+    // Ranges on the blind birth date, by calendar buckets: every prefix.
+    for (prefix, test) in [
+        ("ge", (|b: &str, v: &str| b >= v) as fn(&str, &str) -> bool),
+        ("gt", |b, v| b > v),
+        ("lt", |b, v| b < v),
+        ("le", |b, v| b <= v),
+        ("ne", |b, v| b != v),
+    ] {
+        let expected = set(patients.iter().filter(|q| test(&q.birth, &p.birth)).map(|q| &q.id));
+        assert_eq!(ids_of(&server, &format!("Patient?birthdate={prefix}{}", p.birth)).await, expected, "{prefix}");
+    }
+    let expected =
+        set(patients.iter().filter(|q| q.birth.as_str() >= "1960" && q.birth.as_str() < "1975-07").map(|q| &q.id));
+    assert!(expected.len() > 2);
+    assert_eq!(ids_of(&server, "Patient?birthdate=ge1960&birthdate=lt1975-07").await, expected);
 
     // Tokens, paging (small pages, every match once), references and the total.
     let expected = set(patients.iter().filter(|q| q.gender == "female").map(|q| &q.id));
@@ -409,7 +432,17 @@ fn split_modes(bundle: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
 async fn search_errors(db: Db) {
     let server = Server::start(db).await;
     server.post("Patient", &json!({"resourceType": "Patient", "gender": "female"})).await.expect(201);
-    let bundle = server.get("Patient?gender=female&colour=blue").await.expect(200);
+    // Strict by default: an unknown parameter is a 400 naming it, never ignored.
+    server.get("CarePlan?patient=f001&colour=blue").await.expect_outcome(400, "not-supported");
+    let lenient = [("prefer", "handling=lenient")];
+    let bundle = server
+        .send(
+            server_client(&server)
+                .get(server.url("Patient?gender=female&colour=blue"))
+                .header(lenient[0].0, lenient[0].1),
+        )
+        .await
+        .expect(200);
     let outcome =
         bundle["entry"].as_array().unwrap().iter().find(|e| e["search"]["mode"] == "outcome").expect("outcome");
     assert!(outcome["resource"]["issue"][0]["diagnostics"].as_str().unwrap().contains("colour"), "{outcome}");
@@ -421,7 +454,8 @@ async fn search_errors(db: Db) {
     assert!(reply.expect_outcome(400, "not-supported").contains("colour"));
     server.get("Observation?date=last-tuesday").await.expect_outcome(400, "value");
     server.get("Observation?value-quantity=gt1;drop table x").await.expect_outcome(400, "value");
-    server.get("Patient?birthdate=gt1970").await.expect_outcome(400, "value");
+    server.get("Patient?birthdate=gt1970").await.expect(200);
+    server.get("Patient?family:contains=ab").await.expect_outcome(400, "not-supported");
     server.get("Patient?_sort=family").await.expect_outcome(400, "value");
     let reply = server
         .send(server_client(&server).get(server.url("Patient?_count=5000")).header(strict[0].0, strict[0].1))
@@ -519,4 +553,93 @@ async fn index_is_rebuilt_at_start(db: Db) {
     assert!(server.log().contains("search index ready"), "{}", server.log());
 }
 
-on_both_databases!(search_table, search_errors, search_respects_patient_scopes, index_is_rebuilt_at_start);
+/// The R4 semantics the issue named: parameters of every type, strings from the start on
+/// encrypted fields, missing elements, CodeableConcept text, modifiers.
+async fn r4_semantics(db: Db) {
+    let server = Server::start(db).await;
+    let patient = |id: &str, family: &str, given: &str, city: &str, extra: Value| {
+        let mut p = json!({"resourceType": "Patient", "id": id, "name": [{"family": family, "given": [given]}],
+                           "address": [{"city": city}]});
+        p.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        p
+    };
+    for p in [
+        patient("rea", "Réa", "Henrietta", "Amsterdam", json!({"deceasedBoolean": false, "birthDate": "1970-04-02"})),
+        patient("smyth", "Smyth", "Hendrik", "Amstelveen", json!({"deceasedDateTime": "2020-01-05"})),
+        patient(
+            "other",
+            "Doe",
+            "John",
+            "Utrecht",
+            json!({"identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}, "system": "urn:mrn", "value": "M-1"}]}),
+        ),
+    ] {
+        server.put(&format!("Patient/{}", p["id"].as_str().unwrap()), &p).await.expect(201);
+    }
+    let ids = |path: &'static str| {
+        let server = &server;
+        async move { ids_of(server, path).await.into_iter().collect::<Vec<_>>() }
+    };
+    assert_eq!(ids("Patient?family=REA").await, ["rea"], "accent- and case-insensitive prefix");
+    assert_eq!(ids("Patient?given=hen").await, ["rea", "smyth"]);
+    assert_eq!(ids("Patient?address-city=Ams").await, ["rea", "smyth"]);
+    assert_eq!(ids("Patient?name=smy").await, ["smyth"]);
+    assert_eq!(ids("Patient?phonetic=Smith").await, ["smyth"], "sounds like");
+    assert_eq!(ids("Patient?deceased=false").await, ["other", "rea"], "absent deceased[x] is not deceased");
+    assert_eq!(ids("Patient?deceased=true").await, ["smyth"]);
+    assert_eq!(ids("Patient?death-date=ge2020").await, ["smyth"]);
+    assert_eq!(ids("Patient?death-date=lt2020-01-05").await, Vec::<String>::new());
+    assert_eq!(ids("Patient?birthdate=sa1969&birthdate=eb1971").await, ["rea"]);
+    assert_eq!(ids("Patient?birthdate:missing=true").await, ["other", "smyth"]);
+    assert_eq!(ids("Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|M-1").await, ["other"]);
+
+    // Parameters of types the registry had none for, and the strictness that keeps a patient's
+    // search to that patient.
+    for (id, subject) in [("cp1", "rea"), ("cp2", "smyth"), ("cp3", "rea")] {
+        let plan = json!({"resourceType": "CarePlan", "id": id, "status": "active", "intent": "plan",
+                          "subject": {"reference": format!("Patient/{subject}")},
+                          "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "734163000"}]}]});
+        server.put(&format!("CarePlan/{id}"), &plan).await.expect(201);
+    }
+    assert_eq!(ids("CarePlan?patient=rea").await, ["cp1", "cp3"]);
+    assert_eq!(ids("CarePlan?subject:Patient.family=smy").await, ["cp2"], "a chain into blind prefixes");
+    assert_eq!(ids("Patient?_has:CarePlan:patient:status=active&family=re").await, ["rea"]);
+    server.get("CarePlan?patient=rea&colour=blue").await.expect_outcome(400, "not-supported");
+    server.get("CarePlan?patient:below=rea").await.expect_outcome(400, "not-supported");
+
+    // Observation: value-string over CodeableConcept text; composites of two codes.
+    let obs = |id: &str, value: Value| {
+        let mut o = json!({"resourceType": "Observation", "id": id, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "5778-6"}]},
+            "subject": {"reference": "Patient/rea"}, "performer": [{"identifier": {"system": "urn:npi", "value": "N-7"}}]});
+        o.as_object_mut().unwrap().extend(value.as_object().unwrap().clone());
+        o
+    };
+    server.put("Observation/o1", &obs("o1", json!({"valueString": "Amber"}))).await.expect(201);
+    let concept = json!({"valueCodeableConcept": {"text": "Amber colour",
+        "coding": [{"system": "http://snomed.info/sct", "code": "371244009"}]}});
+    server.put("Observation/o2", &obs("o2", concept)).await.expect(201);
+    assert_eq!(ids("Observation?value-string=amb").await, ["o1", "o2"]);
+    assert_eq!(
+        ids("Observation?code-value-concept=http://loinc.org|5778-6$http://snomed.info/sct|371244009").await,
+        ["o2"]
+    );
+    assert_eq!(ids("Observation?code-value-concept=5778-6$371244009").await, ["o2"]);
+    assert_eq!(ids("Observation?code-value-string=5778-6$AMBER").await, ["o1"]);
+    assert_eq!(ids("Observation?performer:identifier=urn:npi|N-7").await, ["o1", "o2"]);
+
+    // uri :below and :above.
+    let vs = json!({"resourceType": "ValueSet", "id": "vs1", "status": "active", "url": "http://acme.org/fhir/ValueSet/vs1"});
+    server.put("ValueSet/vs1", &vs).await.expect(201);
+    assert_eq!(ids("ValueSet?url:below=http://acme.org/fhir/").await, ["vs1"]);
+    assert_eq!(ids("ValueSet?url:above=http://acme.org/fhir/ValueSet/vs1/_history/2").await, ["vs1"]);
+    assert!(ids("ValueSet?url:below=http://acme.org/other").await.is_empty());
+}
+
+on_both_databases!(
+    search_table,
+    search_errors,
+    search_respects_patient_scopes,
+    index_is_rebuilt_at_start,
+    r4_semantics
+);

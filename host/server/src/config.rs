@@ -56,6 +56,14 @@ pub struct StorageArgs {
     /// keyring directory (created on first start).
     #[arg(long, env = "HEARTH_AUDIT_KEY")]
     pub audit_key: Option<PathBuf>,
+    /// A search parameter (`Type.code`, repeatable) to index only as keyed blind tokens
+    /// though it is not identifying by default, e.g. `Location.address` (docs/search.md).
+    #[arg(long = "search-blind", env = "HEARTH_SEARCH_BLIND", value_delimiter = ';')]
+    pub search_blind: Vec<String>,
+    /// A search parameter (`Type.code`, repeatable) of a type outside the patient compartment to
+    /// index in the clear (`:contains`, sorting), e.g. `Practitioner.name` (docs/search.md).
+    #[arg(long = "search-plain", env = "HEARTH_SEARCH_PLAIN", value_delimiter = ';')]
+    pub search_plain: Vec<String>,
 }
 
 /// `hearth serve` options. Each flag also reads a `HEARTH_*` environment variable.
@@ -168,6 +176,10 @@ struct FileConfig {
     plugin_trust_keys: Vec<PathBuf>,
     #[serde(default)]
     subscription_endpoints: Vec<String>,
+    #[serde(default)]
+    search_blind: Vec<String>,
+    #[serde(default)]
+    search_plain: Vec<String>,
 }
 
 /// A client certificate name and the scopes it grants.
@@ -277,6 +289,8 @@ pub enum ConfigError {
     BodyLimitTooSmall,
     #[error("base_url must start with https:// or http:// (got a value that does not)")]
     BadBaseUrl,
+    #[error("search_blind / search_plain: {0}")]
+    SearchStorage(String),
 }
 
 impl StorageArgs {
@@ -314,6 +328,13 @@ impl StorageArgs {
             KeySource::Environment => crate::audit::AuditSigner::path_in(&data_dir.join("keys")),
         });
         let migrate = self.migrate.or(file.migrate).unwrap_or(dev);
+        let pick =
+            |flags: &Vec<String>, file: &Vec<String>| if flags.is_empty() { file.clone() } else { flags.clone() };
+        crate::fhir::search::registry::configure(crate::fhir::search::registry::Overrides {
+            blind: pick(&self.search_blind, &file.search_blind),
+            plain: pick(&self.search_plain, &file.search_plain),
+        })
+        .map_err(ConfigError::SearchStorage)?;
         Ok(StorageSettings { dev, data_dir, database_url, keys, db_max_connections, audit_key, migrate })
     }
 }

@@ -158,7 +158,7 @@ impl Delivery {
         if !watching.is_empty() && event.kind != "deleted" {
             let key = self.store.blind_index_key().await?;
             let base_url = self.subscriptions.base_url();
-            let parser = Parser { key: &key, base_url, strict: false };
+            let parser = Parser { key: &key, base_url, strict: true };
             for subscription in &watching {
                 let Some(owner) = self.store.subscription_owner(&subscription.id).await? else {
                     tracing::warn!(

@@ -15,7 +15,7 @@ use super::{Store, StoreError, VersionRecord};
 use hearth_fhir::search::access::{Reach, Unrestricted, Visibility};
 use hearth_fhir::search::dates::DateRange;
 use hearth_fhir::search::query::{
-    Condition, Filter, NumberMatch, Prefix, QuantityMatch, SearchQuery, SortKind, StringMatch, TokenMatch,
+    Condition, Filter, NumberMatch, Part, Prefix, QuantityMatch, SearchQuery, SortKind, StringMatch, TokenMatch,
 };
 use hearth_fhir::search::registry::{Kind, Param, Storage};
 
@@ -244,9 +244,10 @@ impl Store {
             let hint = self.backend.by_resource_hint();
             let mut text = format!(
                 "SELECT DISTINCT sys, val FROM search_index{hint} WHERE res_type = {t} AND res_id IN ({}) \
-                 AND param IN ({}) AND sys IS NOT NULL AND val IS NOT NULL",
+                 AND param IN ({}) AND sys IS NOT NULL AND val IS NOT NULL AND sys <> {}",
                 list.join(", "),
-                param_list.join(", ")
+                param_list.join(", "),
+                sql.text(hearth_fhir::search::extract::REFERENCE_IDENTIFIER)
             );
             if let Some(target) = target {
                 text.push_str(&format!(" AND sys = {}", sql.text(target)));
@@ -859,9 +860,9 @@ fn row_condition(sql: &mut Sql, vis: &dyn Visibility, condition: &Condition) -> 
                     format!("(s.val >= {lo} AND s.val < {hi})")
                 }
                 StringMatch::Exact(value) | StringMatch::Blind(value) => format!("s.val = {}", sql.text(value.clone())),
+                StringMatch::AsGiven(value) => format!("s.unit = {}", sql.text(value.clone())),
                 StringMatch::Contains(part) => {
-                    let escaped = part.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-                    format!("s.val LIKE {} ESCAPE '\\'", sql.text(format!("%{escaped}%")))
+                    format!("s.val LIKE {} ESCAPE '\\'", sql.text(format!("%{}%", like_escape(part))))
                 }
             })
             .collect()),
@@ -873,9 +874,7 @@ fn row_condition(sql: &mut Sql, vis: &dyn Visibility, condition: &Condition) -> 
         Condition::Quantity(quantities) => any(quantities.iter().map(|q| quantity_condition(sql, q)).collect()),
         Condition::Composite(pairs) => any(pairs
             .iter()
-            .map(|(token, quantity)| {
-                format!("({} AND {})", token_condition(sql, token), quantity_condition(sql, quantity))
-            })
+            .map(|(first, second)| format!("({} AND {})", part_condition(sql, first), part_condition(sql, second)))
             .collect()),
         Condition::Reference(references) => any(references
             .iter()
@@ -891,6 +890,34 @@ fn row_condition(sql: &mut Sql, vis: &dyn Visibility, condition: &Condition) -> 
         }
         Condition::Missing(_) => "1 = 1".to_owned(),
     }
+}
+
+/// One component of a composite row (see `extract::composite` for where each part is).
+fn part_condition(sql: &mut Sql, part: &Part) -> String {
+    match part {
+        Part::Token(token) => token_condition(sql, token),
+        Part::Reference(Some(t), id) => {
+            format!("(s.sys = {} AND s.val = {})", sql.text(t.clone()), sql.text(id.clone()))
+        }
+        Part::Reference(None, id) => format!("s.val = {}", sql.text(id.clone())),
+        // The quantity's system is not kept in a composite row (`sys` holds the code's).
+        Part::Quantity(q) => quantity_condition(sql, &QuantityMatch { system: None, ..q.clone() }),
+        Part::Number(n) => number_condition(sql, n),
+        Part::Date(prefix, range) => date_condition(sql, *prefix, *range, "s.date_lo", "s.date_hi"),
+        Part::UnitIs(value) => format!("s.unit = {}", sql.text(value.clone())),
+        Part::UnitStartsWith(prefix) => {
+            let lo = sql.text(prefix.clone());
+            let hi = sql.text(format!("{prefix}\u{10FFFF}"));
+            format!("(s.unit >= {lo} AND s.unit < {hi})")
+        }
+        Part::UnitEndsWith(suffix) => {
+            format!("s.unit LIKE {} ESCAPE '\\'", sql.text(format!("%{}", like_escape(suffix))))
+        }
+    }
+}
+
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
 }
 
 fn token_condition(sql: &mut Sql, token: &TokenMatch) -> String {

@@ -17,15 +17,15 @@ use crate::search::query::{Prefix, date_value};
 pub const PARAMS: &[(&str, &str, &str)] = &[
     ("_id", "token", "the entry's sequence number in the audit chain"),
     ("date", "date", "when the entry was recorded (prefixes eq, ne, gt, lt, ge, le, sa, eb, ap)"),
-    ("agent", "token", "the acting user (token subject, or cert:NAME for mutual TLS) or client id"),
-    ("address", "token", "the client's IP address"),
+    ("agent", "reference", "the acting user (token subject, or cert:NAME for mutual TLS) or client id"),
+    ("address", "string", "the client's IP address"),
     ("patient", "reference", "a patient whose compartment the interaction read or wrote (Patient/ID or ID)"),
     ("entity", "reference", "a resource the interaction named or returned (Type/ID)"),
     ("entity-type", "token", "the type of a resource the interaction named or returned"),
     ("subtype", "token", "the interaction (read, vread, search-type, create, update, delete, admin-..., ...)"),
     ("action", "token", "C, R, U, D or E"),
     ("outcome", "token", "0 (success), 4 (refused or bad request), 8 (denied), 12 (server error)"),
-    ("policy", "token", "the rule that decided (scope, authentication, policy:NAME, validation:NAME)"),
+    ("policy", "uri", "the rule that decided (scope, authentication, policy:NAME, validation:NAME)"),
     ("purpose", "token", "BTG for emergency (break-glass) accesses"),
 ];
 

@@ -2,7 +2,9 @@
 //! SQL side lives in `hearth::store::search`, the HTTP side in `hearth::api::search`.
 
 pub mod access;
+pub mod buckets;
 pub mod dates;
 pub mod extract;
+pub mod fhirpath;
 pub mod query;
 pub mod registry;

@@ -11,23 +11,25 @@ use crate::fhir::resource_types::R4_RESOURCE_TYPES;
 use crate::fhir::search::registry::{self, Kind, Param};
 
 /// What the statement says of search as a whole (the per-parameter notes are on each one).
-const SEARCH_DOCUMENTATION: &str = "Search: string parameters match by prefix (case, accents and punctuation \
-    ignored) with :exact and :contains; token parameters take system|code, code, |code and system| with :not; \
-    dates take eq, ne, gt, lt, ge, le, sa, eb and ap with partial dates; references take Type/id, id or a URL on \
-    this server, with chaining (e.g. subject:Patient.identifier) and _has two levels deep; number, quantity and \
-    Observation code-value-quantity composites are supported. Identifying data (names, identifiers, telecom, \
-    addresses, birth dates) is indexed only as keyed hashes (blind indexes): those parameters match exactly and \
-    cannot be sorted on. Results: _count (at most 1000), cursor paging (next/previous links), _sort (up to 4 \
-    keys), _total=accurate, _summary, _elements, _include and _revinclude (with :iterate, at most 1000 included \
-    resources per page). Not supported: _contained, _containedType, _text, _content, _list, _query, _filter, and the \
-    :text, :above, :below, :in, :not-in, :of-type and :identifier modifiers. Unknown parameters are ignored and \
-    reported unless the request says Prefer: handling=strict.";
+const SEARCH_DOCUMENTATION: &str = "Search: every search parameter FHIR R4 defines (from the official definitions) \
+    except Location near and MolecularSequence's three-part coordinates. Strings match from the start (case, \
+    accents and punctuation ignored) with :exact, and :contains where the value is not identifying; tokens take \
+    system|code, code, |code and system| with :not; uri :above and :below; dates every prefix (eq ne gt lt ge le sa \
+    eb ap) at the precision given; references Type/id, id or a URL on this server, chains (subject:Patient.name) \
+    and _has two levels deep; numbers, quantities and two-part composites; :missing on every parameter. \
+    Identifying data (people's names, addresses and contacts, identifiers, birth dates, free text of patients' \
+    records) is indexed only as keyed hashes of normalised prefixes, whole values and calendar buckets: prefix, \
+    :exact and every date prefix work, :contains and sorting on them do not. Results: _count (at most 1000), \
+    cursor paging, _sort (up to 4 keys), _total=accurate, _summary, _elements, _include and _revinclude (with \
+    :iterate). Not supported: _contained, _containedType, _text, _content, _list, _query, _filter, and the :text, \
+    :in, :not-in, :of-type, :identifier and token :above/:below modifiers. An unknown or unsupported parameter, \
+    modifier or prefix is a 400 OperationOutcome naming it, unless the request says Prefer: handling=lenient \
+    (then it is ignored, left out of the self link and reported in the Bundle).";
 
 fn search_param(param: &Param) -> Value {
     let mut entry = json!({
         "name": param.code,
-        "definition": format!("http://hl7.org/fhir/SearchParameter/{}-{}",
-            if param.resource == "*" { "Resource" } else { param.resource }, param.code.trim_start_matches('_')),
+        "definition": param.url,
         "type": param.kind.code(),
     });
     if let Some(documentation) = param.documentation() {

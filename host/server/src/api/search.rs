@@ -150,14 +150,16 @@ pub(super) fn form_pairs(
     Ok(pairs)
 }
 
-/// `Prefer: handling=strict` (unknown parameters are errors) vs the default lenient handling.
+/// Strict handling (unknown or unsupported parameters, modifiers and comparators are a 400
+/// naming them) unless the client asks for `Prefer: handling=lenient`, which ignores them,
+/// leaves them out of the `self` link and says so in the Bundle.
 pub(super) fn strict_handling(headers: &HeaderMap) -> bool {
-    headers
+    !headers
         .get_all("prefer")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split([',', ';']))
-        .any(|d| d.trim().replace(' ', "") == "handling=strict")
+        .any(|d| d.trim().replace(' ', "") == "handling=lenient")
 }
 
 /// Runs a search for the HTTP layer: the searchset Bundle and what it disclosed.

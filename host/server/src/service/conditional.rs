@@ -32,14 +32,11 @@ impl Records {
             pairs,
             compartment: None,
             path: res_type.to_owned(),
-            strict: false,
+            // An ignored parameter would widen the match: never lenient.
+            strict: true,
         };
         let found = self.search(who, request).await?;
         let entries = found.bundle["entry"].as_array().cloned().unwrap_or_default();
-        if let Some(outcome) = entries.iter().find(|e| e["search"]["mode"] == "outcome") {
-            let message = outcome["resource"]["issue"][0]["diagnostics"].as_str().unwrap_or("unsupported parameter");
-            return Err(FhirError::bad_request(IssueType::NotSupported, format!("conditional search: {message}")));
-        }
         Ok(entries
             .iter()
             .filter(|e| e["search"]["mode"] == "match")

@@ -1,10 +1,11 @@
 //! One search parameter's filter, by parameter type: chains and `_has` first, then each kind's
 //! values and modifiers (token, string, date, number, quantity, composite, reference).
 
-use super::values::{date_value, number_value, plain_token, quantity_value, split_prefix, split_values};
-use super::{Condition, Filter, MAX_ALTERNATIVES, Parser, Prefix, SearchError, StringMatch, TokenMatch};
-use crate::search::dates::parse_date_range;
-use crate::search::extract::{blind_date_forms, blind_string_form, blind_token, blind_token_forms};
+use super::values::{date_value, number_value, plain_token, quantity_value, split_values};
+use super::{Condition, Filter, MAX_ALTERNATIVES, Parser, Part, SearchError, StringMatch, TokenMatch};
+use crate::search::extract::{
+    blind_component_form, blind_string_search_form, blind_token, blind_token_forms, phonetic_codes,
+};
 use crate::search::registry::{self, Kind, Param, Storage};
 use hearth_crypto::blind_index::{Normalization, normalize};
 
@@ -68,6 +69,7 @@ impl Parser<'_> {
             };
         }
         let (condition, negated) = match param.kind {
+            Kind::Uri if matches!(modifier, Some("above" | "below")) => (uri_condition(modifier, &values), false),
             Kind::Token | Kind::Uri => self.token_condition(res_type, param, modifier, &values)?,
             Kind::String => (self.string_condition(res_type, param, modifier, &values)?, false),
             Kind::Date => self.date_condition(res_type, param, modifier, &values)?,
@@ -77,11 +79,11 @@ impl Parser<'_> {
             Kind::Quantity if modifier.is_none() => {
                 (Condition::Quantity(values.iter().map(|v| quantity_value(code, v)).collect::<Result<_, _>>()?), false)
             }
-            Kind::CompositeQuantity if modifier.is_none() => (composite_condition(code, &values)?, false),
-            Kind::Number | Kind::Quantity | Kind::CompositeQuantity => {
+            Kind::Composite if modifier.is_none() => (self.composite_condition(res_type, param, &values)?, false),
+            Kind::Number | Kind::Quantity | Kind::Composite => {
                 return Err(unsupported_modifier(param, modifier));
             }
-            Kind::Reference => (self.reference_condition(param, modifier, &values)?, false),
+            Kind::Reference => (self.reference_condition(res_type, param, modifier, &values)?, false),
         };
         Ok(Filter::Param { param, condition, negated })
     }
@@ -97,14 +99,37 @@ impl Parser<'_> {
         let negated = match modifier {
             None => false,
             Some("not") => true,
+            Some("of-type") if matches!(param.storage, Storage::Blind(_)) => {
+                // type-system|type-code|value
+                let tokens = values
+                    .iter()
+                    .map(|v| match v.splitn(3, '|').collect::<Vec<_>>().as_slice() {
+                        [system, code, value] if !system.is_empty() && !code.is_empty() && !value.is_empty() => {
+                            Ok(TokenMatch::Blind(blind_token(
+                                self.key,
+                                res_type,
+                                param.code,
+                                &format!("O|{system}|{code}|{}", value.trim()),
+                            )))
+                        }
+                        _ => Err(SearchError::invalid(format!(
+                            "{}:of-type takes type-system|type-code|value, e.g. \
+                             http://terminology.hl7.org/CodeSystem/v2-0203|MR|12345",
+                            param.code
+                        ))),
+                    })
+                    .collect::<Result<_, _>>()?;
+                return Ok((Condition::Token(tokens), false));
+            }
             Some(_) => return Err(unsupported_modifier(param, modifier)),
         };
         let tokens = values.iter().map(|v| self.token(res_type, param, v)).collect::<Result<_, _>>()?;
         Ok((Condition::Token(tokens), negated))
     }
 
-    /// String parameters: starts-with by default, `:exact`, `:contains`; a blind-indexed one
-    /// (identifying data) matches exactly only.
+    /// String parameters: starts-with by default (case, accents and punctuation ignored),
+    /// `:exact`, and `:contains` on values the index holds in the clear; a blind-indexed one
+    /// (identifying data) by its prefix and exact tokens.
     fn string_condition(
         &self,
         res_type: &str,
@@ -112,17 +137,18 @@ impl Parser<'_> {
         modifier: Option<&str>,
         values: &[String],
     ) -> Result<Condition, SearchError> {
+        let blind = |form: &str| StringMatch::Blind(blind_token(self.key, res_type, param.code, form));
         let matches = values
             .iter()
             .map(|v| match (param.storage, modifier) {
-                (Storage::Blind(normalization), None | Some("exact")) => Ok(StringMatch::Blind(blind_token(
-                    self.key,
-                    res_type,
-                    param.code,
-                    &blind_string_form(v, normalization),
-                ))),
+                (Storage::Blind(_), None) => Ok(blind(&blind_string_search_form(v, false))),
+                (Storage::Blind(_), Some("exact")) => Ok(blind(&blind_string_search_form(v, true))),
+                (Storage::BlindPhonetic, None) => match phonetic_codes(v).first() {
+                    Some(code) => Ok(blind(&format!("H|{code}"))),
+                    None => Err(SearchError::invalid(format!("'{}' needs a name with letters", param.code))),
+                },
                 (Storage::Plain, None) => Ok(StringMatch::StartsWith(normalize(Normalization::Text, v))),
-                (Storage::Plain, Some("exact")) => Ok(StringMatch::Exact(normalize(Normalization::Text, v))),
+                (Storage::Plain, Some("exact")) => Ok(StringMatch::AsGiven(v.trim().to_owned())),
                 (Storage::Plain, Some("contains")) => Ok(StringMatch::Contains(normalize(Normalization::Text, v))),
                 _ => Err(unsupported_modifier(param, modifier)),
             })
@@ -130,8 +156,8 @@ impl Parser<'_> {
         Ok(Condition::String(matches))
     }
 
-    /// Date parameters: prefixed ranges; a blind-indexed one (a birth date) matches a year,
-    /// month or day exactly, or with `ne` alone.
+    /// Date parameters: prefixed ranges; a blind-indexed one (a birth date) as the calendar
+    /// buckets covering what the prefix and range match (`search::buckets`).
     fn date_condition(
         &self,
         res_type: &str,
@@ -143,39 +169,42 @@ impl Parser<'_> {
         if modifier.is_some() {
             return Err(unsupported_modifier(param, modifier));
         }
+        let dates = values.iter().map(|v| date_value(code, v)).collect::<Result<Vec<_>, _>>()?;
         if param.storage != Storage::BlindDate {
-            return Ok((Condition::Date(values.iter().map(|v| date_value(code, v)).collect::<Result<_, _>>()?), false));
+            return Ok((Condition::Date(dates), false));
         }
-        let mut negated = false;
-        let mut tokens = Vec::new();
-        for v in values {
-            let (prefix, date) = split_prefix(v);
-            match prefix {
-                Prefix::Eq => {}
-                Prefix::Ne if values.len() == 1 => negated = true,
-                _ => {
-                    return Err(SearchError::invalid(format!(
-                        "'{code}' is identifying data indexed for equality only: give a year, month \
-                         or day (e.g. {code}=1970-04-02), without a comparison prefix"
-                    )));
-                }
-            }
-            if date.contains('T') || parse_date_range(date).is_none() {
-                return Err(SearchError::invalid(format!("'{code}' takes a date (YYYY, YYYY-MM or YYYY-MM-DD)")));
-            }
-            let form = blind_date_forms(date).pop().unwrap_or_default();
-            tokens.push(TokenMatch::Blind(blind_token(self.key, res_type, param.code, &form)));
-        }
-        Ok((Condition::Token(tokens), negated))
+        let now = crate::instant::now_us();
+        let tokens = dates
+            .into_iter()
+            .flat_map(|(prefix, range)| crate::search::buckets::search_forms(prefix, range, now))
+            .map(|form| TokenMatch::Blind(blind_token(self.key, res_type, param.code, &form)))
+            .collect();
+        Ok((Condition::Token(tokens), false))
     }
 
     /// Reference parameters: `Type/id`, an id, or a URL on this server; `:Type` narrows.
     fn reference_condition(
         &self,
+        res_type: &str,
         param: &'static Param,
         modifier: Option<&str>,
         values: &[String],
     ) -> Result<Condition, SearchError> {
+        if modifier == Some("identifier") {
+            // The Reference's logical identifier, held as blind tokens beside the references.
+            let tokens = values
+                .iter()
+                .map(|v| {
+                    let form = match v.split_once('|') {
+                        Some((system, value)) if !system.is_empty() => format!("J|{system}|{value}"),
+                        Some((_, value)) => format!("I|{value}"),
+                        None => format!("I|{v}"),
+                    };
+                    TokenMatch::Blind(blind_token(self.key, res_type, param.code, &form))
+                })
+                .collect();
+            return Ok(Condition::Token(tokens));
+        }
         let type_modifier = match modifier {
             None => None,
             Some(t) if crate::resource_types::is_resource_type(t) => Some(t),
@@ -222,7 +251,7 @@ impl Parser<'_> {
         Ok(TokenMatch::Blind(blind_token(self.key, res_type, param.code, &form)))
     }
 
-    fn reference(
+    pub(super) fn reference(
         &self,
         param: &Param,
         type_modifier: Option<&str>,
@@ -257,18 +286,77 @@ impl Parser<'_> {
     }
 }
 
-/// A composite of a token and a quantity (`code$quantity`, e.g. `component-code-value-quantity`).
-fn composite_condition(code: &str, values: &[String]) -> Result<Condition, SearchError> {
-    let pairs = values
+/// `:below` (stored URIs starting with the value) and `:above` (stored URIs the value starts
+/// with, at `/` boundaries).
+fn uri_condition(modifier: Option<&str>, values: &[String]) -> Condition {
+    let matches = values
         .iter()
-        .map(|v| {
-            let (token, quantity) = v.split_once('$').ok_or_else(|| {
-                SearchError::invalid(format!("'{code}' takes code$quantity, e.g. http://loinc.org|8480-6$gt140"))
-            })?;
-            Ok((plain_token(token), quantity_value(code, quantity)?))
+        .flat_map(|v| {
+            if modifier == Some("below") {
+                return vec![StringMatch::StartsWith(v.clone())];
+            }
+            let mut prefixes: Vec<StringMatch> =
+                v.match_indices('/').map(|(i, _)| StringMatch::Exact(v[..i].to_owned())).collect();
+            prefixes.push(StringMatch::Exact(v.clone()));
+            prefixes
         })
-        .collect::<Result<_, SearchError>>()?;
-    Ok(Condition::Composite(pairs))
+        .collect();
+    Condition::String(matches)
+}
+
+impl Parser<'_> {
+    /// A composite's values, `first$second`, each part parsed by its component's type.
+    fn composite_condition(
+        &self,
+        res_type: &str,
+        param: &'static Param,
+        values: &[String],
+    ) -> Result<Condition, SearchError> {
+        let [first, second] = param.components else {
+            return Err(SearchError::unsupported(format!("'{}' is not supported", param.code)));
+        };
+        let code = param.code;
+        let pairs = values
+            .iter()
+            .map(|v| {
+                let (a, b) = v.split_once('$').ok_or_else(|| {
+                    SearchError::invalid(format!(
+                        "'{code}' takes {}${} (e.g. http://loinc.org|8480-6$gt140)",
+                        first.kind.code(),
+                        second.kind.code()
+                    ))
+                })?;
+                let first = match first.kind {
+                    Kind::Reference => {
+                        let (t, id) = self.reference(param, None, a)?;
+                        Part::Reference(t, id)
+                    }
+                    _ => Part::Token(plain_token(a)),
+                };
+                let second = match second.kind {
+                    Kind::Quantity => Part::Quantity(quantity_value(code, b)?),
+                    Kind::Number => Part::Number(number_value(code, b)?),
+                    Kind::Date => {
+                        let (prefix, range) = date_value(code, b)?;
+                        Part::Date(prefix, range)
+                    }
+                    Kind::Reference => match b.rsplit_once('/') {
+                        Some(_) => Part::UnitIs(b.trim_start_matches(self.base_url).trim_start_matches('/').to_owned()),
+                        None => Part::UnitEndsWith(format!("/{b}")),
+                    },
+                    Kind::String => Part::UnitIs(blind_token(self.key, res_type, code, &blind_component_form(b))),
+                    _ => match plain_token(b) {
+                        TokenMatch::SystemCode(s, c) => Part::UnitIs(format!("{s}|{c}")),
+                        TokenMatch::NoSystemCode(c) => Part::UnitIs(format!("|{c}")),
+                        TokenMatch::System(s) => Part::UnitStartsWith(format!("{s}|")),
+                        TokenMatch::Code(c) | TokenMatch::Blind(c) => Part::UnitEndsWith(format!("|{c}")),
+                    },
+                };
+                Ok((first, second))
+            })
+            .collect::<Result<_, SearchError>>()?;
+        Ok(Condition::Composite(pairs))
+    }
 }
 
 /// The error for a modifier `param` does not take.

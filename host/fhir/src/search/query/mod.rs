@@ -59,7 +59,10 @@ pub enum TokenMatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StringMatch {
     StartsWith(String),
+    /// The normalised value is this.
     Exact(String),
+    /// The value as written is this (`:exact` on values held in the clear).
+    AsGiven(String),
     Contains(String),
     Blind(String),
 }
@@ -80,6 +83,22 @@ pub struct QuantityMatch {
     pub unit: Option<String>,
 }
 
+/// What a composite requires of one component. The first component (a token or reference)
+/// is matched on the row's `sys`/`val`, the second on `num`/`unit`/`date_lo`/`date_hi` (see
+/// `extract::composite`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Token(TokenMatch),
+    Reference(Option<String>, String),
+    Quantity(QuantityMatch),
+    Number(NumberMatch),
+    Date(Prefix, DateRange),
+    /// The second component's encoded value (`system|code`, `Type/id`, a blind token) is this.
+    UnitIs(String),
+    UnitStartsWith(String),
+    UnitEndsWith(String),
+}
+
 /// What a filter requires of one parameter.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
@@ -90,7 +109,8 @@ pub enum Condition {
     Quantity(Vec<QuantityMatch>),
     /// (target type if known, id)
     Reference(Vec<(Option<String>, String)>),
-    Composite(Vec<(TokenMatch, QuantityMatch)>),
+    /// Alternatives of (first component, second component).
+    Composite(Vec<(Part, Part)>),
     /// `:missing=true|false`
     Missing(bool),
     /// `param:Type.inner=...`: the reference points at a `Type` matching `inner`.
@@ -388,7 +408,7 @@ impl Parser<'_> {
                         Kind::Date => SortKind::Date,
                         Kind::Number | Kind::Quantity => SortKind::Number,
                         Kind::Token | Kind::String | Kind::Uri | Kind::Reference => SortKind::Text,
-                        Kind::CompositeQuantity => {
+                        Kind::Composite => {
                             return Err(SearchError::invalid(format!("cannot sort by the composite '{code}'")));
                         }
                     }
@@ -506,7 +526,10 @@ mod tests {
         assert!(!parse("Patient", "gender:contains=f", false).unwrap().ignored.is_empty());
         // A malformed value is an error even when lenient.
         assert!(parse("Observation", "date=yesterday", false).is_err());
-        assert!(parse("Patient", "birthdate=gt1970", false).unwrap_err().message.contains("equality"));
+        assert!(parse("Patient", "birthdate=gt1970", true).is_ok(), "every prefix on blind dates");
+        assert!(parse("Patient", "family:contains=ab", true).unwrap_err().message.contains("contains"));
+        let error = parse("CarePlan", "patient=f001&nonsense=1", true).unwrap_err();
+        assert!(error.unsupported && error.message.contains("nonsense"));
         assert!(parse("Patient", "_sort=family", true).unwrap_err().message.contains("keyed hashes"));
         assert!(parse("Patient", "_count=5000", true).unwrap_err().too_costly);
         assert_eq!(parse("Patient", "_count=5000", false).unwrap().count, MAX_COUNT);
@@ -531,8 +554,11 @@ mod tests {
 
     #[test]
     fn includes() {
-        let q = parse("Observation", "_include=Observation:subject&_revinclude=Provenance:target", true);
-        assert!(q.unwrap_err().message.contains("target"), "Provenance has no registered parameters");
+        let q = parse("Observation", "_include=Observation:subject&_revinclude=Provenance:target", true).unwrap();
+        assert_eq!(q.revincludes[0].source, "Provenance");
+        assert!(
+            parse("Observation", "_revinclude=Provenance:nonsense", true).unwrap_err().message.contains("nonsense")
+        );
         let q =
             parse("Observation", "_include=Observation:subject:Patient&_revinclude:iterate=Condition:subject", true)
                 .unwrap();
