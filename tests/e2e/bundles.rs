@@ -271,7 +271,58 @@ async fn patch_applies_a_json_patch(db: Db) {
     missing.expect_outcome(404, "not-found");
 }
 
+/// What the official R4 examples showed the server got wrong: a nested Bundle's own
+/// references, `ifNoneExist` with its type, absolute URLs on this server, operation entries, a
+/// search entry matching nothing, `start` that is a code, a code that is a non-breaking space.
+async fn what_the_r4_examples_taught(db: Db) {
+    let server = Server::start(db).await;
+    let document = json!({"resourceType": "Bundle", "type": "document", "entry": [
+        {"fullUrl": "urn:uuid:9a2b1c3d-0000-4000-8000-000000000001",
+         "resource": {"resourceType": "Composition", "status": "final", "type": {"text": "note"}, "date": "2024", "title": "t",
+                      "author": [{"reference": "urn:uuid:9a2b1c3d-0000-4000-8000-000000000002"}]}},
+        {"fullUrl": "urn:uuid:9a2b1c3d-0000-4000-8000-000000000002", "resource": {"resourceType": "Practitioner"}}]});
+    let base = server.base.trim_end_matches('/').to_owned();
+    let reply = server
+        .post("", &transaction(vec![
+            json!({"resource": document, "request": {"method": "POST", "url": "Bundle"}}),
+            json!({"resource": {"resourceType": "Patient", "identifier": [{"system": MRN, "value": "EX-1"}]},
+                   "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("Patient?identifier={MRN}|EX-1")}}),
+            json!({"resource": {"resourceType": "GraphDefinition", "name": "g", "status": "draft", "start": "Patient"},
+                   "request": {"method": "PUT", "url": format!("{base}/GraphDefinition/g1")}}),
+            json!({"resource": {"resourceType": "Patient", "gender": "other", "language": "\u{a0}"},
+                   "request": {"method": "POST", "url": "Patient"}}),
+            json!({"request": {"method": "GET", "url": "Patient?identifier=urn:none|nothing"}}),
+        ]))
+        .await
+        .expect(200);
+    let entries = reply["entry"].as_array().unwrap();
+    assert_eq!(entries[0]["response"]["status"], "201 Created", "{reply}");
+    assert_eq!(
+        entries[0]["resource"]["entry"][0]["resource"]["author"][0]["reference"],
+        "urn:uuid:9a2b1c3d-0000-4000-8000-000000000002",
+        "a nested Bundle's references are its own"
+    );
+    assert_eq!(entries[2]["response"]["status"], "201 Created");
+    assert_eq!(entries[4]["response"]["status"], "200 OK");
+    assert_eq!(ids(&entries[4]["resource"]).len(), 0, "a search matching nothing is a success");
+    // The conditional create with its type finds the patient the second time.
+    let again = transaction(vec![
+        json!({"resource": {"resourceType": "Patient", "identifier": [{"system": MRN, "value": "EX-1"}]},
+        "request": {"method": "POST", "url": "Patient", "ifNoneExist": format!("Patient?identifier={MRN}|EX-1")}}),
+    ]);
+    assert_eq!(server.post("", &again).await.expect(200)["entry"][0]["response"]["status"], "200 OK");
+    // An operation entry: a clear refusal.
+    let operation = transaction(vec![json!({"resource": {"resourceType": "Parameters"},
+        "request": {"method": "POST", "url": "ValueSet/$lookup"}})]);
+    let message = server.post("", &operation).await.expect_outcome(400, "not-supported");
+    assert!(message.contains("$lookup"), "{message}");
+    let elsewhere = transaction(vec![json!({"resource": {"resourceType": "Patient"},
+        "request": {"method": "PUT", "url": "https://elsewhere.example/fhir/Patient/x"}})]);
+    server.post("", &elsewhere).await.expect_outcome(400, "not-supported");
+}
+
 on_both_databases!(
+    what_the_r4_examples_taught,
     patch_applies_a_json_patch,
     conditional_interactions,
     a_transaction_links_its_entries_and_answers_in_order,

@@ -374,7 +374,8 @@ fn walk(path: &str, key: &str, value: &Value, issues: &mut Vec<Issue>) {
     };
     match value {
         Value::Null => issue(IssueType::Structure, format!("{path} is null; leave the element out instead")),
-        Value::String(text) if text.trim().is_empty() => {
+        // FHIR's whitespace is XML's (space, tab, CR, LF): a non-breaking space is content.
+        Value::String(text) if text.trim_matches([' ', '\t', '\r', '\n']).is_empty() => {
             issue(IssueType::Value, format!("{path} is empty; leave the element out instead"));
         }
         Value::Array(items) if items.is_empty() => {
@@ -395,7 +396,7 @@ fn walk(path: &str, key: &str, value: &Value, issues: &mut Vec<Issue>) {
                 expression: path.to_owned(),
             });
         }
-        (_, Value::String(text)) if is_date_element(key) && parse_date_range(text).is_none() => {
+        (_, Value::String(text)) if is_date_element(path, key) && parse_date_range(text).is_none() => {
             issues.push(Issue {
                 code: IssueType::Value,
                 diagnostics: format!(
@@ -425,21 +426,21 @@ fn walk(path: &str, key: &str, value: &Value, issues: &mut Vec<Issue>) {
     }
 }
 
-/// Elements of type date, dateTime or instant in the common types (and Period bounds).
-fn is_date_element(key: &str) -> bool {
-    matches!(
-        key,
-        "birthDate"
-            | "recordedDate"
-            | "authoredOn"
-            | "issued"
-            | "recorded"
-            | "lastOccurrence"
-            | "dateTime"
-            | "start"
-            | "end"
-            | "lastUpdated"
-    ) || key.ends_with("DateTime")
+/// Elements of type date, dateTime or instant in the common types (and Period bounds), by
+/// name and place (`path` is `Type.element...`): `start` and `end` are dates in a Period and
+/// at the top of Appointment and Slot (not `GraphDefinition.start`, a code); `issued` and
+/// `recorded` at the top of a resource.
+fn is_date_element(path: &str, key: &str) -> bool {
+    let top_level = path.matches('.').count() == 1;
+    let root = path.split('.').next().unwrap_or_default();
+    match key {
+        "start" | "end" if top_level => return matches!(root, "Appointment" | "Slot"),
+        "start" | "end" => return true,
+        "issued" | "recorded" => return top_level,
+        _ => {}
+    }
+    matches!(key, "birthDate" | "recordedDate" | "authoredOn" | "lastOccurrence" | "dateTime" | "lastUpdated")
+        || key.ends_with("DateTime")
         || (key.ends_with("Date") && key.len() > 4 && !key.starts_with("valid"))
         || key.ends_with("Instant")
 }
@@ -459,11 +460,12 @@ fn reference_is_well_formed(reference: &str) -> bool {
     if reference.starts_with("urn:oid:") || reference.starts_with("http://") || reference.starts_with("https://") {
         return !reference.contains(char::is_whitespace);
     }
+    // An id's characters; not its length: a reference may name a resource this server cannot
+    // hold (an id over 64 characters) without being malformed.
+    let id_like = |id: &str| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     let segments: Vec<&str> = reference.split('/').collect();
     match segments.as_slice() {
-        [t, id] | [t, id, "_history", _] => {
-            super::resource_types::is_resource_type(t) && super::resource::is_valid_id(id)
-        }
+        [t, id] | [t, id, "_history", _] => super::resource_types::is_resource_type(t) && id_like(id),
         _ => false,
     }
 }

@@ -177,7 +177,7 @@ async fn transaction(
     let who = requester(principal, caller);
     let mut planned = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
-        planned.push(plan(index, entry).map_err(|e| Failure::of(e, index))?);
+        planned.push(plan(index, entry, &state.settings.base_url).map_err(|e| Failure::of(e, index))?);
     }
     // Conditional URLs resolve to ids (or settle the entry) before anything is written.
     for p in &mut planned {
@@ -324,8 +324,9 @@ async fn transaction(
     Ok(responses)
 }
 
-/// Parses one entry's request into a plan.
-fn plan(index: usize, entry: Value) -> Result<Planned, FhirError> {
+/// Parses one entry's request into a plan. `request.url` is relative or an absolute URL on
+/// this server (`base_url`).
+fn plan(index: usize, entry: Value, base_url: &str) -> Result<Planned, FhirError> {
     let Value::Object(mut entry) = entry else {
         return Err(FhirError::bad_request(IssueType::Structure, "an entry must be a JSON object"));
     };
@@ -348,12 +349,29 @@ fn plan(index: usize, entry: Value) -> Result<Planned, FhirError> {
             ));
         }
     };
-    let url = request.get("url").and_then(Value::as_str).unwrap_or_default().trim_start_matches('/');
+    let url = request.get("url").and_then(Value::as_str).unwrap_or_default();
+    let url = match url.strip_prefix(base_url) {
+        Some(rest) if !base_url.is_empty() && (rest.is_empty() || rest.starts_with(['/', '?'])) => rest,
+        _ => url,
+    }
+    .trim_start_matches('/');
     let (path, query) = match url.split_once('?') {
         Some((path, query)) => (path, Some(query.to_owned())),
         None => (url, None),
     };
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let Some(operation) = segments.iter().find(|s| s.starts_with('$')) {
+        return Err(FhirError::bad_request(
+            IssueType::NotSupported,
+            format!("operation entries ({operation}) are not supported in Bundles; call the operation directly"),
+        ));
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Err(FhirError::bad_request(
+            IssueType::NotSupported,
+            format!("entry.request.url {url} is not on this server ({base_url}); use a relative URL"),
+        ));
+    }
     let (res_type, id) = match segments.as_slice() {
         [t] => ((*t).to_owned(), None),
         [t, id] => ((*t).to_owned(), Some((*id).to_owned())),
@@ -385,7 +403,9 @@ fn plan(index: usize, entry: Value) -> Result<Planned, FhirError> {
             if id.is_some() {
                 return Err(FhirError::bad_request(IssueType::Invalid, "a POST entry's url is the type alone"));
             }
-            (None, request.get("ifNoneExist").and_then(Value::as_str).map(|q| q.trim_start_matches('?').to_owned()))
+            // `identifier=...`, `?identifier=...` or `Patient?identifier=...`
+            let if_none_exist = request.get("ifNoneExist").and_then(Value::as_str);
+            (None, if_none_exist.map(|q| q.split_once('?').map_or(q, |(_, query)| query).to_owned()))
         }
         Method::Put | Method::Delete if id.is_none() && query.is_none() => {
             return Err(FhirError::bad_request(
@@ -440,7 +460,7 @@ fn link(planned: &mut [Planned]) -> Result<(), Failure> {
 pub fn plan_offline(entries: Vec<Value>) -> Result<Vec<(String, Option<String>, Option<Map<String, Value>>)>, u16> {
     let mut planned = Vec::with_capacity(entries.len());
     for (index, entry) in entries.into_iter().enumerate() {
-        planned.push(plan(index, entry).map_err(|e| e.status.as_u16())?);
+        planned.push(plan(index, entry, "").map_err(|e| e.status.as_u16())?);
     }
     link(&mut planned).map_err(|f| f.status.as_u16())?;
     planned.sort_by_key(|p| (p.method, p.index));
@@ -511,9 +531,19 @@ fn multiple_matches() -> FhirError {
     FhirError::precondition_failed("the conditional search matches more than one resource; make it more specific")
 }
 
+/// Whether `key` of `object` holds another Bundle's entries: references inside a Bundle
+/// resource resolve against its own entries (`Bundle.entry.fullUrl`), not the transaction's.
+fn is_nested_entries(object: &Map<String, Value>, key: &str) -> bool {
+    key == "entry" && object.get("resourceType").and_then(Value::as_str) == Some("Bundle")
+}
+
 /// Replaces references to entries' fullUrls (`urn:uuid:...`) with the assigned `Type/id`.
 fn rewrite_references(value: &mut Map<String, Value>, references: &HashMap<String, String>) {
+    let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle");
     for (key, child) in value.iter_mut() {
+        if is_bundle && key == "entry" {
+            continue;
+        }
         match child {
             Value::String(text) if key == "reference" => {
                 if let Some(target) = references.get(text.as_str()) {
@@ -534,7 +564,7 @@ fn rewrite_references(value: &mut Map<String, Value>, references: &HashMap<Strin
 }
 
 fn references_unresolved(value: &Map<String, Value>) -> bool {
-    value.iter().any(|(key, child)| match child {
+    value.iter().filter(|(key, _)| !is_nested_entries(value, key)).any(|(key, child)| match child {
         Value::String(text) => key == "reference" && text.starts_with("urn:uuid:"),
         Value::Object(object) => references_unresolved(object),
         Value::Array(items) => items.iter().any(|i| i.as_object().is_some_and(references_unresolved)),
