@@ -25,6 +25,7 @@ mod metadata;
 mod mtls;
 mod outage;
 mod plugins;
+mod r4_examples;
 mod schemathesis;
 mod search;
 mod store;
