@@ -643,3 +643,33 @@ on_both_databases!(
     index_is_rebuilt_at_start,
     r4_semantics
 );
+
+/// The operator's storage overrides: a parameter made blind loses `:contains` and sorting, and
+/// a patient's parameter cannot be made plain (the server does not start and says why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_may_index_more_blind_but_not_patients_in_the_clear() {
+    let launch = Launch { extra_args: vec!["--search-blind".into(), "Organization.name".into()], ..Launch::default() };
+    let server = Server::launch(Db::Sqlite, launch).await;
+    let org = json!({"resourceType": "Organization", "name": "Riverside Clinic"});
+    server.post("Organization", &org).await.expect(201);
+    assert_eq!(ids_of(&server, "Organization?name=river").await.len(), 1, "prefix still works");
+    server.get("Organization?name:contains=side").await.expect_outcome(400, "not-supported");
+    let bytes = server.raw_database_bytes().await;
+    assert!(!crate::harness::contains_bytes(&bytes, b"riverside"), "the name is not in the index in the clear");
+
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let output = crate::harness::hearth_command(&[
+        "serve",
+        "--dev",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--search-plain",
+        "Patient.family",
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Patient.family") && stderr.contains("in the clear"), "{stderr}");
+}

@@ -429,9 +429,14 @@ fn quantity_value(node: &Value) -> Option<Found> {
     Some(Found::Quantity { system, unit, value })
 }
 
-/// The phonetic codes (American Soundex) of each word of a name's parts.
+/// The phonetic codes (American Soundex) of each word of a name's parts; a word without Latin
+/// letters (another script) is its own code, so it still matches itself.
 pub fn phonetic_codes(text: &str) -> Vec<String> {
-    normalize(Normalization::Text, text).split(' ').filter_map(soundex).collect()
+    normalize(Normalization::Text, text)
+        .split(' ')
+        .filter(|w| !w.is_empty())
+        .map(|word| soundex(word).unwrap_or_else(|| format!("={word}")))
+        .collect()
 }
 
 fn soundex(word: &str) -> Option<String> {

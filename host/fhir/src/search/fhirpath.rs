@@ -116,19 +116,20 @@ pub fn compile(text: &str) -> Result<Expr, Unsupported> {
         }
         return Ok(Expr::Truthy(path_of(path)?));
     }
-    Ok(Expr::Union(split_union(text).iter().map(|p| path_of(p)).collect::<Result<_, _>>()?))
+    Ok(Expr::Union(split_outside_parentheses(text, '|').iter().map(|p| path_of(p)).collect::<Result<_, _>>()?))
 }
 
-fn split_union(text: &str) -> Vec<&str> {
+/// `text` split at each `separator` that is not inside parentheses, each part trimmed.
+fn split_outside_parentheses(text: &str, separator: char) -> Vec<&str> {
     let mut parts = Vec::new();
     let (mut depth, mut start) = (0i32, 0);
     for (i, c) in text.char_indices() {
         match c {
             '(' => depth += 1,
             ')' => depth -= 1,
-            '|' if depth == 0 => {
+            _ if c == separator && depth == 0 => {
                 parts.push(text[start..i].trim());
-                start = i + 1;
+                start = i + c.len_utf8();
             }
             _ => {}
         }
@@ -165,20 +166,7 @@ fn path_of(text: &str) -> Result<Path, Unsupported> {
 /// Dotted steps, not splitting inside parentheses.
 fn steps_of(text: &str) -> Result<Vec<Step>, Unsupported> {
     let unsupported = || Unsupported(text.to_owned());
-    let mut raw = Vec::new();
-    let (mut depth, mut start) = (0i32, 0);
-    for (i, c) in text.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            '.' if depth == 0 => {
-                raw.push(&text[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    raw.push(&text[start..]);
+    let raw = split_outside_parentheses(text, '.');
     raw.into_iter()
         .map(|step| {
             let step = step.trim();
