@@ -539,9 +539,9 @@ fn is_nested_entries(object: &Map<String, Value>, key: &str) -> bool {
 
 /// Replaces references to entries' fullUrls (`urn:uuid:...`) with the assigned `Type/id`.
 fn rewrite_references(value: &mut Map<String, Value>, references: &HashMap<String, String>) {
-    let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle");
+    let skip_entries = is_nested_entries(value, "entry");
     for (key, child) in value.iter_mut() {
-        if is_bundle && key == "entry" {
+        if skip_entries && key == "entry" {
             continue;
         }
         match child {
