@@ -290,7 +290,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         } else if overrides.plain.contains(&name) {
             Storage::Plain
         } else {
-            storage(resource, code, kind, &patient_compartment)
+            storage(resource, code, kind, &d.expression, &patient_compartment)
         };
         // `subject.where(resolve() is Patient)` targets Patients only, whatever the
         // definition's list (`[Patient, Group]`) says.
@@ -315,7 +315,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
 });
 
 /// How Hearth stores a parameter's values: the rule docs/search.md states.
-fn storage(resource: &str, code: &str, kind: Kind, patient_compartment: &[&str]) -> Storage {
+fn storage(resource: &str, code: &str, kind: Kind, expression: &str, patient_compartment: &[&str]) -> Storage {
     let person = PEOPLE.contains(&resource);
     match kind {
         Kind::Date if matches!(code, "birthdate" | "death-date") => Storage::BlindDate,
@@ -324,9 +324,19 @@ fn storage(resource: &str, code: &str, kind: Kind, patient_compartment: &[&str])
         Kind::String if person || patient_compartment.contains(&resource) => Storage::Blind(Normalization::Text),
         Kind::Token if code == "email" => Storage::Blind(Normalization::Email),
         Kind::Token if code == "phone" => Storage::Blind(Normalization::Phone),
-        Kind::Token if code == "telecom" || code.contains("identifier") => Storage::Blind(Normalization::Exact),
+        // Identifiers of every type, whatever the parameter is called (`Specimen.accession`,
+        // `ServiceRequest.requisition`, `Composition.related-id`).
+        Kind::Token if code == "telecom" || code.contains("identifier") || names_identifier(expression) => {
+            Storage::Blind(Normalization::Exact)
+        }
         _ => Storage::Plain,
     }
+}
+
+/// Whether an expression selects Identifier elements by name.
+fn names_identifier(expression: &str) -> bool {
+    let lower = expression.to_ascii_lowercase();
+    lower.contains("identifier") || lower.contains("requisition")
 }
 
 /// Every parameter.
@@ -424,6 +434,11 @@ mod tests {
         assert_eq!(find("Observation", "value-string").unwrap().storage, Storage::Blind(Normalization::Text));
         assert_eq!(find("Organization", "name").unwrap().storage, Storage::Plain);
         assert!(find("Encounter", "identifier").unwrap().is_blind());
+        for (res_type, code) in
+            [("Specimen", "accession"), ("ServiceRequest", "requisition"), ("Composition", "related-id")]
+        {
+            assert!(find(res_type, code).unwrap().is_blind(), "{res_type}.{code} names identifiers");
+        }
         assert!(find("Observation", "birthdate").is_none());
         assert_eq!(find("Observation", "code-value-concept").unwrap().components[1].kind, Kind::Token);
         assert_eq!(find("CarePlan", "patient").unwrap().targets, ["Patient"]);
