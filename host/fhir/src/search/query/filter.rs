@@ -215,10 +215,13 @@ impl Parser<'_> {
     }
 
     pub(super) fn param(&self, res_type: &str, code: &str) -> Result<&'static Param, SearchError> {
-        registry::find(res_type, code).ok_or_else(|| {
-            SearchError::unsupported(format!(
+        registry::find(res_type, code).ok_or_else(|| match registry::why_not_supported(res_type, code) {
+            Some(reason) => SearchError::unsupported(format!(
+                "'{code}' is a FHIR R4 search parameter of {res_type} this server does not support: {reason}"
+            )),
+            None => SearchError::unsupported(format!(
                 "'{code}' is not a search parameter of {res_type} on this server; GET /metadata lists them"
-            ))
+            )),
         })
     }
 

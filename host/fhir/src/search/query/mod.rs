@@ -528,6 +528,8 @@ mod tests {
         assert!(parse("Observation", "date=yesterday", false).is_err());
         assert!(parse("Patient", "birthdate=gt1970", true).is_ok(), "every prefix on blind dates");
         assert!(parse("Patient", "family:contains=ab", true).unwrap_err().message.contains("contains"));
+        let near = parse("Location", "near=42.25|-83.69|10|km", true).unwrap_err();
+        assert!(near.unsupported && near.message.contains("geographic"), "{near:?}");
         let error = parse("CarePlan", "patient=f001&nonsense=1", true).unwrap_err();
         assert!(error.unsupported && error.message.contains("nonsense"));
         assert!(parse("Patient", "_sort=family", true).unwrap_err().message.contains("keyed hashes"));
