@@ -283,7 +283,8 @@ pub async fn start_plugins(
 }
 
 /// Re-reads the Subscriptions every second (activating, erroring) and tells the policy engine
-/// which types they watch, so writes of those types queue a match in the outbox.
+/// which types they watch, so writes of those types queue a match in the outbox (before a
+/// Subscription's `active` status commits: see `Subscriptions::refresh`).
 fn spawn_subscription_refresher(
     subscriptions: Arc<crate::subscriptions::Subscriptions>,
     policies: Arc<PolicyEngine>,
@@ -291,9 +292,9 @@ fn spawn_subscription_refresher(
 ) {
     tokio::spawn(async move {
         loop {
-            match subscriptions.refresh(&store).await {
-                Ok(()) => policies.set_subscribed(subscriptions.types()),
-                Err(error) => tracing::warn!(%error, "subscriptions could not be re-read; retrying"),
+            let watch = |types| policies.set_subscribed(types);
+            if let Err(error) = subscriptions.refresh(&store, &watch).await {
+                tracing::warn!(%error, "subscriptions could not be re-read; retrying");
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }

@@ -158,9 +158,15 @@ impl Subscriptions {
 
     /// Re-reads every Subscription: activates the requested ones that can be served, puts
     /// those that cannot in `error`, and keeps the active ones.
-    pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+    ///
+    /// A Subscription is served from before its `active` status commits: once a client can
+    /// read `active`, every write it makes after that is matched (a write committed between the
+    /// status and the in-memory list would otherwise go unnoticed).
+    /// `watch` is told the watched types each time the served list changes.
+    pub async fn refresh(&self, store: &Store, watch: &(dyn Fn(HashSet<String>) + Sync)) -> Result<(), StoreError> {
         let audit = &self.audit;
         let mut active = Vec::new();
+        let mut requested = Vec::new();
         let mut after: Option<String> = None;
         loop {
             let (records, more) =
@@ -187,15 +193,7 @@ impl Subscriptions {
                 });
                 match checked {
                     Ok(subscription) if status == "active" => active.push(subscription),
-                    Ok(mut subscription) => {
-                        if let Some(version) =
-                            set_status(store, audit, &record.id, record.version, &body, "active", None).await?
-                        {
-                            subscription.version = version;
-                            subscription.status = "active".to_owned();
-                            active.push(subscription);
-                        }
-                    }
+                    Ok(subscription) => requested.push((subscription, body)),
                     Err(reason) => {
                         set_status(store, audit, &record.id, record.version, &body, "error", Some(&reason)).await?;
                     }
@@ -205,8 +203,26 @@ impl Subscriptions {
                 break;
             }
         }
-        *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(active);
+        if !requested.is_empty() {
+            let mut serving = self.current().as_ref().clone();
+            serving.extend(requested.iter().map(|(subscription, _)| subscription.clone()));
+            self.publish(serving, watch);
+        }
+        for (mut subscription, body) in requested {
+            let (id, version) = (subscription.id.clone(), subscription.version);
+            if let Some(version) = set_status(store, audit, &id, version, &body, "active", None).await? {
+                subscription.version = version;
+                subscription.status = "active".to_owned();
+                active.push(subscription);
+            }
+        }
+        self.publish(active, watch);
         Ok(())
+    }
+
+    fn publish(&self, active: Vec<Subscription>, watch: &(dyn Fn(HashSet<String>) + Sync)) {
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(active);
+        watch(self.types());
     }
 }
 
