@@ -87,6 +87,74 @@ impl Store {
         Ok((seq, hash))
     }
 
+    /// [`Store::append_audit`] for a single appender that knows the chain head it last wrote
+    /// (`known`, kept in memory). On SQLite the whole batch is then one call to the
+    /// connection's thread: `BEGIN IMMEDIATE`, the entry, time and term rows, the head, and
+    /// `COMMIT` as one multi-statement text (values inline as hex literals, so nothing is
+    /// escaped), instead of seven round trips. Another process that appended meanwhile (a CLI
+    /// command on the same file) took the same sequence numbers, so the entry insert fails on
+    /// its primary key, nothing is written, and the batch is appended again the usual way under
+    /// the head lock. PostgreSQL (several hosts on one chain) always takes the usual way.
+    pub async fn append_audit_after(
+        &self,
+        known: Option<(i64, [u8; 32])>,
+        events: &[&AuditEvent],
+    ) -> Result<(i64, [u8; 32]), StoreError> {
+        let Some((head_seq, head_hash)) = known.filter(|_| self.backend == Backend::Sqlite) else {
+            return self.append_audit(events).await;
+        };
+        let mut seq = head_seq;
+        let mut hash = head_hash;
+        let mut entries = Vec::with_capacity(events.len());
+        let mut times = Vec::with_capacity(events.len());
+        let mut terms = Vec::new();
+        for event in events {
+            seq += 1;
+            let entry = canonical_entry(seq, event);
+            let next = chain_hash(&hash, &entry);
+            entries.push(format!("({seq}, CAST({} AS TEXT), {}, {})", hex_literal(&entry), hex_literal(&hash), hex_literal(&next)));
+            let lookup = lookup_of(event);
+            times.push(format!("({seq}, {})", lookup.at_us));
+            for (param, value) in &lookup.terms {
+                terms.push(format!(
+                    "(CAST({} AS TEXT), CAST({} AS TEXT), {seq})",
+                    hex_literal(param.as_bytes()),
+                    hex_literal(value.as_bytes())
+                ));
+            }
+            hash = next;
+        }
+        let mut text = String::from("BEGIN IMMEDIATE;\n");
+        for chunk in entries.chunks(ENTRY_CHUNK) {
+            text.push_str(&format!("INSERT INTO audit_entry (seq, entry, prev_hash, hash) VALUES {};\n", chunk.join(", ")));
+        }
+        for chunk in times.chunks(LOOKUP_CHUNK) {
+            text.push_str(&format!("INSERT INTO audit_time (seq, at_us) VALUES {} ON CONFLICT DO NOTHING;\n", chunk.join(", ")));
+        }
+        for chunk in terms.chunks(LOOKUP_CHUNK) {
+            text.push_str(&format!(
+                "INSERT INTO audit_term (param, value, seq) VALUES {} ON CONFLICT DO NOTHING;\n",
+                chunk.join(", ")
+            ));
+        }
+        text.push_str(&format!(
+            "UPDATE audit_head SET seq = {seq}, hash = {} WHERE id = 1 AND seq = {head_seq};\nCOMMIT;",
+            hex_literal(&hash)
+        ));
+        let mut conn = self.writer.acquire().await?;
+        match sqlx::raw_sql(AssertSqlSafe(text)).execute(&mut *conn).await {
+            Ok(_) => Ok((seq, hash)),
+            Err(error) => {
+                // Whatever failed, the connection leaves no transaction open: rolled back, then
+                // closed (the pool opens a fresh one), since sqlx did not see this BEGIN.
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                let _ = conn.close().await;
+                tracing::info!(%error, "the audit chain moved under this appender; appending under the head lock");
+                self.append_audit(events).await
+            }
+        }
+    }
+
     /// Entries with `seq > after`, in order, at most `limit`.
     pub async fn audit_entries(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
         let rows =
@@ -145,6 +213,19 @@ fn stored_entry(row: &sqlx::any::AnyRow) -> Result<StoredAuditEntry, StoreError>
         prev_hash: row.try_get(2)?,
         hash: row.try_get(3)?,
     })
+}
+
+/// `bytes` as a SQLite blob literal (`X'0A1B...'`).
+fn hex_literal(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(bytes.len() * 2 + 3);
+    out.push_str("X'");
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 15)]));
+    }
+    out.push('\'');
+    out
 }
 
 /// Audit entries per multi-row INSERT (4 values each).
