@@ -21,8 +21,9 @@ const SEARCH_DOCUMENTATION: &str = "Search: every search parameter FHIR R4 defin
     records) is indexed only as keyed hashes of normalised prefixes, whole values and calendar buckets: prefix, \
     :exact and every date prefix work, :contains and sorting on them do not. Results: _count (at most 1000), \
     cursor paging, _sort (up to 4 keys), _total=accurate, _summary, _elements, _include and _revinclude (with \
-    :iterate). Not supported: _contained, _containedType, _text, _content, _list, _query, _filter, and the :text, \
-    :in, :not-in, :of-type, :identifier and token :above/:below modifiers. An unknown or unsupported parameter, \
+    :iterate); :of-type on identifiers, :identifier on references, :above/:below on URIs. Not supported: \
+    _contained, _containedType, _text, _content, _list, _query, _filter, and the :text, :in, :not-in and token \
+    :above/:below modifiers. An unknown or unsupported parameter, \
     modifier or prefix is a 400 OperationOutcome naming it, unless the request says Prefer: handling=lenient \
     (then it is ignored, left out of the self link and reported in the Bundle).";
 
