@@ -10,7 +10,8 @@ use crate::on_both_databases;
 on_both_databases!(
     every_request_is_audited_without_clinical_content,
     verify_catches_each_kind_of_tampering,
-    the_audit_log_is_searchable_as_fhir_audit_events
+    the_audit_log_is_searchable_as_fhir_audit_events,
+    refusals_are_limited_per_address_and_all_accounted_for
 );
 
 fn verify(server: &Server) -> (bool, String) {
@@ -311,6 +312,55 @@ async fn the_audit_log_is_searchable_as_fhir_audit_events(db: Db) {
     assert!(reads.len() >= 10, "{}", reads.len());
     let everything = search("_count=1000").await.expect(200).to_string();
     assert!(!everything.contains(secret_name));
+    let (ok, text) = verify(&server);
+    assert!(ok, "{text}");
+}
+
+/// Issue 25: refused requests do not wait for the audit log; an address over its refusal
+/// budget is answered 429 (requests with a valid token still pass), and every refusal is in
+/// the log, as an entry of its own or counted in a summary entry.
+async fn refusals_are_limited_per_address_and_all_accounted_for(db: Db) {
+    let launch = Launch { env: vec![("HEARTH_REFUSALS_PER_ADDRESS".into(), "2".into())], ..Default::default() };
+    let server = Server::launch(db, launch).await;
+    server.put("Patient/ref-1", &json!({"resourceType": "Patient", "id": "ref-1"})).await.expect(201);
+    let anonymous = server.client_with(None);
+    let started = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        let response = server.send(anonymous.get(server.url("Patient/ref-1"))).await;
+        let status = response.status;
+        if status == 429 {
+            assert_eq!(response.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+            response.expect_outcome(429, "throttled");
+        }
+        statuses.push(status);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let itemised = statuses.iter().filter(|s| **s == 401).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(itemised + limited, 60, "{statuses:?}");
+    // A burst of 20 (ten times the rate), then 2 a second.
+    assert!(itemised >= 20 && (itemised as f64) <= 21.0 + 2.0 * elapsed, "{itemised} in {elapsed:.1} s: {statuses:?}");
+    assert!(limited > 0, "{statuses:?}");
+    // A valid token from the same address is served as before.
+    server.get("Patient/ref-1").await.expect(200);
+
+    let auditor = server.client_with(Some(&server.token("admin/audit", None)));
+    let search = |query: &str| server.send(auditor.get(server.url(&format!("AuditEvent?{query}&_count=100"))));
+    let entries = |bundle: Value| bundle["entry"].as_array().cloned().unwrap_or_default();
+    let refused_reads = entries(search("subtype=read&outcome=4,8").await.expect(200));
+    let logged_401 = refused_reads.iter().filter(|e| e["resource"]["outcomeDesc"] == "HTTP 401").count();
+    let summaries = entries(search("subtype=refused-requests").await.expect(200));
+    let counted: u64 = summaries
+        .iter()
+        .map(|e| {
+            let text = e["resource"]["outcomeDesc"].as_str().unwrap();
+            assert!(text.starts_with("HTTP 429; "), "{text}");
+            assert_eq!(e["resource"]["agent"][0]["network"]["address"], "127.0.0.1");
+            text.split_whitespace().nth(2).unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!((logged_401, counted), (itemised, limited as u64), "{summaries:#?}");
     let (ok, text) = verify(&server);
     assert!(ok, "{text}");
 }

@@ -156,6 +156,9 @@ impl Server {
         }
         command.args(&launch.extra_args);
         command.env_remove("HEARTH_CONFIG").env_remove("HEARTH_DATABASE_URL").env_remove("HEARTH_DEV");
+        // Tests refuse many requests from one address on purpose; the per-address limit has its
+        // own test (audit.rs), which sets it.
+        command.env("HEARTH_REFUSALS_PER_ADDRESS", "0");
         for (key, value) in &launch.env {
             command.env(key, value);
         }

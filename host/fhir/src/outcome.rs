@@ -28,6 +28,7 @@ pub enum IssueType {
     CodeInvalid,
     Exception,
     Transient,
+    Throttled,
     Informational,
 }
 
@@ -50,6 +51,7 @@ impl IssueType {
             IssueType::CodeInvalid => "code-invalid",
             IssueType::Exception => "exception",
             IssueType::Transient => "transient",
+            IssueType::Throttled => "throttled",
             IssueType::Informational => "informational",
         }
     }

@@ -16,6 +16,8 @@ pub const DEFAULT_MAX_BUNDLE_ENTRIES: usize = 1000;
 pub const DEFAULT_DB_MAX_CONNECTIONS: u32 = 16;
 pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 3600;
 pub const DEFAULT_AUDIT_CHECKPOINT_EVERY: i64 = 1000;
+/// Refused requests per second per client address before they answer 429 (see docs/reliability.md).
+pub const DEFAULT_REFUSALS_PER_ADDRESS: u32 = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,6 +125,11 @@ pub struct ServeArgs {
     /// Sign an audit checkpoint every this many entries.
     #[arg(long, env = "HEARTH_AUDIT_CHECKPOINT_EVERY")]
     pub audit_checkpoint_every: Option<i64>,
+    /// Refused requests (401, 403) per second one client address may cause before its further
+    /// refusals answer 429 and are audited as a count instead of one entry each (bursts of ten
+    /// times this are allowed); 0: no limit. Default 20.
+    #[arg(long, env = "HEARTH_REFUSALS_PER_ADDRESS")]
+    pub refusals_per_address: Option<u32>,
     /// Longest token lifetime accepted, in seconds (exp - iat).
     #[arg(long, env = "HEARTH_MAX_TOKEN_LIFETIME")]
     pub max_token_lifetime: Option<u64>,
@@ -155,6 +162,7 @@ struct FileConfig {
     audit_key: Option<PathBuf>,
     migrate: Option<bool>,
     audit_checkpoint_every: Option<i64>,
+    refusals_per_address: Option<u32>,
     base_url: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -250,6 +258,8 @@ pub struct ServeSettings {
     pub issuers: Vec<IssuerConfig>,
     pub max_token_lifetime: std::time::Duration,
     pub audit_checkpoint_every: i64,
+    /// Refusals per second per client address before they answer 429 (0: unlimited).
+    pub refusals_per_address: u32,
     pub client_ca: Option<PathBuf>,
     pub client_certs: Vec<ClientCertConfig>,
     pub allow_dev_certificate: bool,
@@ -409,6 +419,10 @@ impl ServeArgs {
                 .or(file.audit_checkpoint_every)
                 .unwrap_or(DEFAULT_AUDIT_CHECKPOINT_EVERY)
                 .max(1),
+            refusals_per_address: self
+                .refusals_per_address
+                .or(file.refusals_per_address)
+                .unwrap_or(DEFAULT_REFUSALS_PER_ADDRESS),
             client_ca,
             client_certs,
             allow_dev_certificate: self.allow_dev_certificate.or(file.allow_dev_certificate).unwrap_or(false),

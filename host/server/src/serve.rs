@@ -181,7 +181,12 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
     let signer = crate::audit::AuditSigner::load(&settings.storage.audit_key, true)?;
     let store = open_store(&settings.storage).await?;
     index_audit_backlog(&store).await?;
-    let audit = crate::audit::AuditLog::start(store.clone(), signer, settings.audit_checkpoint_every);
+    let audit = crate::audit::AuditLog::start(
+        store.clone(),
+        signer,
+        settings.audit_checkpoint_every,
+        settings.refusals_per_address,
+    );
     tracing::info!(backend = store.backend().name(), "database ready");
     ensure_search_index(&store).await?;
 

@@ -249,6 +249,10 @@ pub fn to_resource(seq: i64, event: &AuditEvent, hash: &[u8]) -> Value {
         resource["outcomeDesc"] =
             json!(format!("HTTP {}; review {}: {}", event.status, review.decision, review.comment));
     }
+    if let Some(count) = event.count {
+        resource["outcomeDesc"] =
+            json!(format!("HTTP {}; {count} such refusals from this address, summarised in this entry", event.status));
+    }
     if !entities.is_empty() {
         resource["entity"] = Value::Array(entities);
     }

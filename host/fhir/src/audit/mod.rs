@@ -47,6 +47,10 @@ pub struct AuditEvent {
     /// A reviewer's verdict on an emergency access (the entry named by `resource_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<Review>,
+    /// How many refusals of the same kind from one address this entry stands for, when they
+    /// came faster than they may be itemised (see docs/reliability.md); absent: one request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// A reviewer's verdict on a break-glass access.

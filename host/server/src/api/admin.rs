@@ -73,6 +73,10 @@ async fn verify_audit(
 ) -> Result<Json<Value>, FhirError> {
     principal.require_admin("audit")?;
     let started = std::time::Instant::now();
+    // The refusals answered so far are part of the chain verified.
+    if let Err(failure) = state.audit.settle().await {
+        tracing::warn!(error = %failure.message, "queued refusals could not be written before verification");
+    }
     let report = crate::audit::verify_chain(&state.store, &[state.audit.public_key().to_vec()], &|_| {}).await?;
     let problem = report.problem.as_ref().map(ToString::to_string);
     if let Some(problem) = &problem {

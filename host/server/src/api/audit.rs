@@ -1,6 +1,7 @@
 //! The audit layer: after each protected request, an audit entry names who did what to which
 //! resource and how it ended; the response waits until the entry is durable, and becomes a
-//! 500 if it cannot be written.
+//! 500 if it cannot be written. Refusals (401, 403) are queued without waiting, and answer 429
+//! once their address is over its refusal budget (see `crate::audit`).
 
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
@@ -62,7 +63,16 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
         returned: disclosed.map(|d| d.ids.clone()).unwrap_or_default(),
         patients: disclosed.map(|d| d.patients.iter().cloned().collect()).unwrap_or_default(),
         review: response.extensions().get::<crate::audit::Review>().cloned(),
+        count: None,
     };
+    if matches!(status, 401 | 403) {
+        // A refusal discloses and changes nothing: its entry is queued, not waited for, so
+        // refused requests cannot make the server fsync at their pace (see crate::audit).
+        return match state.audit.refused(event) {
+            crate::audit::Refusal::Itemised => response,
+            crate::audit::Refusal::Limited => too_many_refusals(),
+        };
+    }
     match state.audit.record(event).await {
         Ok(()) => response,
         Err(failure) => {
@@ -83,6 +93,18 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
             .into_response()
         }
     }
+}
+
+/// The answer to a refused request from an address over its refusal budget.
+fn too_many_refusals() -> Response {
+    let mut response = FhirError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        IssueType::Throttled,
+        "too many refused requests from this address; retry later with valid credentials",
+    )
+    .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    response
 }
 
 /// The action, resource type, id and version a request path names. Segments are

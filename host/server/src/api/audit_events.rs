@@ -86,6 +86,10 @@ fn render(stored: &StoredAuditEntry) -> Result<Value, FhirError> {
 async fn run(state: &SharedState, headers: &HeaderMap, pairs: Vec<(String, String)>) -> Result<Response, FhirError> {
     let query = parse_query(&pairs, strict_handling(headers))
         .map_err(|message| FhirError::bad_request(IssueType::Value, message))?;
+    // Refusals are queued, not waited for: the ones answered so far are in the answer.
+    if let Err(failure) = state.audit.settle().await {
+        tracing::warn!(error = %failure.message, "queued refusals could not be written before an audit search");
+    }
     let (entries, more) = state.store.search_audit(&query).await?;
     let base = &state.settings.base_url;
     let mut returned = Disclosed::default();
