@@ -225,7 +225,9 @@ async fn all(
     ];
 
     // Case 1: the TLS floor vs a Hearth read, same TLS configuration and listener code.
-    let hearth = start_hearth("hearth-sqlite", &hearth_bin, &scratch, None, &[]);
+    // Refusals are itemised without a per-address limit here: the case 1 refusal rows measure
+    // what an itemised refusal costs (over the limit, a 429 costs less).
+    let hearth = start_hearth("hearth-sqlite", &hearth_bin, &scratch, None, &[("HEARTH_REFUSALS_PER_ADDRESS", "0")]);
     let client = client_for(&scratch, "hearth-sqlite", concurrency);
     let patient_ids = seed(&client, &hearth, seed_patients).await;
     let reads: Arc<Vec<String>> = Arc::new(patient_ids.iter().map(|id| format!("Patient/{id}")).collect());
@@ -259,7 +261,42 @@ async fn all(
             |s| get_loop(s, &wide_client, &floor, fixed.clone()),
         )
         .await;
+        // Refused requests: no token (401), and a token without the scope (403). Their audit
+        // entries are queued, not waited for, so they should cost little more than the TLS
+        // floor.
+        let tls_ca = scratch.path("hearth-sqlite").join("tls/ca.pem");
+        let anonymous = load::client(&tls_ca, concurrency, None);
+        let (refused_401, floor_401) = load::alternating(
+            spec,
+            ROUNDS,
+            |s| status_loop(s, &anonymous, &hearth, reads.clone(), 401),
+            |s| get_loop(s, &client, &floor, fixed.clone()),
+        )
+        .await;
+        let observer = scoped_token(&scratch, "hearth-sqlite", "user/Observation.rs", None);
+        let unscoped = load::client(&tls_ca, concurrency, Some(&observer));
+        let (refused_403, floor_403) = load::alternating(
+            spec,
+            ROUNDS,
+            |s| status_loop(s, &unscoped, &hearth, reads.clone(), 403),
+            |s| get_loop(s, &client, &floor, fixed.clone()),
+        )
+        .await;
         drop(floor);
+        comparisons.push(Comparison::new(
+            "1 TLS floor",
+            ("401 no token (SQLite)", &refused_401),
+            ("axum+rustls fixed JSON", &floor_401),
+            ">= 0.60",
+            Some(0.60),
+        ));
+        comparisons.push(Comparison::new(
+            "1 TLS floor",
+            ("403 out of scope (SQLite)", &refused_403),
+            ("axum+rustls fixed JSON", &floor_403),
+            ">= 0.60",
+            Some(0.60),
+        ));
         comparisons.push(Comparison::new(
             "1 TLS floor",
             ("Hearth read (SQLite)", &hearth_read),
@@ -705,15 +742,42 @@ async fn get_loop(
     get_urls(spec, client, Arc::new(paths.iter().map(|p| server.url(p)).collect())).await
 }
 
+/// GETs of `paths` on `server` that must answer `status` (refusals).
+async fn status_loop(
+    spec: LoadSpec,
+    client: &reqwest::Client,
+    server: &ServerProcess,
+    paths: Arc<Vec<String>>,
+    status: u16,
+) -> Measurement {
+    fetch_urls(spec, client, Arc::new(paths.iter().map(|p| server.url(p)).collect()), Some(status)).await
+}
+
 /// GETs of `urls` (any servers), spread over the list.
 async fn get_urls(spec: LoadSpec, client: &reqwest::Client, urls: Arc<Vec<String>>) -> Measurement {
+    fetch_urls(spec, client, urls, None).await
+}
+
+/// GETs of `urls`, each counted as served when it answers `status` (`None`: any success).
+async fn fetch_urls(
+    spec: LoadSpec,
+    client: &reqwest::Client,
+    urls: Arc<Vec<String>>,
+    status: Option<u16>,
+) -> Measurement {
     let client = client.clone();
     load::run(spec, move |_, n| {
         let url = urls[(n as usize).wrapping_mul(2_654_435_761) % urls.len()].clone();
         let client = client.clone();
         async move {
             match client.get(url).send().await {
-                Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                Ok(response) => {
+                    let wanted = match status {
+                        Some(status) => response.status().as_u16() == status,
+                        None => response.status().is_success(),
+                    };
+                    wanted && response.bytes().await.is_ok()
+                }
                 Err(_) => false,
             }
         }
