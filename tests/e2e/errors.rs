@@ -164,14 +164,39 @@ async fn an_oversized_body_gets_its_413_over_http_1_and_2() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    assert_eq!(python_post(&server, &body, &format!("Bearer {token}")), "413 too-long");
+}
+
+/// POSTs the file `body` to `Patient` with Python requests (HTTP/1.1, still sending when an
+/// early answer comes), with `authorization` unless empty; "STATUS ISSUE-CODE", or why not.
+fn python_post(server: &Server, body: &std::path::Path, authorization: &str) -> String {
     let script = format!(
-        "import requests, sys\nr = requests.post({url:?}, data=open({body:?}, 'rb'), verify={ca:?}, \
-         headers={{'Authorization': 'Bearer {token}', 'Content-Type': 'application/fhir+json'}})\n\
+        "import requests, sys\nh = {{'Content-Type': 'application/fhir+json'}}\nif {authorization:?}: h['Authorization'] = {authorization:?}\n\
+         r = requests.post({url:?}, data=open({body:?}, 'rb'), verify={ca:?}, headers=h)\n\
          print(r.status_code, r.json()['issue'][0]['code'])",
+        url = server.url("Patient"),
         body = body.display().to_string(),
         ca = server.ca.display().to_string(),
     );
     let output = crate::harness::python3().args(["-c", &script]).output().expect("python3 runs");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(text.trim(), "413 too-long", "python requests: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if text.is_empty() { format!("no answer: {}", String::from_utf8_lossy(&output.stderr)) } else { text }
+}
+
+/// A write refused before its body was read (no token, an invalid one) gets its 401, not a
+/// connection reset: the refusal no longer waits for a durable audit entry, so it would answer
+/// while the client is still sending, and an HTTP/1.1 server closes a connection whose request
+/// body was left unread. A client whose token expired must see the 401 to renew it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_gets_its_401_not_a_reset() {
+    let server = Server::start(Db::Sqlite).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("upload.json");
+    std::fs::write(&body, format!(r#"{{"resourceType": "Patient", "text": {{"div": "{}"}}}}"#, "x".repeat(2 << 20)))
+        .unwrap();
+    for authorization in ["", "Bearer not-a-token"] {
+        for _ in 0..3 {
+            assert_eq!(python_post(&server, &body, authorization), "401 login", "authorization {authorization:?}");
+        }
+    }
 }

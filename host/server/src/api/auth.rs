@@ -12,7 +12,8 @@ use crate::fhir::outcome::{FhirError, IssueType};
 use crate::server::ClientCertificate;
 
 /// Requires a valid bearer token; puts the [`crate::auth::Principal`] in the request
-/// extensions and its subject in the request's log span. 401 with `WWW-Authenticate` otherwise.
+/// extensions and its subject in the request's log span. 401 with `WWW-Authenticate` otherwise,
+/// once the request's body has arrived (see [`super::extract::discard_body`]).
 pub async fn authenticate(State(state): State<SharedState>, mut request: Request, next: Next) -> Response {
     let token = request
         .headers()
@@ -26,6 +27,7 @@ pub async fn authenticate(State(state): State<SharedState>, mut request: Request
         // configured principal when no token is sent.
         (None, Some(certificate)) => state.tokens.certificate_principal(&certificate.0),
         (None, None) => {
+            super::extract::discard_body(request, state.settings.max_body_bytes).await;
             return unauthorized("this endpoint needs a bearer token (Authorization: Bearer ...)", None);
         }
     };
@@ -40,6 +42,7 @@ pub async fn authenticate(State(state): State<SharedState>, mut request: Request
         }
         Err(reason) => {
             tracing::info!(reason, "bearer token refused");
+            super::extract::discard_body(request, state.settings.max_body_bytes).await;
             unauthorized(reason, Some(reason))
         }
     }

@@ -142,6 +142,27 @@ async fn read_body(request: Request, limit: usize) -> Result<Bytes, FhirError> {
     if received > limit as u64 { Err(too_large()) } else { Ok(Bytes::from(collected)) }
 }
 
+/// Reads and throws away the body of a request refused before its handler ran (401), up to
+/// `limit` bytes and under the same pacing bounds as any body, so that a client still sending it
+/// gets the answer instead of a connection reset: HTTP/1.1 servers close a connection whose
+/// request body was left unread, and a client with an expired token must see its 401 to renew
+/// it. Past `limit` (or a declared length past it) it stops, and the connection may be cut.
+pub async fn discard_body(request: Request, limit: usize) {
+    let declared_length =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > limit as u64) {
+        return;
+    }
+    let mut body = request.into_body();
+    let mut received: u64 = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        received += frame.data_ref().map_or(0, |data| data.len() as u64);
+        if received > limit as u64 {
+            return;
+        }
+    }
+}
+
 /// Parses a version from an ETag-style header value: `W/"3"`, `"3"` or `3`.
 fn parse_version_tag(value: &str) -> Option<i64> {
     let value = value.trim();
