@@ -30,6 +30,11 @@ impl Store {
             AnyPoolOptions::new()
                 .max_connections(max)
                 .acquire_timeout(options.acquire_timeout)
+                // sqlx pings every connection it takes from the pool; on SQLite that is a round
+                // trip to the connection's worker thread (a file in this process cannot hang up),
+                // as costly as the statement itself. PostgreSQL keeps the check: a server that
+                // restarted leaves dead connections behind.
+                .test_before_acquire(backend != Backend::Sqlite)
                 .after_connect(move |conn, _meta| {
                     Box::pin(async move {
                         if backend == Backend::Sqlite {
