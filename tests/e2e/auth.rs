@@ -85,6 +85,31 @@ async fn tokens_are_required_and_checked(db: Db) {
     assert!(server.log().contains("principal=\"u\""), "the log names the principal");
 }
 
+/// HIPAA 164.312(d) with the identity provider: an issuer configured to require multi-factor
+/// sign-in (`--jwt-require-amr`) has its tokens refused unless their `amr` names one of the
+/// methods (an array, or one string as some providers send it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_issuer_may_require_multi_factor_sign_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let issuer = TestIssuer::create(dir.path(), "https://idp.example.test", "https://fhir.example.test");
+    let mut extra_args = issuer.args();
+    extra_args.extend(["--jwt-require-amr".into(), "mfa,hwk".into()]);
+    let server = Server::launch(Db::Sqlite, Launch { extra_args, ..Default::default() }).await;
+    server.put("Patient/p", &json!({"resourceType": "Patient", "id": "p"})).await.expect(201);
+    let n = now();
+    let token = |amr: Value| {
+        issuer.sign(&json!({"iss": issuer.iss, "aud": issuer.audience, "sub": "u", "scope": "user/*.rs",
+                            "iat": n, "exp": n + 300, "amr": amr}))
+    };
+    for amr in [Value::Null, json!(["pwd"]), json!("otp-less")] {
+        let reply = get_with(&server, Some(&token(amr.clone())), "Patient/p").await;
+        reply.expect_outcome(401, "login");
+        assert!(reply.header("www-authenticate").unwrap().contains("multi-factor"), "amr {amr}");
+    }
+    assert_eq!(get_with(&server, Some(&token(json!(["pwd", "mfa"]))), "Patient/p").await.expect(200)["id"], "p");
+    assert_eq!(get_with(&server, Some(&token(json!(["hwk"]))), "Patient/p").await.expect(200)["id"], "p");
+}
+
 async fn scope_forms_grant_what_they_say(db: Db) {
     let server = Server::start(db).await;
     server.put("Patient/p", &json!({"resourceType": "Patient", "id": "p"})).await.expect(201);

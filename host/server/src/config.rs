@@ -114,6 +114,13 @@ pub struct ServeArgs {
     /// JWKS file with the issuer's public keys (RS256, ES256 or EdDSA).
     #[arg(long, env = "HEARTH_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// Authentication methods (`amr` values, RFC 8176, e.g. `mfa,hwk`) of which a token from
+    /// --jwt-issuer must name at least one: multi-factor sign-in, checked on every token.
+    #[arg(long, env = "HEARTH_JWT_REQUIRE_AMR", value_delimiter = ',')]
+    pub jwt_require_amr: Vec<String>,
+    /// Authentication context classes (`acr`) a token from --jwt-issuer must carry one of.
+    #[arg(long, env = "HEARTH_JWT_REQUIRE_ACR", value_delimiter = ',')]
+    pub jwt_require_acr: Vec<String>,
     /// PEM CA that client certificates must chain to (enables mutual TLS; clients without a
     /// certificate still use bearer tokens).
     #[arg(long, env = "HEARTH_CLIENT_CA")]
@@ -205,6 +212,12 @@ pub struct IssuerConfig {
     pub iss: String,
     pub audience: String,
     pub jwks_file: PathBuf,
+    /// `amr` values of which a token must name at least one (empty: not checked).
+    #[serde(default)]
+    pub require_amr: Vec<String>,
+    /// `acr` values of which a token must carry one (empty: not checked).
+    #[serde(default)]
+    pub require_acr: Vec<String>,
 }
 
 /// Where the HTTPS certificate comes from.
@@ -374,7 +387,8 @@ impl ServeArgs {
         }
         let mut issuers = file.issuers.clone();
         if let (Some(iss), Some(audience), Some(jwks_file)) = (self.jwt_issuer, self.jwt_audience, self.jwks_file) {
-            issuers.push(IssuerConfig { iss, audience, jwks_file });
+            let (require_amr, require_acr) = (self.jwt_require_amr, self.jwt_require_acr);
+            issuers.push(IssuerConfig { iss, audience, jwks_file, require_amr, require_acr });
         }
         if issuers.is_empty() && !storage.dev {
             return Err(ConfigError::NoIssuer);

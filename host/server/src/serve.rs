@@ -311,7 +311,10 @@ fn spawn_subscription_refresher(
 pub fn token_verifier(settings: &ServeSettings) -> Result<TokenVerifier, StartError> {
     let mut issuers = Vec::new();
     for config in &settings.issuers {
-        issuers.push(Issuer::from_jwks_file(&config.iss, &config.audience, &config.jwks_file)?);
+        issuers.push(
+            Issuer::from_jwks_file(&config.iss, &config.audience, &config.jwks_file)?
+                .requiring(&config.require_amr, &config.require_acr),
+        );
     }
     if settings.storage.dev {
         issuers.push(Issuer::development(&dev_token_key_path(&settings.storage.data_dir))?);

@@ -1,5 +1,6 @@
 //! Bearer tokens: JWTs from configured issuers (keys from a JWKS file; RS256, ES256 or EdDSA),
-//! checked for signature, `iss`, `aud`, `exp`, `nbf` and a short lifetime; and the dev-mode
+//! checked for signature, `iss`, `aud`, `exp`, `nbf`, a short lifetime and, where the issuer
+//! requires it, a multi-factor sign-in (`amr`, `acr`); and the dev-mode
 //! issuer whose Ed25519 key `hearth token issue` signs with.
 
 use std::collections::HashMap;
@@ -38,6 +39,10 @@ pub struct Issuer {
     pub iss: String,
     pub audience: String,
     keys: Vec<VerifyKey>,
+    /// `amr` values of which a token must name one (multi-factor sign-in); empty: any.
+    require_amr: Vec<String>,
+    /// `acr` values of which a token must carry one; empty: any.
+    require_acr: Vec<String>,
 }
 
 struct VerifyKey {
@@ -71,7 +76,33 @@ impl Issuer {
         if keys.is_empty() {
             return Err(bad("no keys".into()));
         }
-        Ok(Issuer { iss: iss.to_owned(), audience: audience.to_owned(), keys })
+        Ok(Issuer { iss: iss.to_owned(), audience: audience.to_owned(), keys, require_amr: vec![], require_acr: vec![] })
+    }
+
+    /// This issuer, accepting only tokens that name one of `amr` (authentication methods, RFC
+    /// 8176, e.g. `mfa`) and carry one of `acr` (authentication context classes); an empty list
+    /// checks nothing. The identity provider authenticates people; this is how the server
+    /// insists that it did so with more than a password.
+    pub fn requiring(mut self, amr: &[String], acr: &[String]) -> Issuer {
+        self.require_amr = amr.to_vec();
+        self.require_acr = acr.to_vec();
+        self
+    }
+
+    /// Whether `claims` show the sign-in this issuer's tokens must have had.
+    fn admits_sign_in(&self, claims: &Claims) -> Result<(), &'static str> {
+        let amr: Vec<&str> = match &claims.amr {
+            serde_json::Value::String(one) => vec![one.as_str()],
+            serde_json::Value::Array(many) => many.iter().filter_map(serde_json::Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if !self.require_amr.is_empty() && !amr.iter().any(|m| self.require_amr.iter().any(|r| r == m)) {
+            return Err("the token does not show the multi-factor sign-in this server requires (amr)");
+        }
+        if !self.require_acr.is_empty() && !claims.acr.as_ref().is_some_and(|a| self.require_acr.contains(a)) {
+            return Err("the token does not carry the authentication level this server requires (acr)");
+        }
+        Ok(())
     }
 
     /// The dev-mode issuer, trusting the public half of the development signing key.
@@ -85,6 +116,8 @@ impl Issuer {
             iss: DEV_ISSUER.to_owned(),
             audience: DEV_AUDIENCE.to_owned(),
             keys: vec![VerifyKey { kid: None, algorithm: Algorithm::EdDSA, key: signing.decoding.clone() }],
+            require_amr: Vec::new(),
+            require_acr: Vec::new(),
         }
     }
 }
@@ -107,6 +140,12 @@ struct Claims {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     roles: Vec<String>,
     aud: serde_json::Value,
+    /// Authentication methods: an array of strings (RFC 8176), or one string as some
+    /// providers send it.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    amr: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    acr: Option<String>,
 }
 
 /// How many verified tokens are remembered (a client reuses its token for many requests).
@@ -196,7 +235,10 @@ impl TokenVerifier {
                 validation.validate_nbf = true;
                 validation.leeway = LEEWAY_SECONDS;
                 match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
-                    Ok(data) => return self.principal(data.claims),
+                    Ok(data) => {
+                        issuer.admits_sign_in(&data.claims)?;
+                        return self.principal(data.claims);
+                    }
                     Err(error) => {
                         use jsonwebtoken::errors::ErrorKind;
                         reason = match error.kind() {
@@ -293,6 +335,8 @@ impl DevSigningKey {
             client_id: Some("hearth-cli".to_owned()),
             roles: roles.to_vec(),
             aud: serde_json::Value::String(DEV_AUDIENCE.to_owned()),
+            amr: serde_json::Value::Null,
+            acr: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding).expect("signing with a valid key")
     }
@@ -350,6 +394,35 @@ mod tests {
             b64(r#"{"iss":"hearth-dev","sub":"a","aud":"hearth-dev","exp":9999999999}"#)
         );
         assert!(verifier.verify(&none).is_err());
+    }
+
+    #[test]
+    fn sign_in_requirements_are_checked() {
+        let key = DevSigningKey::ephemeral().unwrap();
+        let strict = |amr: &[&str], acr: &[&str]| {
+            let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+            let issuer = Issuer::trusting(&key).requiring(&owned(amr), &owned(acr));
+            TokenVerifier::new(vec![issuer], Duration::from_secs(3600))
+        };
+        let now = crate::fhir::instant::now_us() / 1_000_000;
+        let token = |extra: &str| {
+            let payload = format!(
+                r#"{{"iss":"{DEV_ISSUER}","aud":"{DEV_AUDIENCE}","sub":"a","iat":{now},"exp":{}{extra}}}"#,
+                now + 300
+            );
+            key.sign_raw(br#"{"alg":"EdDSA","typ":"JWT"}"#, payload.as_bytes())
+        };
+        let mfa = strict(&["mfa", "hwk"], &[]);
+        assert!(mfa.verify(&token("")).unwrap_err().contains("multi-factor"));
+        assert!(mfa.verify(&token(r#","amr":["pwd"]"#)).unwrap_err().contains("amr"));
+        assert!(mfa.verify(&token(r#","amr":"pwd""#)).is_err());
+        assert_eq!(mfa.verify(&token(r#","amr":["pwd","hwk"]"#)).unwrap().subject, "a");
+        assert!(mfa.verify(&token(r#","amr":"mfa""#)).is_ok(), "one string, as some providers send it");
+        let level = strict(&[], &["urn:example:loa:2"]);
+        assert!(level.verify(&token(r#","acr":"urn:example:loa:1""#)).unwrap_err().contains("acr"));
+        assert!(level.verify(&token(r#","acr":"urn:example:loa:2""#)).is_ok());
+        // Without requirements, neither claim matters.
+        assert!(strict(&[], &[]).verify(&token("")).is_ok());
     }
 
     fn b64(text: &str) -> String {
