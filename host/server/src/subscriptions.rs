@@ -210,10 +210,19 @@ impl Subscriptions {
         }
         for (mut subscription, body) in requested {
             let (id, version) = (subscription.id.clone(), subscription.version);
-            if let Some(version) = set_status(store, audit, &id, version, &body, "active", None).await? {
-                subscription.version = version;
-                subscription.status = "active".to_owned();
-                active.push(subscription);
+            match set_status(store, audit, &id, version, &body, "active", None).await {
+                Ok(Some(version)) => {
+                    subscription.version = version;
+                    subscription.status = "active".to_owned();
+                    active.push(subscription);
+                }
+                // Changed meanwhile: judged again at the next refresh.
+                Ok(None) => {}
+                Err(error) => {
+                    // Served are only those whose `active` status committed.
+                    self.publish(active, watch);
+                    return Err(error);
+                }
             }
         }
         self.publish(active, watch);
