@@ -127,12 +127,12 @@ impl AuditLog {
     pub fn refused(&self, event: AuditEvent) -> Refusal {
         let address = event.ip.clone().unwrap_or_default();
         if !self.budget.take(&address) {
-            self.budget.count(&address, 429);
+            self.budget.count_one(&address, 429);
             return Refusal::Limited;
         }
         if let Err(full) = self.refusals.try_send(event) {
             let event = full.into_inner();
-            self.budget.count(&address, event.status);
+            self.budget.count_one(&address, event.status);
         }
         Refusal::Itemised
     }
@@ -149,6 +149,13 @@ struct BudgetState {
     buckets: HashMap<String, (f64, Instant)>,
     /// (address, status) -> refusals not itemised since the last summary, and since when.
     counted: HashMap<(String, u16), (u64, i64)>,
+}
+
+impl BudgetState {
+    /// Counts `n` refusals of `status` from `address` for the next summary.
+    fn count(&mut self, address: &str, status: u16, n: u64) {
+        self.counted.entry((address.to_owned(), status)).or_insert((0, now_us())).0 += n;
+    }
 }
 
 impl Budget {
@@ -183,21 +190,18 @@ impl Budget {
         }
     }
 
-    fn count(&self, address: &str, status: u16) {
+    /// Counts refusals (or summaries) a failed batch did not write, to be written as summaries.
+    fn add_back(&self, events: &[AuditEvent]) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let since = now_us();
-        let slot = state.counted.entry((address.to_owned(), status)).or_insert((0, since));
-        slot.0 += 1;
+        for event in events {
+            state.count(event.ip.as_deref().unwrap_or_default(), event.status, event.count.unwrap_or(1));
+        }
     }
 
-    fn add_back(&self, events: &[AuditEvent]) {
-        for event in events {
-            let count = event.count.unwrap_or(1);
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let key = (event.ip.clone().unwrap_or_default(), event.status);
-            let slot = state.counted.entry(key).or_insert((0, now_us()));
-            slot.0 += count;
-        }
+    /// Counts one refusal of `status` from `address`.
+    fn count_one(&self, address: &str, status: u16) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.count(address, status, 1);
     }
 
     /// One entry per (address, status) with refusals counted since the last call.
