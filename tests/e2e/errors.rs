@@ -199,4 +199,16 @@ async fn a_refused_upload_gets_its_401_not_a_reset() {
             assert_eq!(python_post(&server, &body, authorization), "401 login", "authorization {authorization:?}");
         }
     }
+    // curl asks `Expect: 100-continue` before a large upload: the 401 comes without the body.
+    for expect in ["Expect: 100-continue", "Expect:"] {
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "--http1.1", "--cacert", server.ca.to_str().unwrap(), "-H", expect])
+            .args(["-H", "Content-Type: application/fhir+json", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .args(["-w", "\n%{http_code}", &server.url("Patient")])
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.ends_with("\n401"), "{expect}: {text} {}", String::from_utf8_lossy(&output.stderr));
+    }
 }
