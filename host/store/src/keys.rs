@@ -69,7 +69,6 @@ impl Store {
     /// under it in batches while the server keeps serving, and retires older versions once
     /// no data key uses them. `progress(done, total)` is called after each batch.
     pub async fn rotate_kek(&self, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<RotationReport, StoreError> {
-        let started_us = now_us();
         self.prepare_keys().await?;
         let newest: i64 =
             sqlx::query("SELECT MAX(version) FROM kek_version").fetch_one(&self.reader).await?.try_get(0)?;
@@ -170,7 +169,7 @@ impl Store {
             .bind(target)
             .execute(&self.writer)
             .await?;
-        self.scrub_freed_space(started_us).await?;
+        self.scrub_freed_space().await?;
         Ok(RotationReport { target_version: target, resumed, rewrapped: done, retired })
     }
 
@@ -229,7 +228,7 @@ impl Store {
         }
         tx.commit().await?;
         self.vault.forget(key_id);
-        if destroyed && !self.scrub_freed_space(now).await? {
+        if destroyed && !self.scrub_freed_space().await? {
             tracing::warn!(
                 key_id,
                 "erased, but an older open transaction still sees the old key row; the next rotation or erasure scrubs it"
@@ -238,14 +237,15 @@ impl Store {
         Ok(destroyed)
     }
 
-    /// Makes sure no stale copy of a replaced or destroyed wrapped key lingers in the files
-    /// (`changed_at_us`: when the key rows were changed). SQLite (secure_delete zeroes freed
-    /// pages) checkpoints and truncates its WAL. PostgreSQL rewrites the small data_key table,
-    /// after waiting (up to 30 s) for transactions that began before the change to end: their
-    /// snapshots could still see the old row, and VACUUM FULL would keep it for them. Returns
-    /// false if such a transaction (e.g. a long backup) was still running: the old row then
-    /// stays until a later scrub.
-    async fn scrub_freed_space(&self, changed_at_us: i64) -> Result<bool, StoreError> {
+    /// Makes sure no stale copy of a replaced or destroyed wrapped key lingers in the files, once
+    /// the transactions that changed the key rows have committed. SQLite (secure_delete zeroes
+    /// freed pages) checkpoints and truncates its WAL. PostgreSQL rewrites the small data_key
+    /// table, after waiting (up to 30 s) until no session of this database holds a snapshot
+    /// older than the changes (`backend_xmin` before the current transaction horizon): VACUUM
+    /// FULL keeps an old row version for any such snapshot, including one taken after the change
+    /// while an older transaction was still running. Returns false if such a snapshot (e.g. a
+    /// long backup) was still held: the old row then stays until a later scrub.
+    async fn scrub_freed_space(&self) -> Result<bool, StoreError> {
         match self.backend {
             Backend::Sqlite => {
                 sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(&self.writer).await?;
@@ -255,15 +255,21 @@ impl Store {
                 // Snapshots are released a moment after their transaction ends (a client that
                 // disconnected, e.g. a finished pg_dump, leaves its backend exiting): settle first.
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                // Every change to the key rows has a transaction id below this one.
+                let horizon: String = sqlx::query(
+                    "SELECT (pg_snapshot_xmax(pg_current_snapshot())::text::bigint % 4294967296)::text",
+                )
+                .fetch_one(&self.writer)
+                .await?
+                .try_get(0)?;
                 let mut clear = false;
                 for _ in 0..300 {
                     let holders: i64 = sqlx::query(
                         "SELECT COUNT(*) FROM pg_stat_activity \
                          WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                           AND backend_xmin IS NOT NULL \
-                           AND (xact_start IS NULL OR xact_start < to_timestamp($1::float8 / 1000000.0))",
+                           AND backend_xmin IS NOT NULL AND age(backend_xmin) > age($1::xid)",
                     )
-                    .bind(changed_at_us as f64)
+                    .bind(&horizon)
                     .fetch_one(&self.writer)
                     .await?
                     .try_get(0)?;
@@ -275,7 +281,7 @@ impl Store {
                 }
                 if !clear {
                     tracing::warn!(
-                        "a transaction older than the key change is still open; its snapshot keeps the old key row until a later scrub"
+                        "a snapshot older than the key change is still held; it keeps the old key row until a later scrub"
                     );
                 }
                 sqlx::query("VACUUM FULL data_key").execute(&self.writer).await?;
