@@ -265,7 +265,12 @@ async fn erasing_a_patient_shreds_only_that_patient(db: Db) {
     assert_eq!(erasures, 1);
     drop(conn);
     let raw = server.raw_database_bytes().await;
-    assert!(!contains_bytes(&raw, &wrapped), "the destroyed wrapped key survives in the raw database");
+    assert!(
+        !contains_bytes(&raw, &wrapped),
+        "the destroyed wrapped key survives in the raw database; the erasure said: {} {}",
+        String::from_utf8_lossy(&erase.stdout),
+        String::from_utf8_lossy(&erase.stderr)
+    );
     assert!(!contains_bytes(&raw, hex.as_bytes()), "the destroyed wrapped key survives in the dump");
 
     // The other patient is untouched.

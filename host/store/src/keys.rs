@@ -241,9 +241,10 @@ impl Store {
     /// the transactions that changed the key rows have committed. SQLite (secure_delete zeroes
     /// freed pages) checkpoints and truncates its WAL. PostgreSQL rewrites the small data_key
     /// table, after waiting (up to 30 s) until no session of this database holds a snapshot
-    /// older than the changes (`backend_xmin` before the current transaction horizon): VACUUM
-    /// FULL keeps an old row version for any such snapshot, including one taken after the change
-    /// while an older transaction was still running. Returns false if such a snapshot (e.g. a
+    /// older than the changes (`backend_xmin`, or the transaction id of one between statements,
+    /// before the current transaction horizon): VACUUM FULL keeps an old row version for any such
+    /// snapshot or transaction, including a snapshot taken after the change while an older
+    /// transaction was still running. Returns false if such a snapshot (e.g. a
     /// long backup) was still held: the old row then stays until a later scrub.
     async fn scrub_freed_space(&self) -> Result<bool, StoreError> {
         match self.backend {
@@ -267,7 +268,8 @@ impl Store {
                     let holders: i64 = sqlx::query(
                         "SELECT COUNT(*) FROM pg_stat_activity \
                          WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                           AND backend_xmin IS NOT NULL AND age(backend_xmin) > age($1::xid)",
+                           AND ((backend_xmin IS NOT NULL AND age(backend_xmin) > age($1::xid)) \
+                             OR (backend_xid IS NOT NULL AND age(backend_xid) > age($1::xid)))",
                     )
                     .bind(&horizon)
                     .fetch_one(&self.writer)
