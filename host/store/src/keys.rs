@@ -240,12 +240,14 @@ impl Store {
     /// Makes sure no stale copy of a replaced or destroyed wrapped key lingers in the files, once
     /// the transactions that changed the key rows have committed. SQLite (secure_delete zeroes
     /// freed pages) checkpoints and truncates its WAL. PostgreSQL rewrites the small data_key
-    /// table, after waiting (up to 30 s) until no session of this database holds a snapshot
-    /// older than the changes (`backend_xmin`, or the transaction id of one between statements,
-    /// before the current transaction horizon): VACUUM FULL keeps an old row version for any such
-    /// snapshot or transaction, including a snapshot taken after the change while an older
-    /// transaction was still running. Returns false if such a snapshot (e.g. a
-    /// long backup) was still held: the old row then stays until a later scrub.
+    /// table with VACUUM FULL, which keeps an old row version for as long as any snapshot of this
+    /// database could still see it. So it first waits (up to 30 s) until every transaction id
+    /// issued before the scrub started (the key changes' included) has ended, in every database
+    /// of the cluster: a snapshot's horizon is the oldest transaction still running anywhere, so
+    /// one open transaction of another database makes every new snapshot here, VACUUM FULL's own
+    /// included, keep the old row. It also waits until no session of this database, and no
+    /// replication slot, holds a snapshot from before. Returns false if something (e.g. a long
+    /// backup) still held one: the old row then stays until a later scrub.
     async fn scrub_freed_space(&self) -> Result<bool, StoreError> {
         match self.backend {
             Backend::Sqlite => {
@@ -253,29 +255,28 @@ impl Store {
                 Ok(true)
             }
             Backend::Postgres => {
-                // Snapshots are released a moment after their transaction ends (a client that
-                // disconnected, e.g. a finished pg_dump, leaves its backend exiting): settle first.
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 // Every change to the key rows has a transaction id below this one.
-                let horizon: String = sqlx::query(
-                    "SELECT (pg_snapshot_xmax(pg_current_snapshot())::text::bigint % 4294967296)::text",
-                )
-                .fetch_one(&self.writer)
-                .await?
-                .try_get(0)?;
+                let horizon: String = sqlx::query("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+                    .fetch_one(&self.writer)
+                    .await?
+                    .try_get(0)?;
                 let mut clear = false;
                 for _ in 0..300 {
-                    let holders: i64 = sqlx::query(
-                        "SELECT COUNT(*) FROM pg_stat_activity \
-                         WHERE datname = current_database() AND pid <> pg_backend_pid() \
-                           AND ((backend_xmin IS NOT NULL AND age(backend_xmin) > age($1::xid)) \
-                             OR (backend_xid IS NOT NULL AND age(backend_xid) > age($1::xid)))",
+                    // The oldest transaction running anywhere (what a new snapshot's horizon is),
+                    // then snapshots this database's sessions and the replication slots hold.
+                    let settled: bool = sqlx::query(
+                        "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= $1::xid8 \
+                           AND NOT EXISTS (SELECT 1 FROM pg_stat_activity \
+                             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                               AND backend_xmin IS NOT NULL AND age(backend_xmin) > age(($1::bigint % 4294967296)::text::xid)) \
+                           AND NOT EXISTS (SELECT 1 FROM pg_replication_slots \
+                             WHERE xmin IS NOT NULL AND age(xmin) > age(($1::bigint % 4294967296)::text::xid))",
                     )
                     .bind(&horizon)
                     .fetch_one(&self.writer)
                     .await?
                     .try_get(0)?;
-                    if holders == 0 {
+                    if settled {
                         clear = true;
                         break;
                     }
@@ -283,7 +284,7 @@ impl Store {
                 }
                 if !clear {
                     tracing::warn!(
-                        "a snapshot older than the key change is still held; it keeps the old key row until a later scrub"
+                        "a transaction or snapshot older than the key change is still held; it keeps the old key row until a later scrub"
                     );
                 }
                 sqlx::query("VACUUM FULL data_key").execute(&self.writer).await?;
