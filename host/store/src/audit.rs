@@ -112,7 +112,12 @@ impl Store {
             seq += 1;
             let entry = canonical_entry(seq, event);
             let next = chain_hash(&hash, &entry);
-            entries.push(format!("({seq}, CAST({} AS TEXT), {}, {})", hex_literal(&entry), hex_literal(&hash), hex_literal(&next)));
+            entries.push(format!(
+                "({seq}, CAST({} AS TEXT), {}, {})",
+                hex_literal(&entry),
+                hex_literal(&hash),
+                hex_literal(&next)
+            ));
             let lookup = lookup_of(event);
             times.push(format!("({seq}, {})", lookup.at_us));
             for (param, value) in &lookup.terms {
@@ -126,10 +131,16 @@ impl Store {
         }
         let mut text = String::from("BEGIN IMMEDIATE;\n");
         for chunk in entries.chunks(ENTRY_CHUNK) {
-            text.push_str(&format!("INSERT INTO audit_entry (seq, entry, prev_hash, hash) VALUES {};\n", chunk.join(", ")));
+            text.push_str(&format!(
+                "INSERT INTO audit_entry (seq, entry, prev_hash, hash) VALUES {};\n",
+                chunk.join(", ")
+            ));
         }
         for chunk in times.chunks(LOOKUP_CHUNK) {
-            text.push_str(&format!("INSERT INTO audit_time (seq, at_us) VALUES {} ON CONFLICT DO NOTHING;\n", chunk.join(", ")));
+            text.push_str(&format!(
+                "INSERT INTO audit_time (seq, at_us) VALUES {} ON CONFLICT DO NOTHING;\n",
+                chunk.join(", ")
+            ));
         }
         for chunk in terms.chunks(LOOKUP_CHUNK) {
             text.push_str(&format!(

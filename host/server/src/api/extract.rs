@@ -152,7 +152,8 @@ pub async fn discard_body(request: Request, limit: usize) {
         request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     // A client that asked `Expect: 100-continue` has not sent the body and will not until told
     // to: the refusal is its answer (RFC 9110, 10.1.1), and reading would ask for the body.
-    let waiting = request.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let waiting =
+        request.headers().get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if waiting || declared_length.is_some_and(|len| len > limit as u64) {
         return;
     }

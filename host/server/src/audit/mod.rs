@@ -174,7 +174,9 @@ impl Budget {
         if state.buckets.len() >= TRACKED_ADDRESSES && !state.buckets.contains_key(address) {
             // Forget the addresses whose buckets have refilled: they are as if new.
             let per_second = self.per_second;
-            state.buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst);
+            state
+                .buckets
+                .retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * per_second < burst);
             if state.buckets.len() >= TRACKED_ADDRESSES {
                 state.buckets.clear();
             }

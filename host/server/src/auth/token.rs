@@ -76,7 +76,13 @@ impl Issuer {
         if keys.is_empty() {
             return Err(bad("no keys".into()));
         }
-        Ok(Issuer { iss: iss.to_owned(), audience: audience.to_owned(), keys, require_amr: vec![], require_acr: vec![] })
+        Ok(Issuer {
+            iss: iss.to_owned(),
+            audience: audience.to_owned(),
+            keys,
+            require_amr: vec![],
+            require_acr: vec![],
+        })
     }
 
     /// This issuer, accepting only tokens that name one of `amr` (authentication methods, RFC
