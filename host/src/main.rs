@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hearth_server::config::{LogFormat, ServeArgs, StorageArgs};
 // The server's modules under the names the subcommands use (`crate::store`, `crate::audit`...).
-use hearth_server::{audit, auth, config, crypto, fhir, plugins, serve, store, tls};
+use hearth_server::{audit, auth, compliance, config, crypto, fhir, plugins, serve, store, tls};
 use tracing_subscriber::EnvFilter;
 
 mod commands;
@@ -94,6 +94,9 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Compliance evidence: a signed pack of figures and findings for auditors.
+    #[command(subcommand)]
+    Compliance(ComplianceCommand),
     /// Erase a patient by destroying its data key (crypto-shredding). Irreversible.
     Erase {
         #[command(flatten)]
@@ -223,6 +226,43 @@ enum AuditCommand {
     Verify(StorageArgs),
     /// Write every entry as NDJSON to standard output.
     Export(StorageArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ComplianceCommand {
+    /// Verify the audit chain, open every stored version, review access over a period, list
+    /// the plugins and check the configuration (the same file and flags as `serve`), then write
+    /// the evidence pack (evidence.json, evidence.html, signature.json) signed with the audit
+    /// signing key. Works offline, on SQLite and PostgreSQL, while servers run.
+    Report {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// The folder to write the pack into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// The access review's start: a date (2026-09-01) or an instant (default: 90 days
+        /// before --until).
+        #[arg(long)]
+        since: Option<String>,
+        /// The access review's end (default: now).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Check a pack: its signature by the audit key, its page and findings re-derived from its
+    /// figures, and (unless --offline) its audit figures re-derived from the database.
+    Verify {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// The pack's folder.
+        dir: PathBuf,
+        /// The audit key's public key (base64, or a file holding it) to trust instead of the
+        /// keyring's.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Check the pack alone, without the database (needs --public-key).
+        #[arg(long)]
+        offline: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -394,6 +434,20 @@ fn main() -> ExitCode {
                 }
                 Err(error) => Err(error.to_string()),
             }
+        }
+        Command::Compliance(ComplianceCommand::Report { serve, out, since, until }) => {
+            init_logging(LogFormat::Text);
+            runtime
+                .block_on(commands::compliance::report(serve, &out, since.as_deref(), until.as_deref()))
+                .map_err(|e| e.to_string())
+        }
+        Command::Compliance(ComplianceCommand::Verify { storage, dir, public_key, offline }) => {
+            let settings = if offline { Ok(None) } else { storage.resolve().map(Some).map_err(|e| e.to_string()) };
+            settings.and_then(|settings| {
+                runtime
+                    .block_on(commands::compliance::verify(settings, &dir, public_key.as_deref()))
+                    .map_err(|e| e.to_string())
+            })
         }
         Command::Erase { storage, patient, reason } => with_storage(&runtime, &storage, |settings| async move {
             commands::erase::patient(&settings, &patient, &reason).await

@@ -206,6 +206,14 @@ async fn compliance_officer_runs_plugins_policies_and_audits_in_a_browser() {
     shots.take(&browser, "keys").await;
     sources.push(browser.source().await);
 
+    // The evidence page: the findings and figures, with the emergency access reviewed above.
+    browser.go(&at("console/evidence")).await;
+    let text = browser.text().await;
+    assert!(text.contains("audit-chain") && text.contains("Download the signed evidence pack"), "{text}");
+    assert!(text.contains("every one reviewed") && text.contains("request 7"), "{text}");
+    shots.take(&browser, "evidence").await;
+    sources.push(browser.source().await);
+
     // The audit page: filtered entries, the chain verified, then tampered with and flagged.
     browser.go(&at("console/audit?subtype=read")).await;
     let text = browser.text().await;
@@ -245,7 +253,7 @@ async fn compliance_officer_runs_plugins_policies_and_audits_in_a_browser() {
     browser.press("\u{E004}").await;
     assert_eq!(browser.focused_text().await, "Skip to content");
     browser.resize(390, 844).await;
-    for page in ["plugins", "policies", "shadow", "audit", "break-glass", "keys"] {
+    for page in ["plugins", "policies", "shadow", "audit", "break-glass", "keys", "evidence"] {
         browser.go(&at(&format!("console/{page}"))).await;
         let fits = browser.eval("return document.documentElement.scrollWidth <= window.innerWidth + 1").await;
         assert_eq!(fits, json!(true), "{page} overflows a 390 px screen");

@@ -8,6 +8,7 @@ mod audit;
 mod auth;
 mod backup;
 mod bundles;
+mod compliance;
 mod concurrency;
 mod confidentiality;
 mod console;

@@ -258,6 +258,8 @@ pub struct StorageSettings {
 /// Fully resolved settings for `hearth serve`.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
+    /// The configuration file these settings were read from, if any.
+    pub config_file: Option<PathBuf>,
     pub storage: StorageSettings,
     pub listen: SocketAddr,
     pub base_url: Option<String>,
@@ -409,6 +411,7 @@ impl ServeArgs {
             self.max_token_lifetime.or(file.max_token_lifetime).unwrap_or(DEFAULT_MAX_TOKEN_LIFETIME_SECONDS),
         );
         Ok(ServeSettings {
+            config_file: self.storage.config.clone(),
             storage,
             listen,
             base_url,

@@ -17,6 +17,7 @@ pub use hearth_store as store;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod compliance;
 pub mod config;
 pub mod delivery;
 pub mod fuzzing;

@@ -204,6 +204,7 @@ pub async fn run(settings: ServeSettings) -> Result<(), StartError> {
         max_body_bytes: settings.max_body_bytes,
         max_bundle_entries: settings.max_bundle_entries,
         console_idle: settings.console_idle,
+        serve: Arc::new(settings.clone()),
     };
     let plugins = start_plugins(&settings, &store, &audit, &base_url).await?;
     let app = router(store.clone(), tokens, audit, api_settings, plugins);

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod compliance;
 pub mod config;
 pub mod erase;
 pub mod import;

@@ -36,6 +36,30 @@ pub struct KeyStatus {
     pub erasures: i64,
 }
 
+/// What is sealed under which keys, for the compliance evidence pack.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct EncryptionInventory {
+    /// Per KEK version: when it was created and retired, the live data keys it wraps, and the
+    /// stored versions sealed under those keys.
+    pub kek_versions: Vec<KekVersionInventory>,
+    /// Data keys destroyed (crypto-shredded), and the stored versions sealed under them.
+    pub destroyed_data_keys: i64,
+    pub versions_under_destroyed_keys: i64,
+    /// The creation time of the oldest live data key (microseconds), if any.
+    pub oldest_live_data_key_us: Option<i64>,
+    /// Every erasure, oldest first: (when, stated reason).
+    pub erasures: Vec<(i64, String)>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KekVersionInventory {
+    pub version: i64,
+    pub created_us: i64,
+    pub retired_us: Option<i64>,
+    pub live_data_keys: i64,
+    pub sealed_versions: i64,
+}
+
 impl Store {
     /// Run at start-up: records the keyring's newest KEK version, and refuses to start if a
     /// KEK in the keyring is not the one this database knows under that version, or if any
@@ -312,6 +336,52 @@ impl Store {
             .try_get(0)?;
         let erasures: i64 = sqlx::query("SELECT COUNT(*) FROM erasure").fetch_one(&self.reader).await?.try_get(0)?;
         Ok(KeyStatus { kek_versions, destroyed_data_keys, erasures })
+    }
+
+    /// Counts of keys and sealed versions by KEK version, key ages and the erasures.
+    pub async fn encryption_inventory(&self) -> Result<EncryptionInventory, StoreError> {
+        let keks = sqlx::query(
+            "SELECT kv.version, kv.created_us, kv.retired_us, \
+                    (SELECT COUNT(*) FROM data_key d WHERE d.kek_version = kv.version AND d.wrapped IS NOT NULL), \
+                    (SELECT COUNT(*) FROM resource_version v JOIN data_key d ON d.key_id = v.key_id \
+                      WHERE d.kek_version = kv.version AND d.wrapped IS NOT NULL AND v.deleted = 0) \
+             FROM kek_version kv ORDER BY kv.version",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let kek_versions = keks
+            .iter()
+            .map(|r| {
+                Ok(KekVersionInventory {
+                    version: r.try_get(0)?,
+                    created_us: r.try_get(1)?,
+                    retired_us: r.try_get(2)?,
+                    live_data_keys: r.try_get(3)?,
+                    sealed_versions: r.try_get(4)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let destroyed = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM data_key WHERE wrapped IS NULL), \
+                    (SELECT COUNT(*) FROM resource_version v JOIN data_key d ON d.key_id = v.key_id \
+                      WHERE d.wrapped IS NULL AND v.deleted = 0), \
+                    (SELECT MIN(created_us) FROM data_key WHERE wrapped IS NOT NULL)",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        let erasures = sqlx::query("SELECT erased_us, reason FROM erasure ORDER BY erased_us")
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(EncryptionInventory {
+            kek_versions,
+            destroyed_data_keys: destroyed.try_get(0)?,
+            versions_under_destroyed_keys: destroyed.try_get(1)?,
+            oldest_live_data_key_us: destroyed.try_get(2)?,
+            erasures,
+        })
     }
 
     /// The latest `limit` erasures, newest first: (data key id, when, stated reason).

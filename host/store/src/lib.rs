@@ -44,7 +44,7 @@ pub use backup::Counts;
 pub use dialect::Backend;
 pub use error::StoreError;
 pub use export::{ExportJob, SnapshotScope};
-pub use keys::{KeyStatus, RotationReport};
+pub use keys::{EncryptionInventory, KekVersionInventory, KeyStatus, RotationReport};
 pub use plugins::{NewPluginVersion, OutboxEvent, PluginRow, PluginVersionRow, StoredComponent};
 pub use pool::{sqlite_path, sqlite_url_for};
 pub use search::{HistoryOf, Match, Position, SearchRows, SearchScope, search_sql_text};

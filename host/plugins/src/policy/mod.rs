@@ -74,6 +74,15 @@ pub enum Mode {
     Shadow,
 }
 
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Shadow => "shadow",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
@@ -182,10 +191,7 @@ pub fn set_mode_in_folder(dir: &Path, source: &str, mode: Mode) -> Result<(), Bi
     }
     let path = dir.join(file);
     let text = std::fs::read_to_string(&path).map_err(|e| refuse(format!("cannot read {}: {e}", path.display())))?;
-    let word = match mode {
-        Mode::Enforce => "enforce",
-        Mode::Shadow => "shadow",
-    };
+    let word = mode.as_str();
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let headers: Vec<usize> =
         lines.iter().enumerate().filter(|(_, l)| l.trim() == "[[binding]]").map(|(i, _)| i).collect();

@@ -51,6 +51,7 @@ pub async fn record(State(state): State<SharedState>, request: Request, next: Ne
         subject: principal.map(|p| p.subject.clone()),
         client_id: principal.and_then(|p| p.client_id.clone()),
         issuer: principal.map(|p| p.issuer.clone()),
+        scopes: principal.map(|p| p.scopes.granted.join(" ")).filter(|s| !s.is_empty()),
         ip,
         request_id,
         resource_type,

@@ -21,7 +21,8 @@ mod audit_events;
 mod auth;
 pub(crate) mod bundle;
 mod capability;
-mod console;
+pub(crate) mod compliance;
+pub(crate) mod console;
 mod convert;
 mod export;
 mod extract;
@@ -47,6 +48,9 @@ pub struct ApiSettings {
     pub max_bundle_entries: usize,
     /// A compliance-console session ends after this long without a request.
     pub console_idle: std::time::Duration,
+    /// What the server runs with, for the compliance evidence (configuration findings, the
+    /// policies folder, the audit signing key).
+    pub serve: Arc<crate::config::ServeSettings>,
 }
 
 /// The plugin side of the server: loaded plugins, policy bindings, the outbox worker's
@@ -112,12 +116,14 @@ pub fn router(
     let protected = fhir::routes()
         .merge(audit_events::routes())
         .merge(admin::routes())
+        .merge(compliance::routes())
         .merge(plugins::routes())
         .route("/$export-status/{id}", axum::routing::get(export::status_route).delete(export::cancel_route))
         .route("/metrics", axum::routing::get(metrics::metrics))
         .route_layer(middleware::from_fn(extract::negotiate_format))
         // Routes that answer other formats: NDJSON files, and HL7 v2 acknowledgements.
         .route("/$export-file/{id}/{file}", axum::routing::get(export::file_route))
+        .route("/admin/compliance/pack", compliance::pack_route())
         // The operations, each with its own format negotiation (see operations.rs).
         .merge(operations::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))

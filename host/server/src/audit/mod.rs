@@ -28,7 +28,7 @@ mod verify;
 
 // The entry itself (its fields, canonical bytes, FHIR form and query) is model: hearth-fhir.
 pub use crate::fhir::audit::{AuditEvent, Outcome, Review, canonical_entry, lookup};
-pub use signer::{AuditSigner, SignerError};
+pub use signer::{AuditSigner, SignerError, key_id_of, signed_by};
 pub use verify::{Problem, VerifyReport, verify_chain};
 
 /// Entries appended per transaction at most (durable ones; refusals ride along up to

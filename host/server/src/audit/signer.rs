@@ -53,6 +53,12 @@ impl AuditSigner {
         self.pair.public_key().as_ref().to_vec()
     }
 
+    /// Signs `message` (a caller-chosen, domain-separated byte string, e.g. an evidence pack's
+    /// file list).
+    pub fn sign(&self, message: &[u8]) -> Vec<u8> {
+        self.pair.sign(message).as_ref().to_vec()
+    }
+
     pub fn checkpoint(&self, seq: i64, hash: &[u8; 32]) -> StoredCheckpoint {
         let signature = self.pair.sign(&message(seq, hash)).as_ref().to_vec();
         StoredCheckpoint {
@@ -73,6 +79,11 @@ pub fn signature_valid(public_key: &[u8], checkpoint: &StoredCheckpoint) -> bool
     UnparsedPublicKey::new(&ED25519, public_key).verify(&message(checkpoint.seq, &hash), &checkpoint.signature).is_ok()
 }
 
+/// Whether `signature` is `public_key`'s Ed25519 signature of `message`.
+pub fn signed_by(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    UnparsedPublicKey::new(&ED25519, public_key).verify(message, signature).is_ok()
+}
+
 fn message(seq: i64, hash: &[u8; 32]) -> Vec<u8> {
     let mut message = b"hearth/audit-checkpoint/v1|".to_vec();
     message.extend_from_slice(&seq.to_be_bytes());
@@ -80,7 +91,8 @@ fn message(seq: i64, hash: &[u8; 32]) -> Vec<u8> {
     message
 }
 
-fn key_id_of(public_key: &[u8]) -> String {
+/// A short id of a public key: the first 8 bytes of its SHA-256, hex.
+pub fn key_id_of(public_key: &[u8]) -> String {
     Sha256::digest(public_key).iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 

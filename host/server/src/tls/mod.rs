@@ -92,6 +92,11 @@ pub fn certificate_validity(cert_path: &Path) -> Result<(bool, String), TlsError
     })
 }
 
+/// The first certificate of a PEM file: its subject and its expiry (seconds since the epoch).
+pub fn certificate_summary(cert_path: &Path) -> Result<(String, i64), TlsError> {
+    with_leaf_certificate(cert_path, |cert| (cert.subject().to_string(), cert.validity().not_after.timestamp()))
+}
+
 /// Parses the first certificate of a PEM file and hands it to `inspect`.
 fn with_leaf_certificate<T>(
     cert_path: &Path,

@@ -35,6 +35,7 @@ pub const PAGES: &[(&str, &str)] = &[
     ("/console/audit", "Audit"),
     ("/console/break-glass", "Break-glass review"),
     ("/console/keys", "Keys"),
+    ("/console/evidence", "Evidence"),
 ];
 
 /// A notice shown once at the top of the next page (after an action).
@@ -244,6 +245,9 @@ textarea { min-height: 6rem; font-family: ui-monospace, monospace; font-size: .9
 .state-ok { color: var(--good); font-weight: 700; }
 .state-bad { color: var(--bad); font-weight: 700; }
 .muted { color: var(--muted); }
+.pass { color: #0b6b0b; font-weight: 600; }
+.warn { color: #8a5300; font-weight: 600; }
+.fail { color: #b00020; font-weight: 600; }
 .confirm { border: 1px solid var(--line); border-radius: 8px; padding: .5rem 1rem; max-width: 48rem; }
 .chart { margin: 0; }
 .chart svg { display: block; border-bottom: 1px solid var(--line); background: #fbfcfd; max-width: 100%; }

@@ -30,7 +30,7 @@ use serde_json::Value;
 use super::SharedState;
 use crate::server::PeerAddr;
 
-mod html;
+pub(crate) mod html;
 mod pages;
 
 /// The session cookie.
@@ -96,6 +96,8 @@ pub fn routes(state: SharedState) -> Router<SharedState> {
         .route("/console/break-glass", get(pages::break_glass))
         .route("/console/break-glass/{seq}/review", post(pages::review))
         .route("/console/keys", get(pages::keys))
+        .route("/console/evidence", get(pages::evidence))
+        .route("/console/evidence/pack", get(pages::evidence_pack))
         .route("/console/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(state, require_session));
     Router::new()

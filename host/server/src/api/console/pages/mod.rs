@@ -4,12 +4,14 @@
 
 mod audit;
 mod break_glass;
+mod evidence;
 mod keys;
 mod plugins;
 mod policies;
 
 pub use audit::{audit, audit_export, audit_verify};
 pub use break_glass::{break_glass, review};
+pub use evidence::{evidence, evidence_pack};
 pub use keys::keys;
 pub use plugins::{plugin_action, plugin_confirm, plugins, upload, upload_cancel, upload_confirm};
 pub use policies::{mode_confirm, mode_switch, policies, policies_reload, shadow};
