@@ -90,8 +90,9 @@ impl Store {
         Ok(self.schema_status().await?.applied.is_empty())
     }
 
-    /// Opens every stored version, `page` at a time, calling `progress(done)`; returns how
-    /// many opened and the (type, id, version) of those that did not (erased ones excluded).
+    /// Opens every stored version, a page of rows per query, calling `progress(done)`; returns
+    /// how many opened, how many are under destroyed keys, and the (type, id, version) of those
+    /// that did not open.
     pub async fn open_every_version(
         &self,
         progress: &(dyn Fn(u64) + Sync),
@@ -100,8 +101,11 @@ impl Store {
         let mut cursor: (String, String, i64) = (String::new(), String::new(), 0);
         let (mut opened, mut erased, mut failed) = (0u64, 0u64, Vec::new());
         loop {
+            // The first seven columns are what `version_record` reads.
             let rows = sqlx::query(
-                "SELECT v.res_type, v.res_id, v.version FROM resource_version v \
+                "SELECT v.version, v.last_updated_us, v.deleted, v.body, v.key_id, k.kek_version, k.wrapped, \
+                        v.res_type, v.res_id \
+                 FROM resource_version v LEFT JOIN data_key k ON k.key_id = v.key_id \
                  WHERE (v.res_type, v.res_id, v.version) > ($1, $2, $3) AND v.deleted = 0 \
                  ORDER BY v.res_type, v.res_id, v.version LIMIT $4",
             )
@@ -112,14 +116,13 @@ impl Store {
             .fetch_all(&self.reader)
             .await?;
             let Some(last) = rows.last() else { break };
-            cursor = (last.try_get(0)?, last.try_get(1)?, last.try_get(2)?);
+            cursor = (last.try_get(7)?, last.try_get(8)?, last.try_get(0)?);
             for row in &rows {
-                let (res_type, id, version): (String, String, i64) =
-                    (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-                match self.read_version(&res_type, &id, version).await {
-                    Ok(Some(_)) => opened += 1,
+                let (res_type, id): (String, String) = (row.try_get(7)?, row.try_get(8)?);
+                match self.version_record(&res_type, &id, row) {
+                    Ok(_) => opened += 1,
                     Err(StoreError::Erased) => erased += 1,
-                    Ok(None) | Err(StoreError::Integrity) => failed.push((res_type, id, version)),
+                    Err(StoreError::Integrity) => failed.push((res_type, id, row.try_get(0)?)),
                     Err(other) => return Err(other),
                 }
             }

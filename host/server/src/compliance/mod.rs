@@ -764,3 +764,196 @@ pub async fn evidence_for(
     let configuration = configuration_facts(settings, bindings.as_ref(), &loaded);
     Ok(gather(store, Inputs { period, configuration, bindings: bindings.as_ref(), signer }, progress).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clean, empty deployment in production mode with every control configured.
+    fn clean() -> Evidence {
+        let mut evidence = Evidence {
+            format: FORMAT.to_owned(),
+            generated_at: to_fhir_instant(0),
+            generated_us: 0,
+            hearth_version: "test".to_owned(),
+            database: "sqlite".to_owned(),
+            period: Period::new(0, 1),
+            audit: AuditFigures {
+                entries_verified: 10,
+                head_seq: 10,
+                head_hash: "ab".repeat(32),
+                checkpoints: 1,
+                last_checkpoint: Some(CheckpointFigure { seq: 10, at: to_fhir_instant(0), key_id: "k".to_owned() }),
+                signing_key_id: "k".to_owned(),
+                problem: None,
+            },
+            encryption: EncryptionFigures {
+                stored_versions: 3,
+                opened: 3,
+                erased: 0,
+                failed: 0,
+                failed_examples: Vec::new(),
+                kek_versions: vec![KekFigure {
+                    version: 1,
+                    created: to_fhir_instant(0),
+                    age_days: 10,
+                    retired: None,
+                    live_data_keys: 2,
+                    sealed_versions: 3,
+                }],
+                destroyed_data_keys: 0,
+                oldest_live_data_key: None,
+                oldest_live_data_key_age_days: None,
+                erasures_total: 0,
+                erasures: Vec::new(),
+            },
+            access: AccessReview { scanned_to_seq: 10, ..AccessReview::default() },
+            plugins: Vec::new(),
+            configuration: ConfigurationFacts {
+                config_file: None,
+                dev_mode: false,
+                key_source: "KEKs from HEARTH_KEKS".to_owned(),
+                tls: TlsFacts {
+                    certificate: "files".to_owned(),
+                    subject: Some("CN=fhir.example.org".to_owned()),
+                    not_after: None,
+                    days_left: Some(200),
+                    error: None,
+                    versions: vec!["TLS 1.3".to_owned()],
+                },
+                max_token_lifetime_seconds: 3600,
+                console_idle_logoff_seconds: 900,
+                issuers: vec![IssuerFacts {
+                    issuer: "https://idp".to_owned(),
+                    require_amr: vec!["mfa".to_owned()],
+                    require_acr: Vec::new(),
+                }],
+                subscription_endpoints: vec!["https://hooks.example.org/".to_owned()],
+                plugin_trust_keys: 1,
+                bound_but_not_loaded: Vec::new(),
+                refusals_per_address: 20,
+                audit_checkpoint_every: 1000,
+                client_certificates: false,
+            },
+            findings: Vec::new(),
+        };
+        evidence.findings = derive_findings(&evidence);
+        evidence
+    }
+
+    fn status_of(evidence: &Evidence, id: &str) -> Status {
+        derive_findings(evidence).into_iter().find(|f| f.id == id).unwrap_or_else(|| panic!("no {id}")).status
+    }
+
+    #[test]
+    fn a_clean_deployment_passes_everything() {
+        let evidence = clean();
+        let not_passing: Vec<&Finding> = evidence.findings.iter().filter(|f| f.status != Status::Pass).collect();
+        assert!(not_passing.is_empty(), "{not_passing:?}");
+    }
+
+    #[test]
+    fn each_rule_turns_on_its_own_figure() {
+        let cases: Vec<(&str, Status, Box<dyn Fn(&mut Evidence)>)> = vec![
+            ("audit-chain", Status::Fail, Box::new(|e| e.audit.problem = Some("entry 3 was altered".into()))),
+            ("audit-chain", Status::Warn, Box::new(|e| e.audit.last_checkpoint = None)),
+            (
+                "encryption-coverage",
+                Status::Fail,
+                Box::new(|e| {
+                    e.encryption.failed = 1;
+                    e.encryption.failed_examples = vec!["Patient/a/_history/1".into()];
+                }),
+            ),
+            ("key-rotation", Status::Warn, Box::new(|e| e.encryption.kek_versions[0].age_days = 400)),
+            (
+                "key-rotation",
+                Status::Warn,
+                Box::new(|e| {
+                    let mut newer = e.encryption.kek_versions[0].clone();
+                    newer.version = 2;
+                    e.encryption.kek_versions.push(newer);
+                }),
+            ),
+            (
+                "login-monitoring",
+                Status::Warn,
+                Box::new(|e| {
+                    e.access.refused.push(review::RefusedFigure {
+                        address: "203.0.113.9".into(),
+                        status: 401,
+                        count: REFUSALS_WORTH_A_LOOK,
+                        first: String::new(),
+                        last: String::new(),
+                    })
+                }),
+            ),
+            (
+                "emergency-access-review",
+                Status::Warn,
+                Box::new(|e| {
+                    e.access.break_glass.accesses = 1;
+                    e.access.break_glass.pending = 1;
+                }),
+            ),
+            (
+                "plugin-integrity",
+                Status::Warn,
+                Box::new(|e| e.configuration.bound_but_not_loaded = vec!["consent".into()]),
+            ),
+            ("production-mode", Status::Warn, Box::new(|e| e.configuration.dev_mode = true)),
+            ("tls-certificate", Status::Fail, Box::new(|e| e.configuration.tls.days_left = Some(-1))),
+            ("tls-certificate", Status::Warn, Box::new(|e| e.configuration.tls.days_left = Some(10))),
+            ("tls-certificate", Status::Warn, Box::new(|e| e.configuration.tls.certificate = "dev".into())),
+            ("token-lifetime", Status::Warn, Box::new(|e| e.configuration.max_token_lifetime_seconds = 86_400)),
+            ("idle-logoff", Status::Warn, Box::new(|e| e.configuration.console_idle_logoff_seconds = 3600)),
+            ("multi-factor", Status::Warn, Box::new(|e| e.configuration.issuers[0].require_amr.clear())),
+            ("multi-factor", Status::Warn, Box::new(|e| e.configuration.issuers.clear())),
+            (
+                "subscription-allowlist",
+                Status::Warn,
+                Box::new(|e| e.configuration.subscription_endpoints.push("http://plain.example.org/".into())),
+            ),
+            ("plugin-trust", Status::Warn, Box::new(|e| e.configuration.plugin_trust_keys = 0)),
+            ("refusal-limit", Status::Warn, Box::new(|e| e.configuration.refusals_per_address = 0)),
+        ];
+        for (id, expected, change) in cases {
+            let mut evidence = clean();
+            change(&mut evidence);
+            assert_eq!(status_of(&evidence, id), expected, "{id}");
+            // Only that finding moved.
+            let moved: Vec<String> = derive_findings(&evidence)
+                .into_iter()
+                .zip(&clean().findings)
+                .filter(|(now, before)| now.status != before.status)
+                .map(|(now, _)| now.id)
+                .collect();
+            assert_eq!(moved, vec![id.to_owned()], "changing {id}'s figure moved {moved:?}");
+        }
+    }
+
+    #[test]
+    fn a_pack_verifies_only_against_the_key_that_signed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = crate::audit::AuditSigner::load(&dir.path().join("a.p8"), true).unwrap();
+        let other = crate::audit::AuditSigner::load(&dir.path().join("b.p8"), true).unwrap();
+        let evidence = clean();
+        pack::PackFiles::sign(&evidence, &signer).write_to(&dir.path().join("pack")).unwrap();
+        assert!(pack::verify_pack(&dir.path().join("pack"), &signer.public_key()).passed());
+        let wrong = pack::verify_pack(&dir.path().join("pack"), &other.public_key());
+        assert!(!wrong.passed());
+        assert!(wrong.checks.iter().any(|c| !c.ok && c.detail.contains("not by the trusted audit key")));
+        // Re-signed by another key after an edit: the figures are consistent, the key is not.
+        let mut edited = evidence.clone();
+        edited.access.break_glass.pending = 0;
+        pack::PackFiles::sign(&edited, &other).write_to(&dir.path().join("forged")).unwrap();
+        assert!(!pack::verify_pack(&dir.path().join("forged"), &signer.public_key()).passed());
+        // An edited finding, page redrawn and signed: the findings no longer follow from the figures.
+        let mut lied = evidence;
+        lied.findings[0].status = Status::Pass;
+        lied.audit.problem = Some("entry 2 was altered".into());
+        pack::PackFiles::sign(&lied, &signer).write_to(&dir.path().join("lied")).unwrap();
+        let verdict = pack::verify_pack(&dir.path().join("lied"), &signer.public_key());
+        assert!(verdict.checks.iter().any(|c| !c.ok && c.what == "findings follow from the figures"));
+    }
+}
