@@ -11,30 +11,13 @@ use super::{CommandError, audit_cli_action};
 use crate::audit::AuditSigner;
 use crate::compliance::{Period, Status, evidence_for, pack};
 use crate::config::{ServeArgs, StorageSettings};
-use crate::fhir::instant::{now_us, parse_instant};
 use crate::serve::open_store;
-
-/// The access review's default period: the last 90 days.
-const DEFAULT_PERIOD_DAYS: i64 = 90;
-
-/// A date (`2026-12-01`, midnight UTC) or an instant, in microseconds.
-fn parse_when(text: &str, flag: &str) -> Result<i64, CommandError> {
-    let instant = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_owned() };
-    parse_instant(&instant).ok_or_else(|| {
-        CommandError::Usage(format!("{flag} {text}: give a date (2026-12-01) or an instant (2026-12-01T09:30:00Z)"))
-    })
-}
 
 /// `hearth compliance report --out DIR`: gathers the evidence from the database (offline, with
 /// the keyring), writes the signed pack into DIR and prints the findings.
 pub async fn report(args: ServeArgs, out: &Path, since: Option<&str>, until: Option<&str>) -> Result<(), CommandError> {
     let settings = args.resolve().map_err(|e| CommandError::Usage(e.to_string()))?;
-    let until_us = until.map(|u| parse_when(u, "--until")).transpose()?.unwrap_or_else(now_us);
-    let since_us =
-        since.map(|s| parse_when(s, "--since")).transpose()?.unwrap_or(until_us - DEFAULT_PERIOD_DAYS * 86_400_000_000);
-    if since_us > until_us {
-        return Err(CommandError::Usage("--since is after --until".to_owned()));
-    }
+    let period = Period::parse(since, until).map_err(|e| CommandError::Usage(format!("--{e}")))?;
     let store = open_store(&settings.storage).await?;
     let signer = AuditSigner::load(&settings.storage.audit_key, false)?;
     let bar = ProgressBar::new_spinner();
@@ -48,7 +31,7 @@ pub async fn report(args: ServeArgs, out: &Path, since: Option<&str>, until: Opt
             other => format!("{other} ({done})"),
         });
     };
-    let evidence = evidence_for(&store, &settings, Period::new(since_us, until_us), &signer, &progress)
+    let evidence = evidence_for(&store, &settings, period, &signer, &progress)
         .await
         .map_err(|e| CommandError::Usage(e.to_string()));
     bar.finish_and_clear();

@@ -12,7 +12,6 @@ use super::SharedState;
 use crate::audit::AuditSigner;
 use crate::auth::Principal;
 use crate::compliance::{Evidence, Period, evidence_for, pack::PackFiles};
-use crate::fhir::instant::{now_us, parse_instant};
 use crate::fhir::outcome::{FhirError, IssueType};
 
 /// The JSON route (under the router's JSON format negotiation).
@@ -45,19 +44,8 @@ pub struct PeriodQuery {
 
 impl PeriodQuery {
     fn period(&self) -> Result<Period, FhirError> {
-        let parse = |text: &str, name: &str| {
-            let instant = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_owned() };
-            parse_instant(&instant).ok_or_else(|| {
-                FhirError::bad_request(IssueType::Value, format!("{name}: give a date (2026-12-01) or an instant"))
-            })
-        };
-        let until = self.until.as_deref().map(|u| parse(u, "until")).transpose()?.unwrap_or_else(now_us);
-        let since =
-            self.since.as_deref().map(|s| parse(s, "since")).transpose()?.unwrap_or(until - 90 * 86_400_000_000);
-        if since > until {
-            return Err(FhirError::bad_request(IssueType::Value, "since is after until"));
-        }
-        Ok(Period::new(since, until))
+        Period::parse(self.since.as_deref(), self.until.as_deref())
+            .map_err(|message| FhirError::bad_request(IssueType::Value, message))
     }
 }
 

@@ -55,7 +55,27 @@ pub struct Period {
     pub until_us: i64,
 }
 
+/// The access review's default length: the 90 days before its end.
+pub const DEFAULT_PERIOD_DAYS: i64 = 90;
+
 impl Period {
+    /// The period `since`..`until`, each a date (`2026-12-01`, midnight UTC) or an instant;
+    /// `until` defaults to now and `since` to [`DEFAULT_PERIOD_DAYS`] before it. The error says
+    /// which bound is wrong and how to write it.
+    pub fn parse(since: Option<&str>, until: Option<&str>) -> Result<Period, String> {
+        let parse = |text: &str, name: &str| {
+            let instant = if text.len() == 10 { format!("{text}T00:00:00Z") } else { text.to_owned() };
+            crate::fhir::instant::parse_instant(&instant)
+                .ok_or_else(|| format!("{name} {text}: give a date (2026-12-01) or an instant (2026-12-01T09:30:00Z)"))
+        };
+        let until_us = until.map(|u| parse(u, "until")).transpose()?.unwrap_or_else(now_us);
+        let since_us = since.map(|s| parse(s, "since")).transpose()?.unwrap_or(until_us - DEFAULT_PERIOD_DAYS * DAY_US);
+        if since_us > until_us {
+            return Err("since is after until: the period runs from since to until".to_owned());
+        }
+        Ok(Period::new(since_us, until_us))
+    }
+
     pub fn new(since_us: i64, until_us: i64) -> Period {
         Period { since: to_fhir_instant(since_us), until: to_fhir_instant(until_us), since_us, until_us }
     }
