@@ -18,6 +18,7 @@ mod disk_full;
 mod encryption;
 mod errors;
 mod export;
+mod failover;
 mod feeds;
 mod import;
 mod languages;

@@ -85,7 +85,9 @@ fn out_of_space(code: &str) -> bool {
 /// crash shutdown, cannot connect now: a terminated backend or a restart) and 53 (insufficient
 /// resources, e.g. too many connections).
 fn transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("57P") || code.starts_with("53")
+    // 25006: read_only_sql_transaction, a connection left on a server that no longer takes
+    // writes (a primary demoted, or one promoted a moment ago).
+    code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") || code == "25006"
 }
 
 /// How a storage failure reaches the client; unexpected failures are logged here, once.
@@ -144,7 +146,7 @@ mod tests {
 
     #[test]
     fn connection_loss_is_transient_and_mistakes_are_not() {
-        for code in ["08006", "08003", "57P01", "57P02", "57P03", "53300"] {
+        for code in ["08006", "08003", "57P01", "57P02", "57P03", "53300", "25006"] {
             assert!(transient_sqlstate(code), "{code}");
         }
         for code in ["23505", "42P01", "40001", "22P02"] {

@@ -28,6 +28,7 @@ mod batch;
 mod dialect;
 mod error;
 mod export;
+pub mod failover;
 mod index;
 mod keys;
 mod migrations;
@@ -147,8 +148,8 @@ pub struct Store {
     /// Benchmark builds only (feature `bench-plaintext`): bodies stored unsealed.
     plaintext: bool,
     blind_index: Arc<tokio::sync::OnceCell<BlindIndexKey>>,
-    /// PostgreSQL: the URL, for the connection that listens for other hosts' notifications.
-    listen_url: Option<Arc<str>>,
+    /// PostgreSQL: where the connection that listens for other hosts' notifications comes from.
+    listen: Option<sqlx::PgPool>,
 }
 
 /// The `data_key` row holding the blind-index key.

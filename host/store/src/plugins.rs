@@ -226,8 +226,8 @@ impl Store {
     /// (`None` on SQLite, which one host alone uses). It reconnects by itself; notifications
     /// sent while it was away are lost, so callers keep polling [`Self::plugin_generation`] too.
     pub async fn plugin_change_listener(&self) -> Result<Option<sqlx::postgres::PgListener>, StoreError> {
-        let Some(url) = &self.listen_url else { return Ok(None) };
-        let mut listener = sqlx::postgres::PgListener::connect(url).await.map_err(StoreError::Connect)?;
+        let Some(pool) = &self.listen else { return Ok(None) };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await.map_err(StoreError::Connect)?;
         listener.listen(PLUGIN_CHANNEL).await.map_err(StoreError::Connect)?;
         Ok(Some(listener))
     }

@@ -24,8 +24,21 @@ impl Store {
         if backend == Backend::Sqlite {
             check_writable(&sqlite_path(database_url))?;
         }
+        // Several PostgreSQL hosts (a primary and its standbys): the pools connect to the one
+        // that accepts writes, and follow it when it moves (see failover.rs).
+        let hosts = match backend {
+            Backend::Postgres => crate::failover::split_hosts(database_url)
+                .map_err(|message| StoreError::Connect(sqlx::Error::Configuration(message.into())))?,
+            Backend::Sqlite => None,
+        };
+        let hosts = match hosts {
+            Some(urls) => Some(Arc::new(crate::failover::Hosts::discover(urls).await)),
+            None => None,
+        };
+        let url = hosts.as_ref().map_or(database_url, |h| h.current_url());
+        let several_hosts = hosts.is_some();
         let connect_options =
-            AnyConnectOptions::from_str(&with_create_mode(database_url, backend)).map_err(StoreError::Connect)?;
+            AnyConnectOptions::from_str(&with_create_mode(url, backend)).map_err(StoreError::Connect)?;
         let pool = |max: u32, writer: bool| {
             AnyPoolOptions::new()
                 .max_connections(max)
@@ -59,6 +72,21 @@ impl Store {
                             // table's ordered scan with LIMIT), and compiling took 174 ms of a
                             // 201 ms export page that ran in 3 ms.
                             conn.execute("SET jit = off").await?;
+                            if several_hosts {
+                                // A standby, or a primary promoted a moment ago that does not
+                                // take writes yet: not a connection to keep (503 until the
+                                // watcher points the pool at the primary).
+                                let writable: i32 = sqlx::query(
+                                    "SELECT CASE WHEN pg_is_in_recovery() \
+                                       OR current_setting('transaction_read_only') = 'on' THEN 0 ELSE 1 END",
+                                )
+                                .fetch_one(&mut *conn)
+                                .await?
+                                .try_get(0)?;
+                                if writable == 0 {
+                                    return Err(crate::failover::read_only_server());
+                                }
+                            }
                         }
                         Ok(())
                     })
@@ -93,8 +121,19 @@ impl Store {
                 (shared.clone(), shared)
             }
         };
-        let listen_url = (backend == Backend::Postgres).then(|| Arc::from(database_url));
-        Ok(Store { backend, reader, writer, vault, plaintext: false, blind_index: Arc::default(), listen_url })
+        // PostgreSQL: one connection listens for other hosts' notifications; it reconnects
+        // through this pool, which the watcher re-points with the others.
+        let listen = match backend {
+            Backend::Postgres => {
+                let options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(StoreError::Connect)?;
+                Some(sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy_with(options))
+            }
+            Backend::Sqlite => None,
+        };
+        if let (Some(hosts), Some(listen)) = (hosts, &listen) {
+            hosts.watch(writer.clone(), listen.clone());
+        }
+        Ok(Store { backend, reader, writer, vault, plaintext: false, blind_index: Arc::default(), listen })
     }
 
     /// Starts a write transaction. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)
