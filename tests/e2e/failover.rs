@@ -163,6 +163,21 @@ impl Formation {
         )
     }
 
+    /// The port of the node the monitor reports as primary.
+    async fn primary_port(&self) -> u16 {
+        let states = self.states().await;
+        states
+            .iter()
+            .find(|(_, s)| matches!(s.as_str(), "primary" | "wait_primary" | "single"))
+            .map(|(p, _)| *p)
+            .unwrap_or_else(|| panic!("no primary in {states:?}"))
+    }
+
+    /// The monitor's process group (the first one started).
+    fn monitor_group(&self) -> u32 {
+        self.groups.lock().unwrap()[0].id()
+    }
+
     /// SIGKILLs a node's whole process group (keeper, its services and PostgreSQL).
     fn kill_group(&self, pgid: u32) {
         let status = Command::new("kill").args(["-9", "--", &format!("-{pgid}")]).status().unwrap();
@@ -247,6 +262,79 @@ struct Load {
     missing_retry_after: usize,
 }
 
+/// Writes new Patients from four clients, runs `kill` 2 s in, and goes on until writes have
+/// succeeded again for 3 s (40 s at most). Only 201 and 503 (with Retry-After) may come back,
+/// writes must come back within 20 s, and every acknowledged one must read back.
+async fn write_through(server: &Arc<Server>, label: &str, kill: impl FnOnce()) {
+    static ROUND: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let round = ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let load = Arc::new(Mutex::new(Load::default()));
+    let started = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for writer in 0..4 {
+        let (server, load, stop) = (server.clone(), load.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let id = format!("r{round}-w{writer}-{i}");
+                let reply = server.put(&format!("Patient/{id}"), &json!({"resourceType": "Patient", "id": id})).await;
+                {
+                    let mut load = load.lock().unwrap();
+                    load.answers.push((started.elapsed().as_secs_f64(), reply.status));
+                    match reply.status {
+                        201 => load.acknowledged.push(id),
+                        503 if reply.header("retry-after").is_none() => load.missing_retry_after += 1,
+                        _ => {}
+                    }
+                }
+                if reply.status != 201 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed_at = started.elapsed().as_secs_f64();
+    kill();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let first_after = {
+            let load = load.lock().unwrap();
+            load.answers.iter().find(|(t, s)| *t > killed_at + 0.5 && *s == 201).map(|(t, _)| *t)
+        };
+        if first_after.is_some_and(|t| started.elapsed().as_secs_f64() > t + 3.0) || Instant::now() > deadline {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let load = std::mem::take(&mut *load.lock().unwrap());
+    let wrong: Vec<&(f64, u16)> = load.answers.iter().filter(|(_, s)| !matches!(s, 201 | 503)).collect();
+    assert!(wrong.is_empty(), "{label}: only 201 or 503 while the database changes, got {wrong:?}");
+    assert_eq!(load.missing_retry_after, 0, "{label}: every 503 says when to retry");
+    let mut ok_times: Vec<f64> = load.answers.iter().filter(|(_, s)| *s == 201).map(|(t, _)| *t).collect();
+    ok_times.sort_by(f64::total_cmp);
+    let resumed = ok_times.iter().find(|t| **t > killed_at + 0.5).copied().expect("writes resumed after the kill");
+    // The longest stretch without a successful write, from just before the kill on.
+    let window: Vec<f64> = ok_times.iter().copied().filter(|t| *t >= killed_at - 0.5).collect();
+    let gap = window.windows(2).map(|w| w[1] - w[0]).fold(resumed - killed_at, f64::max);
+    let refused = load.answers.iter().filter(|(_, s)| *s == 503).count();
+    println!(
+        "{label} at {killed_at:.2} s: longest time without a successful write {gap:.2} s; {refused} answers 503; \
+         {} writes acknowledged",
+        load.acknowledged.len()
+    );
+    assert!(gap < 20.0, "{label}: writes came back after {gap:.1} s");
+    for id in &load.acknowledged {
+        server.get(&format!("Patient/{id}")).await.expect(200);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_dies_three_times_and_nothing_acknowledged_is_lost() {
     let formation = Formation::new();
@@ -268,88 +356,27 @@ async fn the_primary_dies_three_times_and_nothing_acknowledged_is_lost() {
     let server = Arc::new(Server::launch(Db::Postgres, launch).await);
 
     for round in 0..3 {
-        let states = formation.states().await;
-        let primary_port = states
-            .iter()
-            .find(|(_, s)| matches!(s.as_str(), "primary" | "wait_primary" | "single"))
-            .map(|(p, _)| *p)
-            .unwrap_or_else(|| panic!("round {round}: no primary in {states:?}"));
+        let primary_port = formation.primary_port().await;
         let victim = formation.node_ports.iter().position(|p| *p == primary_port).unwrap();
         let survivor_port = formation.node_ports[1 - victim];
-
-        let load = Arc::new(Mutex::new(Load::default()));
-        let started = Instant::now();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let mut writers = Vec::new();
-        for writer in 0..4 {
-            let (server, load, stop) = (server.clone(), load.clone(), stop.clone());
-            writers.push(tokio::spawn(async move {
-                let mut i = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    i += 1;
-                    let id = format!("r{round}-w{writer}-{i}");
-                    let reply =
-                        server.put(&format!("Patient/{id}"), &json!({"resourceType": "Patient", "id": id})).await;
-                    {
-                        let mut load = load.lock().unwrap();
-                        load.answers.push((started.elapsed().as_secs_f64(), reply.status));
-                        match reply.status {
-                            201 => load.acknowledged.push(id),
-                            503 if reply.header("retry-after").is_none() => load.missing_retry_after += 1,
-                            _ => {}
-                        }
-                    }
-                    if reply.status != 201 {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }));
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let killed_at = started.elapsed().as_secs_f64();
-        formation.kill_group(groups[victim]);
-        // Load until writes have succeeded for 3 s after the kill, or 40 s at most.
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            let first_after = {
-                let load = load.lock().unwrap();
-                load.answers.iter().find(|(t, s)| *t > killed_at + 0.5 && *s == 201).map(|(t, _)| *t)
-            };
-            if first_after.is_some_and(|t| started.elapsed().as_secs_f64() > t + 3.0) || Instant::now() > deadline {
-                break;
-            }
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for writer in writers {
-            writer.await.unwrap();
-        }
-        let load = std::mem::take(&mut *load.lock().unwrap());
-        let wrong: Vec<&(f64, u16)> = load.answers.iter().filter(|(_, s)| !matches!(s, 201 | 503)).collect();
-        assert!(wrong.is_empty(), "round {round}: only 201 or 503 while the primary changes, got {wrong:?}");
-        assert_eq!(load.missing_retry_after, 0, "round {round}: every 503 says when to retry");
-        let mut ok_times: Vec<f64> = load.answers.iter().filter(|(_, s)| *s == 201).map(|(t, _)| *t).collect();
-        ok_times.sort_by(f64::total_cmp);
-        let resumed = ok_times.iter().find(|t| **t > killed_at + 0.5).copied().expect("writes resumed after the kill");
-        let last_before = ok_times.iter().rev().find(|t| **t <= killed_at + 0.5).copied().unwrap_or(0.0);
-        let refused = load.answers.iter().filter(|(_, s)| *s == 503).count();
-        println!(
-            "round {round}: killed the primary on port {primary_port} at {killed_at:.2} s; no write succeeded from \
-             {last_before:.2} s to {resumed:.2} s ({:.2} s unavailable); {refused} answers 503; {} writes acknowledged",
-            resumed - last_before,
-            load.acknowledged.len()
-        );
-        assert!(resumed - last_before < 20.0, "round {round}: writes came back after {:.1} s", resumed - last_before);
-
-        // Every acknowledged write reads back, from the new primary.
-        for id in &load.acknowledged {
-            server.get(&format!("Patient/{id}")).await.expect(200);
-        }
+        let label = format!("round {round}: the primary (port {primary_port}) killed");
+        write_through(&server, &label, || formation.kill_group(groups[victim])).await;
         formation.wait_for(survivor_port, &["primary", "wait_primary"], "the promoted standby").await;
         // The killed node comes back and rejoins as the standby.
         groups[victim] = formation.start_node(victim);
         formation.wait_for(primary_port, &["secondary"], "the old primary rejoining").await;
     }
+
+    // The standby dies: the primary stops waiting for it and writes go on.
+    let primary_port = formation.primary_port().await;
+    let standby = formation.node_ports.iter().position(|p| *p != primary_port).unwrap();
+    write_through(&server, "the standby killed", || formation.kill_group(groups[standby])).await;
+    groups[standby] = formation.start_node(standby);
+    formation.wait_for(formation.node_ports[standby], &["secondary"], "the standby rejoining").await;
+
+    // The monitor dies: nothing fails over then, but the primary keeps serving.
+    let monitor = formation.monitor_group();
+    write_through(&server, "the monitor killed", || formation.kill_group(monitor)).await;
 
     // The audit chain is whole, checked by a second process through the same multi-host URL.
     let keyring = server.keyring();

@@ -872,9 +872,12 @@ mod tests {
         assert!(not_passing.is_empty(), "{not_passing:?}");
     }
 
+    /// A finding's id, the status it should take, and the change of figures that should cause it.
+    type Case = (&'static str, Status, Box<dyn Fn(&mut Evidence)>);
+
     #[test]
     fn each_rule_turns_on_its_own_figure() {
-        let cases: Vec<(&str, Status, Box<dyn Fn(&mut Evidence)>)> = vec![
+        let cases: Vec<Case> = vec![
             ("audit-chain", Status::Fail, Box::new(|e| e.audit.problem = Some("entry 3 was altered".into()))),
             ("audit-chain", Status::Warn, Box::new(|e| e.audit.last_checkpoint = None)),
             (
