@@ -184,6 +184,9 @@ impl Store {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
+        if let Some(listen) = &self.listen {
+            listen.close().await;
+        }
     }
 }
 
