@@ -109,26 +109,31 @@ impl Formation {
         self.path(&format!("node{}", node + 1)).display().to_string()
     }
 
+    /// `pg_autoctl create KIND` on `port` (loopback, trust, no TLS: a test on one machine), then
+    /// running, in a process group of its own.
+    fn create(&self, kind: &str, pgdata: &str, port: u16, extra: &[&str], log: &str) -> u32 {
+        let port = port.to_string();
+        let mut args = vec![
+            "create",
+            kind,
+            "--pgdata",
+            pgdata,
+            "--pgport",
+            &port,
+            "--hostname",
+            "127.0.0.1",
+            "--auth",
+            "trust",
+            "--no-ssl",
+        ];
+        args.extend_from_slice(extra);
+        args.push("--run");
+        self.spawn(&args, log)
+    }
+
     fn start_monitor(&self) {
         let pgdata = self.path("monitor").display().to_string();
-        let port = self.monitor_port.to_string();
-        self.spawn(
-            &[
-                "create",
-                "monitor",
-                "--pgdata",
-                &pgdata,
-                "--pgport",
-                &port,
-                "--hostname",
-                "127.0.0.1",
-                "--auth",
-                "trust",
-                "--no-ssl",
-                "--run",
-            ],
-            "monitor.log",
-        );
+        self.create("monitor", &pgdata, self.monitor_port, &[], "monitor.log");
     }
 
     /// Creates node `node` (0 or 1) and runs its keeper; or, once created, runs its keeper again.
@@ -138,29 +143,8 @@ impl Formation {
         if Path::new(&pgdata).join("postgresql.conf").exists() {
             return self.spawn(&["run", "--pgdata", &pgdata], &log);
         }
-        let port = self.node_ports[node].to_string();
         let monitor = self.monitor_uri();
-        self.spawn(
-            &[
-                "create",
-                "postgres",
-                "--pgdata",
-                &pgdata,
-                "--pgport",
-                &port,
-                "--hostname",
-                "127.0.0.1",
-                "--auth",
-                "trust",
-                "--no-ssl",
-                "--monitor",
-                &monitor,
-                "--dbname",
-                "hearth",
-                "--run",
-            ],
-            &log,
-        )
+        self.create("postgres", &pgdata, self.node_ports[node], &["--monitor", &monitor, "--dbname", "hearth"], &log)
     }
 
     /// The port of the node the monitor reports as primary.
@@ -371,7 +355,7 @@ async fn the_primary_dies_three_times_and_nothing_acknowledged_is_lost() {
     let primary_port = formation.primary_port().await;
     let standby = formation.node_ports.iter().position(|p| *p != primary_port).unwrap();
     write_through(&server, "the standby killed", || formation.kill_group(groups[standby])).await;
-    groups[standby] = formation.start_node(standby);
+    formation.start_node(standby);
     formation.wait_for(formation.node_ports[standby], &["secondary"], "the standby rejoining").await;
 
     // The monitor dies: nothing fails over then, but the primary keeps serving.
