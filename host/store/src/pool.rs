@@ -184,9 +184,8 @@ impl Store {
     pub async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
-        if let Some(listen) = &self.listen {
-            listen.close().await;
-        }
+        // Not the listening pool: closing waits for its connection, which the listener holds
+        // until the process ends.
     }
 }
 
