@@ -26,18 +26,14 @@ pub fn pack_route() -> axum::routing::MethodRouter<SharedState> {
 
 fn accepts_tar(headers: &axum::http::HeaderMap) -> bool {
     let Some(accept) = headers.get(header::ACCEPT) else { return true };
-    let Ok(accept) = accept.to_str() else { return false };
-    accept.split(',').any(|range| {
-        let essence = range.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        matches!(essence.as_str(), "application/x-tar" | "application/*" | "*/*" | "")
-    })
+    accept.to_str().is_ok_and(|accept| super::extract::accepts(accept, |essence| essence == "application/x-tar"))
 }
 
 /// The access review's period: `since` and `until` as dates or instants (default: the 90 days
 /// before now).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct PeriodQuery {
+struct PeriodQuery {
     since: Option<String>,
     until: Option<String>,
 }
@@ -92,16 +88,11 @@ async fn pack(
             "the evidence pack is served as application/x-tar",
         ));
     }
-    pack_response(&state, &query).await
-}
-
-/// The pack download, for the API and the console.
-pub async fn pack_response(state: &SharedState, query: &PeriodQuery) -> Result<Response, FhirError> {
-    let (evidence, signer) = make(state, query).await?;
+    let (evidence, signer) = make(&state, &query).await?;
     Ok(pack_download(&evidence, &signer))
 }
 
-/// `evidence` signed by `signer`, as a tar archive to save.
+/// `evidence` signed by `signer`, as a tar archive to save (the API's and the console's download).
 pub fn pack_download(evidence: &Evidence, signer: &AuditSigner) -> Response {
     let tar = PackFiles::sign(evidence, signer).tar(u64::try_from(evidence.generated_us / 1_000_000).unwrap_or(0));
     let name = format!("hearth-evidence-{}.tar", evidence.generated_at.get(..10).unwrap_or("pack"));

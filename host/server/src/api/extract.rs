@@ -18,12 +18,18 @@ fn is_json_media_type(media_type: &str) -> bool {
     matches!(essence.as_str(), "application/fhir+json" | "application/json" | "json" | "text/json")
 }
 
-/// Whether an `Accept` header admits a JSON response.
-fn accepts_json(accept: &str) -> bool {
+/// Whether an `Accept` header admits a response of an `application/` media type for which
+/// `offered(essence)` holds (wildcards `*/*` and `application/*` admit any).
+pub(crate) fn accepts(accept: &str, offered: impl Fn(&str) -> bool) -> bool {
     accept.split(',').any(|item| {
         let essence = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        is_json_media_type(&essence) || matches!(essence.as_str(), "*/*" | "application/*" | "")
+        offered(&essence) || matches!(essence.as_str(), "*/*" | "application/*" | "")
     })
+}
+
+/// Whether an `Accept` header admits a JSON response.
+fn accepts_json(accept: &str) -> bool {
+    accepts(accept, is_json_media_type)
 }
 
 /// Refuses requests that ask for a format other than JSON (406), via `Accept` or `_format`.
